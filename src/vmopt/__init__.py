@@ -1,0 +1,54 @@
+"""vmopt: the memory system of a virtual machine, modelled for real.
+
+Layers, bottom up: guest physical memory (:mod:`vmopt.memory`), page tables
+in real formats (:mod:`vmopt.paging`), TLBs and the per-vCPU MMU
+(:mod:`vmopt.tlb`), NUMA placement (:mod:`vmopt.numa`), batch translation
+(:mod:`vmopt.batch`) and backing stores (:mod:`vmopt.stores`).
+"""
+
+from vmopt.errors import (
+    AddressError,
+    ConfigError,
+    MappingError,
+    OutOfFramesError,
+    PhysicalAccessError,
+    ReadOnlyMemoryError,
+    VmoptError,
+)
+from vmopt.memory import PhysicalMemory
+from vmopt.paging import Mapping, PageFault, PageTable, Perm, Translation
+from vmopt.tlb import (
+    AsyncPrefetchingTlb,
+    Mmu,
+    PrefetchConfig,
+    PwcConfig,
+    Tlb,
+    TlbConfig,
+    TlbStats,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddressError",
+    "AsyncPrefetchingTlb",
+    "Mmu",
+    "PrefetchConfig",
+    "PwcConfig",
+    "Tlb",
+    "TlbConfig",
+    "TlbStats",
+    "ConfigError",
+    "Mapping",
+    "MappingError",
+    "OutOfFramesError",
+    "PageFault",
+    "PageTable",
+    "Perm",
+    "PhysicalAccessError",
+    "PhysicalMemory",
+    "ReadOnlyMemoryError",
+    "Translation",
+    "VmoptError",
+    "__version__",
+]

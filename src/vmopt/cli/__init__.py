@@ -1,0 +1,1 @@
+"""The ``vmopt`` command line."""

@@ -1,0 +1,165 @@
+"""Plain values the paging layer hands out: permissions, translations, faults."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from vmopt.errors import ConfigError, VmoptError
+
+__all__ = [
+    "ACCESS_KINDS",
+    "FAULT_CAUSES",
+    "Access",
+    "FaultCause",
+    "Mapping",
+    "PageFault",
+    "Perm",
+    "Translation",
+    "parse_access",
+]
+
+Access = Literal["r", "w", "x"]
+FaultCause = Literal["not_present", "protection", "reserved", "non_canonical", "misaligned"]
+
+ACCESS_KINDS: Final = ("r", "w", "x")
+FAULT_CAUSES: Final = ("not_present", "protection", "reserved", "non_canonical", "misaligned")
+
+
+class Perm(enum.IntFlag):
+    """Page permissions: read, write, execute."""
+
+    NONE = 0
+    R = 4
+    W = 2
+    X = 1
+
+    @classmethod
+    def parse(cls, text: str | Perm) -> Perm:
+        """``'rw' -> Perm.R | Perm.W``; letters r, w, x in any order, each at most once."""
+        if isinstance(text, Perm):
+            return text
+        if not isinstance(text, str):
+            raise ConfigError(f"perms must be a string of r, w and x, got {text!r}")
+        perm = cls.NONE
+        for ch in text:
+            bit = _PERM_LETTERS.get(ch)
+            if bit is None or perm & bit:
+                raise ConfigError(f"perms must be a string of r, w and x, got {text!r}")
+            perm |= bit
+        return perm
+
+    def __str__(self) -> str:
+        return "".join(ch if self & bit else "-" for ch, bit in _PERM_LETTERS.items())
+
+
+_PERM_LETTERS: Final = {"r": Perm.R, "w": Perm.W, "x": Perm.X}
+_ACCESS_PERM: Final = {"r": Perm.R, "w": Perm.W, "x": Perm.X}
+
+
+def parse_access(access: str) -> Access:
+    """Check an access kind: ``'r'`` read, ``'w'`` write, ``'x'`` instruction fetch."""
+    if access not in _ACCESS_PERM:
+        raise ConfigError(f"access must be 'r', 'w' or 'x', got {access!r}")
+    return access  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """The result of a successful page walk.
+
+    ``pa`` is the physical address of ``va``; the page starts at
+    ``pa - (va & (page_size - 1))``. ``perms`` are the effective rights (for
+    x86 the AND of every level); ``user`` and ``global_`` likewise.
+    ``memory_refs`` counts the PTE reads of this walk. ``level`` is the leaf's
+    level, 0 for a 4 KiB page. ``dirty`` is the leaf's D bit after the walk.
+    """
+
+    va: int
+    pa: int
+    page_size: int
+    perms: Perm
+    user: bool
+    global_: bool
+    dirty: bool
+    memory_refs: int
+    level: int
+    pte_pa: int
+
+    @property
+    def vpn(self) -> int:
+        """Virtual page number, in units of this page's size."""
+        return self.va // self.page_size
+
+    @property
+    def pfn(self) -> int:
+        """4 KiB frame number of the page's first frame."""
+        return (self.pa - (self.va & (self.page_size - 1))) >> 12
+
+    @property
+    def page_pa(self) -> int:
+        """Physical address of the first byte of the page."""
+        return self.pa - (self.va & (self.page_size - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """A run of virtually and physically contiguous pages with equal attributes."""
+
+    va: int
+    pa: int
+    size: int
+    perms: Perm
+    page_size: int
+    user: bool
+    global_: bool
+
+    def __str__(self) -> str:
+        flags = ("u" if self.user else "s") + ("g" if self.global_ else "-")
+        return (
+            f"{self.va:016x}-{self.va + self.size:016x} {self.size:016x}"
+            f" {perms_str(self.perms)}{flags} -> {self.pa:012x} ({page_size_name(self.page_size)})"
+        )
+
+
+def perms_str(perm: Perm) -> str:
+    """``Perm.R | Perm.W -> 'rw-'``."""
+    return str(Perm(perm))
+
+
+def page_size_name(size: int) -> str:
+    """``4096 -> '4K'``, ``2 MiB -> '2M'``, ``1 GiB -> '1G'``."""
+    for unit, name in ((1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")):
+        if size >= unit and size % unit == 0:
+            return f"{size // unit}{name}"
+    return f"{size}B"
+
+
+class PageFault(VmoptError):
+    """A translation failed the way the hardware would fault.
+
+    ``cause`` is one of ``FAULT_CAUSES``; ``level`` is where the walk stopped
+    (0 is the last level, the one holding 4 KiB PTEs; ``None`` when no table
+    was read, as for a non-canonical address).
+    """
+
+    def __init__(
+        self, va: int, access: str, cause: FaultCause, level: int | None, *, user: bool = False
+    ) -> None:
+        where = "" if level is None else f" at level {level}"
+        mode = "user" if user else "supervisor"
+        kind = {"r": "read", "w": "write", "x": "fetch"}.get(access, access)
+        super().__init__(f"page fault: {mode} {kind} of {va:#x}: {cause}{where}")
+        self.va = va
+        self.access = access
+        self.cause = cause
+        self.level = level
+        self.user = user
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_fault, (self.va, self.access, self.cause, self.level, self.user))
+
+
+def _rebuild_fault(va: int, access: str, cause: FaultCause, level: int | None, user: bool) -> PageFault:
+    return PageFault(va, access, cause, level, user=user)
