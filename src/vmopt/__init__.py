@@ -16,6 +16,8 @@ from vmopt.errors import (
     VmoptError,
 )
 from vmopt.memory import PhysicalMemory
+from vmopt.numa import MemPolicy, NumaConfig, NumaMemory
+from vmopt.optimizer import MemoryOptimizer
 from vmopt.paging import Mapping, PageFault, PageTable, Perm, Translation
 from vmopt.tlb import (
     AsyncPrefetchingTlb,
@@ -40,6 +42,10 @@ __all__ = [
     "TlbStats",
     "ConfigError",
     "Mapping",
+    "MemPolicy",
+    "MemoryOptimizer",
+    "NumaConfig",
+    "NumaMemory",
     "MappingError",
     "OutOfFramesError",
     "PageFault",

@@ -1,0 +1,155 @@
+"""NUMA topology: node sizes, SLIT distances and which vCPUs sit where."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmopt.errors import ConfigError
+from vmopt.units import format_size
+
+__all__ = ["LOCAL_DISTANCE", "REMOTE_DISTANCE", "NumaConfig"]
+
+log = logging.getLogger(__name__)
+
+LOCAL_DISTANCE = 10
+REMOTE_DISTANCE = 20
+
+
+@dataclass(frozen=True)
+class NumaConfig:
+    """A guest's NUMA topology.
+
+    ``mem_per_node`` is one size for every node or one size per node (bytes,
+    multiples of 4 KiB). ``distances`` is the ACPI SLIT matrix: 10 on the
+    diagonal, more than 10 elsewhere; the default is 10 local, 20 remote.
+    vCPU ``c`` sits on node ``c // cpus_per_node`` unless ``cpu_nodes`` lists
+    the node of each vCPU explicitly.
+    """
+
+    num_nodes: int
+    mem_per_node: int | Sequence[int]
+    distances: Sequence[Sequence[int]] | None = None
+    cpus_per_node: int = 1
+    cpu_nodes: Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        n = self.num_nodes
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError(f"num_nodes must be a positive integer, got {n!r}")
+        sizes = (
+            [self.mem_per_node] * n if isinstance(self.mem_per_node, int) else list(self.mem_per_node)
+        )
+        if len(sizes) != n:
+            raise ConfigError(f"mem_per_node lists {len(sizes)} sizes for {n} nodes: {self.mem_per_node!r}")
+        for i, size in enumerate(sizes):
+            if not isinstance(size, int) or size <= 0 or size % 4096:
+                raise ConfigError(f"node {i} memory must be a positive multiple of 4096, got {size!r}")
+        object.__setattr__(self, "mem_per_node", tuple(sizes))
+        if self.distances is None:
+            dist = tuple(
+                tuple(LOCAL_DISTANCE if i == j else REMOTE_DISTANCE for j in range(n)) for i in range(n)
+            )
+        else:
+            dist = tuple(tuple(row) for row in self.distances)
+            if len(dist) != n or any(len(row) != n for row in dist):
+                raise ConfigError(f"distances must be a {n}x{n} matrix, got {self.distances!r}")
+            for i, row in enumerate(dist):
+                for j, d in enumerate(row):
+                    if not isinstance(d, int):
+                        raise ConfigError(f"distance [{i}][{j}] must be an integer, got {d!r}")
+                    if i == j and d != LOCAL_DISTANCE:
+                        raise ConfigError(f"distance [{i}][{i}] must be {LOCAL_DISTANCE} (local), got {d}")
+                    if i != j and d <= LOCAL_DISTANCE:
+                        raise ConfigError(f"distance [{i}][{j}] must be greater than {LOCAL_DISTANCE}, got {d}")
+        object.__setattr__(self, "distances", dist)
+        if not isinstance(self.cpus_per_node, int) or self.cpus_per_node < 1:
+            raise ConfigError(f"cpus_per_node must be a positive integer, got {self.cpus_per_node!r}")
+        if self.cpu_nodes is not None:
+            nodes = tuple(self.cpu_nodes)
+            if not nodes or any(not isinstance(x, int) or not 0 <= x < n for x in nodes):
+                raise ConfigError(f"cpu_nodes must list node ids in [0, {n}), got {self.cpu_nodes!r}")
+            object.__setattr__(self, "cpu_nodes", nodes)
+
+    @property
+    def node_sizes(self) -> tuple[int, ...]:
+        """Bytes of memory on each node."""
+        return tuple(self.mem_per_node)  # type: ignore[arg-type]
+
+    @property
+    def total_memory(self) -> int:
+        """Bytes over all nodes."""
+        return sum(self.node_sizes)
+
+    @property
+    def num_cpus(self) -> int:
+        """vCPUs the topology places."""
+        return len(self.cpu_nodes) if self.cpu_nodes is not None else self.num_nodes * self.cpus_per_node
+
+    def node_of_cpu(self, cpu: int) -> int:
+        """The node vCPU ``cpu`` sits on."""
+        if not isinstance(cpu, int) or cpu < 0 or cpu >= self.num_cpus:
+            raise ConfigError(f"vCPU {cpu!r} is not in this topology (0..{self.num_cpus - 1})")
+        if self.cpu_nodes is not None:
+            return self.cpu_nodes[cpu]
+        return cpu // self.cpus_per_node
+
+    def distance(self, a: int, b: int) -> int:
+        """SLIT distance from node ``a`` to node ``b``."""
+        return self.distances[a][b]  # type: ignore[index]
+
+    def describe(self) -> str:
+        """One line per node, for reports."""
+        lines = []
+        for i, size in enumerate(self.node_sizes):
+            cpus = [c for c in range(self.num_cpus) if self.node_of_cpu(c) == i]
+            lines.append(f"node {i}: {format_size(size)}, cpus {cpus}, distances {list(self.distances[i])}")  # type: ignore[index]
+        return "\n".join(lines)
+
+    @classmethod
+    def from_host(cls, root: str | os.PathLike[str] = "/sys/devices/system/node") -> NumaConfig:
+        """The host's topology from sysfs; one node of the host's memory where that fails."""
+        base = Path(root)
+        try:
+            dirs = sorted(
+                (p for p in base.iterdir() if p.name.startswith("node") and p.name[4:].isdigit()),
+                key=lambda p: int(p.name[4:]),
+            )
+            if not dirs:
+                raise OSError(f"no node directories under {base}")
+            sizes, dists, cpu_nodes = [], [], []
+            for i, d in enumerate(dirs):
+                sizes.append(_meminfo_total(d / "meminfo"))
+                dists.append([int(x) for x in (d / "distance").read_text().split()])
+                for cpu in _cpulist((d / "cpulist").read_text()):
+                    cpu_nodes.append((cpu, i))
+            cpu_nodes.sort()
+            return cls(
+                len(dirs), sizes, dists, cpu_nodes=[node for _, node in cpu_nodes] or None
+            )
+        except (OSError, ValueError, ConfigError) as exc:
+            log.info("host NUMA topology unavailable (%s); using one node", exc)
+            pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 1 << 18
+            return cls(1, max(pages, 1) * 4096, cpus_per_node=os.cpu_count() or 1)
+
+
+def _meminfo_total(path: Path) -> int:
+    for line in path.read_text().splitlines():
+        if "MemTotal:" in line:
+            kib = int(line.split("MemTotal:")[1].split()[0])
+            return kib * 1024 // 4096 * 4096
+    raise ValueError(f"no MemTotal in {path}")
+
+
+def _cpulist(text: str) -> list[int]:
+    """``'0-3,8'`` -> ``[0, 1, 2, 3, 8]``."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus

@@ -1,0 +1,131 @@
+"""TLB, page-walk cache and prefetcher configuration (frozen, validated at construction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from vmopt.errors import ConfigError
+
+__all__ = ["POLICIES", "PREFETCHERS", "PrefetchConfig", "PwcConfig", "TlbConfig"]
+
+POLICIES: Final = ("lru", "fifo", "random", "plru")
+PREFETCHERS: Final = ("none", "next_page", "stride")
+PAGE_SIZES: Final = (4096, 2 << 20, 1 << 30)
+
+
+def _positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class TlbConfig:
+    """One TLB level.
+
+    ``sets = entries / ways`` must be a power of two; the set index is the
+    virtual page number (in units of the entry's page size) modulo ``sets``.
+    ``ways == entries`` is fully associative. ``page_sizes`` lists what the
+    level holds; a larger page is cached as the largest listed size that fits
+    inside it (splintered), as hardware does. ``latency`` is the lookup cost
+    in cycles. ``seed`` seeds the "random" policy.
+    """
+
+    entries: int
+    ways: int
+    policy: str = "lru"
+    page_sizes: tuple[int, ...] = (4096,)
+    latency: int = 1
+    name: str = "l1"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive_int("entries", self.entries)
+        _positive_int("ways", self.ways)
+        if self.entries % self.ways:
+            raise ConfigError(f"entries ({self.entries}) must be a multiple of ways ({self.ways})")
+        sets = self.entries // self.ways
+        if sets & (sets - 1):
+            raise ConfigError(
+                f"sets = entries / ways = {sets} must be a power of two"
+                f" (entries={self.entries}, ways={self.ways})"
+            )
+        if self.policy not in POLICIES:
+            raise ConfigError(f"unknown TLB policy {self.policy!r}; expected one of {', '.join(POLICIES)}")
+        if self.policy == "plru" and self.ways & (self.ways - 1):
+            raise ConfigError(f"tree PLRU needs a power-of-two number of ways, got {self.ways}")
+        sizes = tuple(self.page_sizes)
+        if not sizes or any(s not in PAGE_SIZES for s in sizes) or len(set(sizes)) != len(sizes):
+            raise ConfigError(f"page_sizes must be distinct values of 4096, 2 MiB, 1 GiB; got {self.page_sizes!r}")
+        object.__setattr__(self, "page_sizes", tuple(sorted(sizes)))
+        if not isinstance(self.latency, int) or self.latency < 0:
+            raise ConfigError(f"latency must be a non-negative integer, got {self.latency!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+
+    @property
+    def sets(self) -> int:
+        """Number of sets."""
+        return self.entries // self.ways
+
+
+@dataclass(frozen=True)
+class PwcConfig:
+    """A page-walk cache: per upper level, ``entries`` LRU slots of non-leaf PTEs.
+
+    A hit at level k lets the walker skip the reads of levels top..k, like
+    Intel's paging-structure caches (PML4E, PDPTE and PDE caches).
+    """
+
+    entries: int = 32
+    latency: int = 1
+
+    def __post_init__(self) -> None:
+        _positive_int("pwc entries", self.entries)
+        if not isinstance(self.latency, int) or self.latency < 0:
+            raise ConfigError(f"pwc latency must be a non-negative integer, got {self.latency!r}")
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    """A TLB prefetcher.
+
+    ``kind``: "none", "next_page" (on a miss, the next ``degree`` pages) or
+    "stride" (after two equal strides in the miss stream, ``degree`` pages
+    ahead along it). ``mode``: "immediate" installs at once; "deferred"
+    queues requests until :meth:`Mmu.process_prefetch`. ``queue_limit``
+    bounds the deferred queue (the oldest requests are dropped).
+    """
+
+    kind: str = "none"
+    degree: int = 1
+    mode: str = "immediate"
+    queue_limit: int = 1024
+    extra: dict[str, int] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PREFETCHERS:
+            raise ConfigError(f"unknown prefetcher {self.kind!r}; expected one of {', '.join(PREFETCHERS)}")
+        _positive_int("prefetch degree", self.degree)
+        if self.mode not in ("immediate", "deferred"):
+            raise ConfigError(f"prefetch mode must be 'immediate' or 'deferred', got {self.mode!r}")
+        _positive_int("prefetch queue_limit", self.queue_limit)
+
+    @property
+    def enabled(self) -> bool:
+        """True unless the kind is "none"."""
+        return self.kind != "none"
+
+
+#: A current x86-64 core (Intel Golden Cove class): 64-entry 4-way L1 DTLB for
+#: 4 KiB pages, a 32-entry 4-way L1 for 2 MiB pages, and a unified 2048-entry
+#: 16-way STLB for 4 KiB and 2 MiB pages. Sources: Intel 64 and IA-32
+#: Optimization Reference Manual, table "TLB parameters"; see docs/design.md.
+DEFAULT_TLB: Final = (
+    TlbConfig(64, 4, "lru", (4096,), 1, "l1"),
+    TlbConfig(32, 4, "lru", (2 << 20,), 1, "l1_2m"),
+    TlbConfig(2048, 16, "lru", (4096, 2 << 20), 8, "l2"),
+)
