@@ -6,6 +6,7 @@ in real formats (:mod:`vmopt.paging`), TLBs and the per-vCPU MMU
 (:mod:`vmopt.batch`) and backing stores (:mod:`vmopt.stores`).
 """
 
+from vmopt.batch import BatchOperationFailed, BatchResult, ConcurrencyConfig
 from vmopt.errors import (
     AddressError,
     ConfigError,
@@ -19,6 +20,7 @@ from vmopt.memory import PhysicalMemory
 from vmopt.numa import MemPolicy, NumaConfig, NumaMemory
 from vmopt.optimizer import MemoryOptimizer
 from vmopt.paging import Mapping, PageFault, PageTable, Perm, Translation
+from vmopt.stores import FileStore, LatencyStore, StoreError
 from vmopt.tlb import (
     AsyncPrefetchingTlb,
     Mmu,
@@ -34,6 +36,12 @@ __version__ = "0.1.0"
 __all__ = [
     "AddressError",
     "AsyncPrefetchingTlb",
+    "BatchOperationFailed",
+    "BatchResult",
+    "ConcurrencyConfig",
+    "FileStore",
+    "LatencyStore",
+    "StoreError",
     "Mmu",
     "PrefetchConfig",
     "PwcConfig",

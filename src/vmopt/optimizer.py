@@ -9,14 +9,28 @@ access restarts, exactly as demand paging works in a kernel.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmopt.errors import AddressError, ConfigError, MappingError, OutOfFramesError
+from vmopt.batch.concurrency import ConcurrencyConfig
+from vmopt.batch.engine import (
+    Addrs,
+    as_addresses,
+    check_errors_mode,
+    finish,
+    record_failure,
+    run_sequential,
+    vectorized_op,
+)
+from vmopt.batch.limiter import AimdLimit
+from vmopt.batch.scheduler import FairFetchScheduler
+from vmopt.errors import AddressError, ConfigError, MappingError, OutOfFramesError, VmoptError
 from vmopt.numa.config import NumaConfig
 from vmopt.numa.memory import NumaMemory
 from vmopt.numa.policy import MemPolicy
@@ -104,7 +118,7 @@ class MemoryOptimizer:
         policy: MemPolicy | None = None,
         numa_balancing: bool = False,
         balance_period: int = 64,
-        **kwargs: Any,
+        concurrency: ConcurrencyConfig | None = None,
     ) -> None:
         self.numa = numa or NumaConfig(1, 1 << 30)
         ncpus = 1 if cpus is None else cpus
@@ -140,12 +154,17 @@ class MemoryOptimizer:
         self._sample_tick = [0] * ncpus
         self._last_sample: dict[int, int] = {}
         self.balancing_migrations = 0
-        self._init_extensions(**kwargs)
+        self.concurrency = (concurrency or ConcurrencyConfig()).validate()
+        self._staged: dict[tuple[int, int], bytes] = {}
+        self.store_fetches = 0
+        self.limit_history: list[tuple[int, int]] = []
 
-    def _init_extensions(self, **kwargs: Any) -> None:
-        """Hook for keyword options of later layers (the batch engine)."""
-        if kwargs:
-            raise ConfigError(f"unknown MemoryOptimizer option(s): {', '.join(sorted(kwargs))}")
+    @classmethod
+    def with_concurrency(
+        cls, numa: NumaConfig, concurrency: ConcurrencyConfig, **kwargs: Any
+    ) -> MemoryOptimizer:
+        """The design report's constructor: a guest with a batch concurrency setting."""
+        return cls(numa, concurrency=concurrency, **kwargs)
 
     @property
     def cpus(self) -> int:
@@ -257,11 +276,15 @@ class MemoryOptimizer:
             return True
 
     def _fetch(self, region: Region, index: int) -> bytes | None:
-        """Initial contents of a page from the region's store (synchronously)."""
+        """Initial contents of a page: staged by a concurrent batch, else fetched synchronously."""
         if region.store is None:
             return None
+        staged = self._staged.pop((region.va, index), None)
+        if staged is not None:
+            return staged
         pages_per = region.page_size // 4096
         chunks = [region.store.fetch_sync(index * pages_per + k) for k in range(pages_per)]
+        self.store_fetches += pages_per
         return b"".join(chunks)
 
     # -- translation and access ---------------------------------------------------------
@@ -316,6 +339,147 @@ class MemoryOptimizer:
             pieces.append((pa, chunk))
             pos += chunk
         return pieces
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def batch_access(self, addrs: Addrs, access: str = "r", cpu: int = 0, errors: str = "raise") -> Any:
+        """Translate a batch in order; same results and statistics as ``translate`` in a loop.
+
+        A list gives a list; a NumPy integer array gives a uint64 array and
+        goes through the compiled kernel where its pages are resident.
+        Faults on store-backed regions are served one after another.
+        """
+        mmu = self._check_cpu(cpu)
+        array_op = self._array_op(mmu, access, cpu)
+        return run_sequential(
+            lambda va: self.translate(va, access, cpu), addrs, errors,
+            chunk_size=self.concurrency.chunk_size, array_op=array_op,
+        )  # fmt: skip
+
+    def _array_op(self, mmu: Mmu, access: str, cpu: int) -> Any:
+        """The vectorized prefix translator for this vCPU, or None when it cannot apply."""
+        if self.numa_balancing:
+            return None  # sampling is per access
+        return vectorized_op(mmu, access, True, lambda pas: self._account_array(pas, cpu))
+
+    def _account_array(self, pas: Any, cpu: int) -> None:
+        import numpy as np
+
+        nodes = np.searchsorted(np.asarray(self.mem.node_base, dtype=np.uint64), pas, side="right") - 1
+        counts = np.bincount(nodes.astype(np.int64), minlength=self.numa.num_nodes)
+        home = self.cpu_node[cpu]
+        for node, count in enumerate(counts.tolist()):
+            if not count:
+                continue
+            if node == home:
+                self._local[node] += count
+            else:
+                self._remote[node] += count
+            self._cost[node] += count * self.numa.distances[home][node]  # type: ignore[index]
+
+    async def batch_access_concurrent(
+        self, addrs: Addrs, access: str = "r", cpu: int = 0, errors: str = "raise"
+    ) -> Any:
+        """Translate a batch, overlapping the store fetches its faults need.
+
+        At most ``concurrency.max_concurrent`` fetches are in flight;
+        duplicate faults on one page share one fetch; results come back in
+        input order and equal the sequential path's. Small batches, or a
+        disabled config, take the sequential path.
+        """
+        mode = check_errors_mode(errors)
+        self._check_cpu(cpu)
+        cfg = self.concurrency
+        values, is_array = as_addresses(addrs)
+        if not cfg.enabled or len(values) <= cfg.tlb_batch_threshold:
+            return self.batch_access(values, access, cpu, errors)
+        total = len(values)
+        results: Any = [None] * total if not is_array else None
+        if is_array:
+            import numpy as np
+
+            results = np.zeros(total, dtype=np.uint64)
+        failures: dict[int, BaseException] = {}
+        for start in range(0, total, cfg.chunk_size):
+            chunk = values[start : start + cfg.chunk_size]
+            await self._run_concurrent_chunk(chunk, start, access, cpu, results, failures)
+        return finish(results, failures, mode, total)
+
+    def _pages_to_fetch(self, chunk: Any) -> list[tuple[Region, int]]:
+        """Store-backed, non-resident pages ``chunk`` will fault on, in first-touch order."""
+        out: list[tuple[Region, int]] = []
+        seen: set[tuple[int, int]] = set()
+        last_page = -1
+        for va in chunk:
+            va = int(va)
+            if va >> 12 == last_page:
+                continue
+            last_page = va >> 12
+            region = self.region_of(va)
+            if region is None or region.store is None:
+                continue
+            index = (va - region.va) // region.page_size
+            key = (region.va, index)
+            if key in seen or index in region.resident:
+                continue
+            seen.add(key)
+            out.append((region, index))
+        return out
+
+    async def _run_concurrent_chunk(
+        self, chunk: Any, start: int, access: str, cpu: int, results: Any,
+        failures: dict[int, BaseException],
+    ) -> None:  # fmt: skip
+        cfg = self.concurrency
+        sched = FairFetchScheduler(cfg.max_concurrent, cfg.weights)
+        limiter = AimdLimit(min(cfg.max_concurrent, 4), max_limit=cfg.max_concurrent) if cfg.adaptive else None
+        if limiter is not None:
+            sched.set_limit(limiter.limit)
+
+        async def fetch(region: Region, index: int) -> bytes:
+            async with sched.slot("demand"):
+                t0 = time.perf_counter()
+                pages_per = region.page_size // 4096
+                parts = [await region.store.fetch(index * pages_per + k) for k in range(pages_per)]
+                if limiter is not None:
+                    sched.set_limit(limiter.on_sample(time.perf_counter() - t0, sched.in_flight))
+            self.store_fetches += pages_per
+            return b"".join(parts)
+
+        tasks = {
+            (r.va, i): asyncio.ensure_future(fetch(r, i)) for r, i in self._pages_to_fetch(chunk)
+        }
+        try:
+            for k, va in enumerate(chunk):
+                va = int(va)
+                idx = start + k
+                region = self.region_of(va) if tasks else None
+                if region is not None:
+                    key = (region.va, (va - region.va) // region.page_size)
+                    task = tasks.get(key)
+                    if task is not None:
+                        try:
+                            data = await task
+                        except VmoptError as exc:
+                            record_failure(failures, idx, va, exc)
+                            continue
+                        if key[1] not in region.resident:
+                            self._staged[key] = data
+                try:
+                    results[idx] = self.translate(va, access, cpu)
+                except VmoptError as exc:
+                    record_failure(failures, idx, va, exc)
+                finally:
+                    if region is not None:
+                        self._staged.pop((region.va, (va - region.va) // region.page_size), None)
+        finally:
+            pending = [t for t in tasks.values() if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            if limiter is not None:
+                self.limit_history = list(limiter.history)
 
     # -- statistics -----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from vmopt.errors import AddressError, ConfigError, MappingError
 from vmopt.memory.physical import FRAME_SIZE, PhysicalMemory
@@ -202,6 +203,26 @@ class PageTable:
                 return None
             table = fmt.table_pa(pte)
         return None
+
+    def batch_lookup(self, vaddrs: Any) -> list[Leaf | None]:
+        """:meth:`lookup` for each address, in order (entries or None)."""
+        return [self.lookup(int(va)) for va in vaddrs]
+
+    async def batch_lookup_concurrent(self, vaddrs: Any, *, threshold: int = 8, chunk_size: int = 10_000) -> list[Leaf | None]:
+        """The report's concurrent lookup: CPU-bound, so in order, yielding between chunks.
+
+        Batches of ``threshold`` or fewer take :meth:`batch_lookup` directly.
+        """
+        import asyncio
+
+        values = list(vaddrs)
+        if len(values) <= threshold:
+            return self.batch_lookup(values)
+        out: list[Leaf | None] = []
+        for start in range(0, len(values), chunk_size):
+            out.extend(self.batch_lookup(values[start : start + chunk_size]))
+            await asyncio.sleep(0)
+        return out
 
     def walk_path(self, va: int) -> list[tuple[int, int, int]]:
         """The PTEs a walk of ``va`` reads: ``[(level, pte_pa, pte), ...]``, root first."""

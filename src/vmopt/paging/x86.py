@@ -183,7 +183,6 @@ class X86_64(PagingFormat):
         writable = usermode = True
         nx = False
         refs = 0
-        used: list[tuple[int, int]] = []
         level = self.levels - 1
         while True:
             pte_pa = table + ((va >> (12 + 9 * level)) & 0x1FF) * 8
@@ -205,9 +204,12 @@ class X86_64(PagingFormat):
             writable = writable and bool(pte & RW)
             usermode = usermode and bool(pte & US)
             nx = nx or bool(pte & XD)
-            used.append((pte_pa, pte))
             if leaf:
                 break
+            # A table entry is "used" once the walk passes it: its A bit is set
+            # even if the walk later faults (as QEMU's walker does).
+            if update_ad and not pte & A:
+                mem.write_u64(pte_pa, pte | A)
             table = pte & self._addr_mask
             level -= 1
         size = 1 << (12 + 9 * level)
@@ -219,11 +221,8 @@ class X86_64(PagingFormat):
             perms |= Perm.X
         if access != "p" and not self.allows(perms, usermode, access, user):
             raise PageFault(va, access, "protection", level, user=user)
-        leaf_pte_pa, leaf_pte = used[-1]
+        leaf_pte_pa, leaf_pte = pte_pa, pte
         if update_ad:
-            for entry_pa, entry in used[:-1]:
-                if not entry & A:
-                    mem.write_u64(entry_pa, entry | A)
             new = leaf_pte | A
             if access == "w":
                 new |= D

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from vmopt.errors import ConfigError
 from vmopt.paging.pagetable import PageTable
@@ -97,6 +98,7 @@ class Mmu:
             raise ConfigError(f"walk_ref_cycles must be a non-negative integer, got {walk_ref_cycles!r}")
         self.walk_ref_cycles = walk_ref_cycles
         self.stats = MmuStats()
+        self._share_prefetch_stats()
         self.fault_handler = fault_handler
         self.shootdown = shootdown
         self._lock = threading.RLock()
@@ -106,8 +108,21 @@ class Mmu:
         self.page_table = page_table
         self.asid = asid
         self._last = self.levels[-1]
+        self._subscribed: weakref.WeakSet[PageTable] = weakref.WeakSet()
         if shootdown:
+            self._subscribe(page_table)
+
+    def _subscribe(self, page_table: PageTable) -> None:
+        # Tables stay subscribed after a switch away: their ASID's entries stay
+        # cached, so their unmaps must still shoot this MMU down.
+        if page_table not in self._subscribed:
+            self._subscribed.add(page_table)
             page_table.subscribe(self._on_invalidate)
+
+    def _share_prefetch_stats(self) -> None:
+        for level in self.levels:
+            for arr in level.arrays:
+                arr.prefetch_stats = self.stats.prefetch
 
     @staticmethod
     def _check_asid(asid: int) -> None:
@@ -126,10 +141,11 @@ class Mmu:
         (or reuse an ASID) to drop the old ones.
         """
         self._check_asid(self.asid if asid is None else asid)
+        if self.shootdown:
+            # Outside self._lock: PageTable.unmap holds the table's lock while it
+            # calls _on_invalidate, which takes ours.
+            self._subscribe(page_table)
         with self._lock:
-            if self.shootdown and page_table is not self.page_table:
-                self.page_table.unsubscribe(self._on_invalidate)
-                page_table.subscribe(self._on_invalidate)
             new_asid = self.asid if asid is None else asid
             if flush or new_asid == self.asid:
                 self.flush_asid(new_asid)
@@ -179,7 +195,8 @@ class Mmu:
 
     def _dirty_rewalk(self, va: int, user: bool) -> int:
         self.stats.dirty_walks += 1
-        t = self._walk(va, "w", user)
+        # Not a TLB miss: counted in dirty_walks only, so walks == misses.
+        t = self._walk(va, "w", user, restart=True)
         self._fill_all(t, va)
         return t.pa
 
@@ -263,6 +280,33 @@ class Mmu:
             e = TlbEntry(va >> shift, shift, proto.asid, pa, proto.rights, proto.dirty, proto.level)
             e.prefetched = prefetched
             arr.insert(e)
+
+    # -- batches ---------------------------------------------------------------------
+
+    def translate_batch(self, addrs: Any, access: str = "r", user: bool = False, errors: str = "raise") -> Any:
+        """Translate a batch in order (see :mod:`vmopt.batch.engine`); arrays use the compiled kernel."""
+        from vmopt.batch.engine import run_sequential, vectorized_op
+
+        return run_sequential(
+            lambda va: self.translate(va, access, user), addrs, errors,
+            array_op=vectorized_op(self, access, user),
+        )  # fmt: skip
+
+    async def translate_batch_concurrent(
+        self, addrs: Any, access: str = "r", user: bool = False, errors: str = "raise",
+        *, threshold: int = 4, chunk_size: int = 10_000,
+    ) -> Any:  # fmt: skip
+        """The report's concurrent batch: resident translations are CPU-bound, so this runs
+        them in order, yielding to the event loop between chunks; batches of
+        ``threshold`` or fewer take the sequential path."""
+        from vmopt.batch.engine import as_addresses, run_chunked_async
+
+        values, _ = as_addresses(addrs)
+        if len(values) <= threshold:
+            return self.translate_batch(addrs, access, user, errors)
+        return await run_chunked_async(
+            lambda va: self.translate(va, access, user), addrs, errors, chunk_size=chunk_size
+        )
 
     # -- prefetching ---------------------------------------------------------------
 
@@ -399,6 +443,7 @@ class Mmu:
                 level.stats = fresh
                 for arr in level.arrays:
                     arr.stats = fresh
+            self._share_prefetch_stats()
 
 
 class AsyncPrefetchingTlb(Mmu):

@@ -1,0 +1,6 @@
+"""Batch translation: sequential, concurrent (asyncio) and vectorized paths."""
+
+from vmopt.batch.concurrency import ConcurrencyConfig
+from vmopt.batch.engine import BatchOperationFailed, BatchResult
+
+__all__ = ["BatchOperationFailed", "BatchResult", "ConcurrencyConfig"]

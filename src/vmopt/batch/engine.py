@@ -1,0 +1,235 @@
+"""Batch translation: one engine behind every ``*_batch*`` call.
+
+Three ways through a batch, with identical results:
+
+- **sequential**: ``translate`` in a loop; the reference.
+- **vectorized**: NumPy arrays of resident pages go through the compiled
+  kernel (:mod:`vmopt.batch.vectorized`), which stops at the first address
+  it cannot finish (a fault); the scalar path handles that one address and
+  the kernel resumes after it.
+- **concurrent** (asyncio): only pays when translations wait on I/O. Pages
+  of store-backed regions that the batch will fault on are fetched ahead,
+  at most ``max_concurrent`` at a time, while the batch is replayed in
+  input order; each fault then finds its page's data staged and installs it
+  exactly as the sequential path would, so frames are allocated in the same
+  order and every translation is identical.
+
+Errors never stop a batch: every address is tried, failures are logged
+with their index, and ``errors="raise"`` raises :class:`BatchOperationFailed`
+with the true success count at the end; ``errors="collect"`` returns a
+:class:`BatchResult` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from vmopt.errors import ConfigError, VmoptError
+
+__all__ = [
+    "BatchOperationFailed",
+    "BatchResult",
+    "Addrs",
+    "as_addresses",
+    "finish",
+    "run_sequential",
+]
+
+log = logging.getLogger(__name__)
+
+Addrs = Sequence[int] | npt.NDArray[np.integer[Any]]
+ErrorMode = Literal["raise", "collect"]
+
+
+class BatchOperationFailed(VmoptError):
+    """Some operations of a batch failed.
+
+    The message reads ``batch operation failed: {success}/{total} succeeded``.
+    ``failed`` lists the failing indices in order; ``errors`` maps each to
+    its exception.
+    """
+
+    def __init__(self, success: int, total: int, errors: dict[int, BaseException]) -> None:
+        super().__init__(f"batch operation failed: {success}/{total} succeeded")
+        self.success = success
+        self.total = total
+        self.errors = errors
+        self.failed = sorted(errors)
+
+
+@dataclass
+class BatchResult:
+    """What ``errors="collect"`` returns.
+
+    ``values`` is in input order (a list with None, or a uint64 array with 0,
+    where an operation failed); ``ok`` is the success mask; ``errors`` maps
+    failing indices to their exceptions.
+    """
+
+    values: list[Any] | npt.NDArray[np.uint64]
+    ok: npt.NDArray[np.bool_]
+    errors: dict[int, BaseException] = field(default_factory=dict)
+
+    @property
+    def success(self) -> int:
+        """Operations that succeeded."""
+        return int(self.ok.sum())
+
+    @property
+    def total(self) -> int:
+        """Operations in the batch."""
+        return len(self.ok)
+
+    @property
+    def failed(self) -> list[int]:
+        """Indices that failed, in order."""
+        return sorted(self.errors)
+
+
+def check_errors_mode(errors: str) -> ErrorMode:
+    """Validate the ``errors`` argument."""
+    if errors not in ("raise", "collect"):
+        raise ConfigError(f"errors must be 'raise' or 'collect', got {errors!r}")
+    return errors  # type: ignore[return-value]
+
+
+def as_addresses(addrs: Addrs) -> tuple[list[int] | npt.NDArray[np.uint64], bool]:
+    """Normalise input: (addresses, is_array). Arrays become uint64; lists stay lists of ints."""
+    if isinstance(addrs, np.ndarray):
+        if addrs.ndim != 1 or not np.issubdtype(addrs.dtype, np.integer):
+            raise ConfigError(f"address array must be 1-D of an integer dtype, got {addrs.dtype}{list(addrs.shape)}")
+        if np.issubdtype(addrs.dtype, np.signedinteger) and addrs.size and int(addrs.min()) < 0:
+            raise ConfigError(f"address array holds a negative value: {int(addrs.min())}")
+        return addrs.astype(np.uint64, copy=False), True
+    out = []
+    for a in addrs:
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+            raise ConfigError(f"addresses must be integers, got {a!r}")
+        out.append(int(a))
+    return out, False
+
+
+def record_failure(errors: dict[int, BaseException], index: int, va: int, exc: BaseException) -> None:
+    """Note and log one failed operation."""
+    errors[index] = exc
+    log.warning("batch index %d (va %#x) failed: %s", index, va, exc)
+
+
+def finish(
+    values: list[Any] | npt.NDArray[np.uint64],
+    errors: dict[int, BaseException],
+    mode: ErrorMode,
+    total: int,
+) -> Any:
+    """Return values, raise :class:`BatchOperationFailed`, or wrap a :class:`BatchResult`."""
+    if mode == "collect":
+        ok = np.ones(total, dtype=bool)
+        if errors:
+            ok[list(errors)] = False
+        return BatchResult(values, ok, errors)
+    if errors:
+        raise BatchOperationFailed(total - len(errors), total, errors)
+    return values
+
+
+def run_sequential(
+    op: Callable[[int], Any],
+    addrs: Addrs,
+    errors: str = "raise",
+    *,
+    chunk_size: int = 10_000,
+    array_op: Callable[[npt.NDArray[np.uint64], npt.NDArray[np.uint64]], int] | None = None,
+) -> Any:
+    """Apply ``op`` to every address in order.
+
+    For array input, ``array_op(chunk, out)`` (when given) translates a
+    prefix of ``chunk`` into ``out`` in compiled code and returns how many it
+    finished; the address it stopped at goes through ``op``, then it resumes.
+    """
+    mode = check_errors_mode(errors)
+    values, is_array = as_addresses(addrs)
+    total = len(values)
+    failures: dict[int, BaseException] = {}
+    if not is_array:
+        results: list[Any] = [None] * total
+        for i, va in enumerate(values):
+            try:
+                results[i] = op(va)
+            except VmoptError as exc:
+                record_failure(failures, i, va, exc)
+        return finish(results, failures, mode, total)
+    arr = values
+    assert isinstance(arr, np.ndarray)
+    out = np.zeros(total, dtype=np.uint64)
+    for start in range(0, total, chunk_size):
+        chunk = arr[start : start + chunk_size]
+        pos = 0
+        while pos < len(chunk):
+            if array_op is not None:
+                done = array_op(chunk[pos:], out[start + pos : start + len(chunk)])
+                pos += done
+                if pos >= len(chunk):
+                    break
+            i = start + pos
+            va = int(chunk[pos])
+            try:
+                out[i] = op(va)
+            except VmoptError as exc:
+                record_failure(failures, i, va, exc)
+            pos += 1
+    return finish(out, failures, mode, total)
+
+
+def vectorized_op(
+    mmu: Any, access: str, user: bool, after: Callable[[npt.NDArray[np.uint64]], None] | None = None
+) -> Callable[[npt.NDArray[np.uint64], npt.NDArray[np.uint64]], int] | None:
+    """The compiled prefix translator for ``mmu``, as ``run_sequential`` takes it.
+
+    ``after(pas)`` sees each run of physical addresses the kernel produced
+    (the facade counts NUMA traffic with it).
+    """
+    try:
+        from vmopt.batch.vectorized import translate_array
+    except ImportError:
+        return None
+
+    def op(chunk: npt.NDArray[np.uint64], out: npt.NDArray[np.uint64]) -> int:
+        res, done = translate_array(mmu, chunk, access, user)
+        if done:
+            out[:done] = res[:done]
+            if after is not None:
+                after(res[:done])
+        return int(done)
+
+    return op
+
+
+async def run_chunked_async(
+    op: Callable[[int], Any], addrs: Addrs, errors: str, *, chunk_size: int
+) -> Any:
+    """CPU-bound work under asyncio: in order, yielding to the loop between chunks.
+
+    Concurrency cannot speed CPU-bound lookups in Python (one interpreter
+    thread, nothing to await); this keeps an event loop responsive instead.
+    """
+    mode = check_errors_mode(errors)
+    values, is_array = as_addresses(addrs)
+    total = len(values)
+    failures: dict[int, BaseException] = {}
+    results: Any = np.zeros(total, dtype=np.uint64) if is_array else [None] * total
+    for start in range(0, total, chunk_size):
+        for i in range(start, min(start + chunk_size, total)):
+            va = int(values[i])
+            try:
+                results[i] = op(va)
+            except VmoptError as exc:
+                record_failure(failures, i, va, exc)
+        await asyncio.sleep(0)
+    return finish(results, failures, mode, total)
