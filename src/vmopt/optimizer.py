@@ -155,7 +155,6 @@ class MemoryOptimizer:
         self._last_sample: dict[int, int] = {}
         self.balancing_migrations = 0
         self.concurrency = (concurrency or ConcurrencyConfig()).validate()
-        self._staged: dict[tuple[int, int], bytes] = {}
         self.store_fetches = 0
         self.limit_history: list[tuple[int, int]] = []
 
@@ -260,28 +259,30 @@ class MemoryOptimizer:
             if region is None:
                 return False
             index = (va - region.va) // region.page_size
+            if index not in region.resident:  # else another vCPU populated it meanwhile
+                self._populate(region, index, cpu, self._fetch(region, index))
+            return True
+
+    def _populate(self, region: Region, index: int, cpu: int, data: bytes | None) -> None:
+        """Allocate a frame for page ``index`` under the region's policy, fill it, map it."""
+        with self._lock:
             if index in region.resident:
-                return True  # another vCPU populated it meanwhile
-            data = self._fetch(region, index)
+                return
             pa = self.mem.alloc_policy(region.page_size, region.policy, index, self.cpu_node[cpu])
             try:
                 if data is not None:
                     self.mem.write(pa, data)
-                self.page_table.map(region.va + index * region.page_size, pa, region.page_size,
-                                    region.perms, user=region.user)  # fmt: skip
+                self.page_table.map_trusted(region.va + index * region.page_size, pa, region.page_size,
+                                            region.perms, region.user)  # fmt: skip
             except BaseException:
                 self.mem.free(pa, region.page_size)
                 raise
             region.resident[index] = pa
-            return True
 
     def _fetch(self, region: Region, index: int) -> bytes | None:
         """Initial contents of a page: staged by a concurrent batch, else fetched synchronously."""
         if region.store is None:
             return None
-        staged = self._staged.pop((region.va, index), None)
-        if staged is not None:
-            return staged
         pages_per = region.page_size // 4096
         chunks = [region.store.fetch_sync(index * pages_per + k) for k in range(pages_per)]
         self.store_fetches += pages_per
@@ -449,6 +450,7 @@ class MemoryOptimizer:
         tasks = {
             (r.va, i): asyncio.ensure_future(fetch(r, i)) for r, i in self._pages_to_fetch(chunk)
         }
+        installed = 0
         try:
             for k, va in enumerate(chunk):
                 va = int(va)
@@ -463,15 +465,21 @@ class MemoryOptimizer:
                         except VmoptError as exc:
                             record_failure(failures, idx, va, exc)
                             continue
-                        if key[1] not in region.resident:
-                            self._staged[key] = data
+                        # Install in input order, as the sequential path's fault would.
+                        try:
+                            self._populate(region, key[1], cpu, data)
+                        except VmoptError as exc:
+                            record_failure(failures, idx, va, exc)
+                            continue
+                        installed += 1
+                        if installed % 4 == 0:
+                            # Let finished fetches release their slots so the
+                            # next ones start while this loop installs pages.
+                            await asyncio.sleep(0)
                 try:
                     results[idx] = self.translate(va, access, cpu)
                 except VmoptError as exc:
                     record_failure(failures, idx, va, exc)
-                finally:
-                    if region is not None:
-                        self._staged.pop((region.va, (va - region.va) // region.page_size), None)
         finally:
             pending = [t for t in tasks.values() if not t.done()]
             for t in pending:

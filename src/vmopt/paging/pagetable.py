@@ -303,6 +303,14 @@ class PageTable:
         with self._lock:
             self._map_locked(va, pa, level, perm, user, global_)
 
+    def map_trusted(self, va: int, pa: int, size: int, perms: Perm, user: bool = False) -> None:
+        """:meth:`map` for callers that validated the request already (the facade's demand
+        paging, whose regions were checked at ``allocate``); overlap is still refused."""
+        level = self.fmt.level_of_size(size)
+        assert level is not None
+        with self._lock:
+            self._map_locked(va, pa, level, perms, user, False)
+
     def map_range(
         self,
         va: int,

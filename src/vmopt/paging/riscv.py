@@ -32,6 +32,11 @@ D: Final = 1 << 7
 _RSVD: Final = ((1 << 64) - 1) & ~((1 << 54) - 1)
 _NONLEAF_RSVD: Final = _RSVD | A | D | U
 _PPN_MASK: Final = ((1 << 44) - 1) << 10
+#: Perm for the PTE's X W R bits (bits 3:1) read as a 3-bit number.
+_PERMS: Final = tuple(
+    (Perm.R if v & 1 else Perm.NONE) | (Perm.W if v & 2 else Perm.NONE) | (Perm.X if v & 4 else Perm.NONE)
+    for v in range(8)
+)
 _BIT_NAMES: Final = ((V, "V"), (R, "R"), (W, "W"), (X, "X"), (U, "U"), (G, "G"), (A, "A"), (D, "D"))
 
 
@@ -92,14 +97,7 @@ class RiscV(PagingFormat):
 
     @staticmethod
     def _perms(pte: int) -> Perm:
-        perms = Perm.NONE
-        if pte & R:
-            perms |= Perm.R
-        if pte & W:
-            perms |= Perm.W
-        if pte & X:
-            perms |= Perm.X
-        return perms
+        return _PERMS[(pte >> 1) & 7]
 
     def decode_leaf(self, pte: int, level: int) -> LeafInfo:
         return LeafInfo(

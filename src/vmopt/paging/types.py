@@ -147,15 +147,19 @@ class PageFault(VmoptError):
     def __init__(
         self, va: int, access: str, cause: FaultCause, level: int | None, *, user: bool = False
     ) -> None:
-        where = "" if level is None else f" at level {level}"
-        mode = "user" if user else "supervisor"
-        kind = {"r": "read", "w": "write", "x": "fetch"}.get(access, access)
-        super().__init__(f"page fault: {mode} {kind} of {va:#x}: {cause}{where}")
+        super().__init__(va, access, cause, level)
         self.va = va
         self.access = access
         self.cause = cause
         self.level = level
         self.user = user
+
+    def __str__(self) -> str:
+        # Built on demand: faults are frequent and most are handled, never printed.
+        where = "" if self.level is None else f" at level {self.level}"
+        mode = "user" if self.user else "supervisor"
+        kind = {"r": "read", "w": "write", "x": "fetch", "p": "probe"}.get(self.access, self.access)
+        return f"page fault: {mode} {kind} of {self.va:#x}: {self.cause}{where}"
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_fault, (self.va, self.access, self.cause, self.level, self.user))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from vmopt.errors import ConfigError
+from vmopt.errors import ConfigError, PhysicalAccessError
 from vmopt.memory.physical import PhysicalMemory
 from vmopt.paging.format import LeafInfo, PagingFormat
 from vmopt.paging.types import PageFault, Perm, Translation
@@ -32,6 +32,11 @@ G: Final = 1 << 8
 XD: Final = 1 << 63
 
 _ACCESS_BIT: Final = {"r": Perm.R, "w": Perm.W, "x": Perm.X}
+#: Effective rights from (writable at every level, XD at some level).
+_PERMS: Final = {
+    (True, False): Perm.R | Perm.W | Perm.X, (True, True): Perm.R | Perm.W,
+    (False, False): Perm.R | Perm.X, (False, True): Perm.R,
+}  # fmt: skip
 _BIT_NAMES: Final = ((P, "P"), (RW, "RW"), (US, "US"), (PWT, "PWT"), (PCD, "PCD"), (A, "A"),
                      (D, "D"), (PS, "PS"), (G, "G"), (XD, "XD"))  # fmt: skip
 
@@ -184,26 +189,31 @@ class X86_64(PagingFormat):
         nx = False
         refs = 0
         level = self.levels - 1
+        rsvd_table, rsvd_large = self._rsvd_table, self._rsvd_large
         while True:
             pte_pa = table + ((va >> (12 + 9 * level)) & 0x1FF) * 8
-            if not mem.contains(pte_pa, 8):
-                # A table outside memory reads as all-ones on real buses; fault instead.
-                raise PageFault(va, access, "reserved", level, user=user)
-            pte = read(pte_pa)
+            try:
+                pte = read(pte_pa)
+            except PhysicalAccessError:
+                # A table outside memory: real buses return garbage; fault instead.
+                raise PageFault(va, access, "reserved", level, user=user) from None
             refs += 1
             if not pte & P:
                 raise PageFault(va, access, "not_present", level, user=user)
-            if level and pte & PS and level in self._rsvd_large:
-                if pte & self._rsvd_large[level]:
+            if level and pte & PS and level < 3:
+                if pte & rsvd_large[level]:
                     raise PageFault(va, access, "reserved", level, user=user)
                 leaf = True
             else:
-                if pte & self._rsvd_table[level]:
+                if pte & rsvd_table[level]:
                     raise PageFault(va, access, "reserved", level, user=user)
                 leaf = level == 0
-            writable = writable and bool(pte & RW)
-            usermode = usermode and bool(pte & US)
-            nx = nx or bool(pte & XD)
+            if not pte & RW:
+                writable = False
+            if not pte & US:
+                usermode = False
+            if pte & XD:
+                nx = True
             if leaf:
                 break
             # A table entry is "used" once the walk passes it: its A bit is set
@@ -214,11 +224,7 @@ class X86_64(PagingFormat):
             level -= 1
         size = 1 << (12 + 9 * level)
         nx = nx and self.nxe
-        perms = Perm.R
-        if writable:
-            perms |= Perm.W
-        if not nx:
-            perms |= Perm.X
+        perms = _PERMS[writable, nx]
         if access != "p" and not self.allows(perms, usermode, access, user):
             raise PageFault(va, access, "protection", level, user=user)
         leaf_pte_pa, leaf_pte = pte_pa, pte
