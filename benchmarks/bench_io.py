@@ -51,14 +51,17 @@ def main() -> int:
             t = run_once(args.latency, args.pages, k)
             conc_times[k].append(t)
             ratios[k].append(seq / t)
-    print(f"{args.pages} faulting pages, store latency {args.latency * 1e3:.1f} ms, {args.reps} reps (medians)")
+    print(
+        f"{args.pages} faulting pages, store latency {args.latency * 1e3:.1f} ms, {args.reps} reps (medians)"
+    )
     print(f"  sequential          {statistics.median(seq_times):8.3f} s")
     ok = True
     for k, bar in BARS.items():
         r = statistics.median(ratios[k])
         verdict = "ok" if r >= bar else "MISSED"
         ok = ok and r >= bar
-        print(f"  max_concurrent={k:<3}  {statistics.median(conc_times[k]):8.3f} s   {r:6.1f}x  (bar {bar:.0f}x: {verdict})")
+        t = statistics.median(conc_times[k])
+        print(f"  max_concurrent={k:<3}  {t:8.3f} s   {r:6.1f}x  (bar {bar:.0f}x: {verdict})")
     return 0 if ok else 1
 
 

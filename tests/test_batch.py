@@ -61,7 +61,9 @@ def test_concurrency_config_invalid_is_a_config_error(caplog: pytest.LogCaptureF
 
 def _setup(opt: MemoryOptimizer) -> tuple[int, int]:
     a = opt.allocate(64 * PAGE, policy=MemPolicy.interleave([0, 1]))
-    b = opt.allocate(16 * PAGE, store=LatencyStore(0.0, data=lambda i: bytes([i % 251]) * PAGE, fail_rate=0.2, seed=3))
+    b = opt.allocate(
+        16 * PAGE, store=LatencyStore(0.0, data=lambda i: bytes([i % 251]) * PAGE, fail_rate=0.2, seed=3)
+    )
     return a, b
 
 
@@ -78,7 +80,9 @@ addr_strategy = st.lists(
 
 @settings(max_examples=40, deadline=None)
 @given(picks=addr_strategy, as_array=st.booleans(), access=st.sampled_from("rw"))
-def test_sequential_concurrent_and_loop_agree(picks: list[tuple[str, int]], as_array: bool, access: str) -> None:
+def test_sequential_concurrent_and_loop_agree(
+    picks: list[tuple[str, int]], as_array: bool, access: str
+) -> None:
     opts = [guest(), guest(), guest(concurrency=ConcurrencyConfig(4))]
     addrs_per = []
     for opt in opts:
@@ -92,22 +96,22 @@ def test_sequential_concurrent_and_loop_agree(picks: list[tuple[str, int]], as_a
     for va in addrs:
         try:
             ref.append(opts[0].translate(va, access, 0))
-        except Exception as exc:  # noqa: BLE001 - any failure is compared by type
+        except Exception as exc:
             ref.append(type(exc).__name__)
     batch_in = np.array(addrs, dtype=np.uint64) if as_array else addrs
     seq = opts[1].batch_access(batch_in, access, 0, errors="collect")
     conc = asyncio.run(opts[2].batch_access_concurrent(batch_in, access, 0, errors="collect"))
     for res in (seq, conc):
         assert isinstance(res, BatchResult)
-        got = [
-            int(res.values[i]) if res.ok[i] else type(res.errors[i]).__name__ for i in range(len(addrs))
-        ]
+        got = [int(res.values[i]) if res.ok[i] else type(res.errors[i]).__name__ for i in range(len(addrs))]
         assert got == ref
     # Sequential stats equal the loop's exactly; placement is identical on all three.
     assert opts[1].get_tlb_stats(0) == opts[0].get_tlb_stats(0)
     assert opts[1].mmus[0].stats == opts[0].mmus[0].stats
     assert opts[1].get_stats() == opts[0].get_stats() == opts[2].get_stats()
-    assert [s.local_accesses for s in opts[1].node_stats()] == [s.local_accesses for s in opts[0].node_stats()]
+    assert [s.local_accesses for s in opts[1].node_stats()] == [
+        s.local_accesses for s in opts[0].node_stats()
+    ]
 
 
 def test_lists_give_lists_and_arrays_give_uint64_arrays() -> None:

@@ -96,7 +96,7 @@ def test_weighted_interleave_is_exactly_three_to_one() -> None:
     va = opt.allocate(400 * PAGE, policy=MemPolicy.weighted_interleave({0: 3, 1: 1}))
     touch(opt, va, 400)
     assert nodes_of_region(opt, va) == {0: 300, 1: 100}
-    with pytest.raises(ConfigError, match="1..255, got 256"):
+    with pytest.raises(ConfigError, match=r"1\.\.255, got 256"):
         MemPolicy.weighted_interleave({0: 256})
 
 

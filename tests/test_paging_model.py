@@ -88,8 +88,8 @@ op = st.one_of(
         st.integers(0, 4),
         st.booleans(),
     ),
-    st.tuples(st.just("unmap"), slot_va, st.sampled_from(SIZES + (8 * KiB,))),
-    st.tuples(st.just("protect"), slot_va, st.sampled_from(SIZES + (8 * KiB,)), st.integers(0, 4)),
+    st.tuples(st.just("unmap"), slot_va, st.sampled_from((*SIZES, 8 * KiB))),
+    st.tuples(st.just("protect"), slot_va, st.sampled_from((*SIZES, 8 * KiB)), st.integers(0, 4)),
 )
 
 

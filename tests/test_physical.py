@@ -22,9 +22,7 @@ def test_reads_of_untouched_memory_are_zero_and_cost_nothing() -> None:
 
 @settings(max_examples=80, deadline=None)
 @given(
-    writes=st.lists(
-        st.tuples(st.integers(0, 5 * 4096), st.binary(min_size=0, max_size=9000)), max_size=12
-    ),
+    writes=st.lists(st.tuples(st.integers(0, 5 * 4096), st.binary(min_size=0, max_size=9000)), max_size=12),
     probe=st.tuples(st.integers(0, 6 * 4096), st.integers(0, 10000)),
 )
 def test_read_write_agree_with_a_bytearray(writes: list[tuple[int, bytes]], probe: tuple[int, int]) -> None:

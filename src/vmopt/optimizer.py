@@ -36,7 +36,7 @@ from vmopt.numa.memory import NumaMemory
 from vmopt.numa.policy import MemPolicy
 from vmopt.paging.format import PagingFormat
 from vmopt.paging.pagetable import PageTable
-from vmopt.paging.types import PageFault, Perm
+from vmopt.paging.types import Perm
 from vmopt.tlb.config import PrefetchConfig, PwcConfig
 from vmopt.tlb.mmu import Mmu, TlbSpec
 from vmopt.tlb.stats import TlbStats
@@ -206,13 +206,21 @@ class MemoryOptimizer:
             va = -(-self._next_va // align) * align
             end = va + size
             if not self.page_table.fmt.is_canonical(end - 1) or end >> (self.page_table.fmt.va_bits - 1):
-                raise AddressError(f"no room for a {format_size(size)} region in the {self.page_table.fmt.name} user half")
+                raise AddressError(
+                    f"no room for a {format_size(size)} region in the {self.page_table.fmt.name} user half"
+                )
             region = Region(va, size, page_size, policy or self.policy, perm, user, store)
             i = bisect.bisect_left(self._starts, va)
             self._starts.insert(i, va)
             self._regions.insert(i, region)
             self._next_va = end + align  # a guard gap between regions
-        log.debug("region %#x+%s (%s pages, policy %s)", va, format_size(size), format_size(page_size), region.policy)
+        log.debug(
+            "region %#x+%s (%s pages, policy %s)",
+            va,
+            format_size(size),
+            format_size(page_size),
+            region.policy,
+        )
         return va
 
     def region_of(self, va: int) -> Region | None:
@@ -433,7 +441,9 @@ class MemoryOptimizer:
     ) -> None:  # fmt: skip
         cfg = self.concurrency
         sched = FairFetchScheduler(cfg.max_concurrent, cfg.weights)
-        limiter = AimdLimit(min(cfg.max_concurrent, 4), max_limit=cfg.max_concurrent) if cfg.adaptive else None
+        limiter = (
+            AimdLimit(min(cfg.max_concurrent, 4), max_limit=cfg.max_concurrent) if cfg.adaptive else None
+        )
         if limiter is not None:
             sched.set_limit(limiter.limit)
 
@@ -447,9 +457,7 @@ class MemoryOptimizer:
             self.store_fetches += pages_per
             return b"".join(parts)
 
-        tasks = {
-            (r.va, i): asyncio.ensure_future(fetch(r, i)) for r, i in self._pages_to_fetch(chunk)
-        }
+        tasks = {(r.va, i): asyncio.ensure_future(fetch(r, i)) for r, i in self._pages_to_fetch(chunk)}
         installed = 0
         try:
             for k, va in enumerate(chunk):
@@ -514,8 +522,15 @@ class MemoryOptimizer:
             for pa in region.resident.values():
                 pages[self.mem.node_of(pa)] += region.page_size // 4096
         return [
-            NodeStats(n, self.numa.node_sizes[n], self.mem.used_bytes(n), pages[n],
-                      self._local[n], self._remote[n], self._cost[n])  # fmt: skip
+            NodeStats(
+                n,
+                self.numa.node_sizes[n],
+                self.mem.used_bytes(n),
+                pages[n],
+                self._local[n],
+                self._remote[n],
+                self._cost[n],
+            )
             for n in range(self.numa.num_nodes)
         ]
 

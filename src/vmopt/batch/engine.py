@@ -34,9 +34,9 @@ import numpy.typing as npt
 from vmopt.errors import ConfigError, VmoptError
 
 __all__ = [
+    "Addrs",
     "BatchOperationFailed",
     "BatchResult",
-    "Addrs",
     "as_addresses",
     "finish",
     "run_sequential",
@@ -104,7 +104,9 @@ def as_addresses(addrs: Addrs) -> tuple[list[int] | npt.NDArray[np.uint64], bool
     """Normalise input: (addresses, is_array). Arrays become uint64; lists stay lists of ints."""
     if isinstance(addrs, np.ndarray):
         if addrs.ndim != 1 or not np.issubdtype(addrs.dtype, np.integer):
-            raise ConfigError(f"address array must be 1-D of an integer dtype, got {addrs.dtype}{list(addrs.shape)}")
+            raise ConfigError(
+                f"address array must be 1-D of an integer dtype, got {addrs.dtype}{list(addrs.shape)}"
+            )
         if np.issubdtype(addrs.dtype, np.signedinteger) and addrs.size and int(addrs.min()) < 0:
             raise ConfigError(f"address array holds a negative value: {int(addrs.min())}")
         return addrs.astype(np.uint64, copy=False), True
@@ -211,9 +213,7 @@ def vectorized_op(
     return op
 
 
-async def run_chunked_async(
-    op: Callable[[int], Any], addrs: Addrs, errors: str, *, chunk_size: int
-) -> Any:
+async def run_chunked_async(op: Callable[[int], Any], addrs: Addrs, errors: str, *, chunk_size: int) -> Any:
     """CPU-bound work under asyncio: in order, yielding to the loop between chunks.
 
     Concurrency cannot speed CPU-bound lookups in Python (one interpreter

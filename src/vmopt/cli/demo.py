@@ -49,13 +49,21 @@ def run(args: argparse.Namespace) -> int:
         for i, frame in enumerate(frames):
             pt.map(va + i * page, frame, page, perms, user=user, global_=global_)
         pa = frames[0]
-        print(f"mapped {name:<10} {va:#018x} {format_size(length):>8} in {page_size_name(page)} pages"
-              f" -> {pa:#x} ({perms}, {'user' if user else 'supervisor'}{', global' if global_ else ''})")  # fmt: skip
+        mode = ("user" if user else "supervisor") + (", global" if global_ else "")
+        print(
+            f"mapped {name:<10} {va:#018x} {format_size(length):>8} in {page_size_name(page)} pages"
+            f" -> {pa:#x} ({perms}, {mode})"
+        )
         probes.append((name, va + length // 2 + 0x123, "r", user))
-    pt.write_virt(0x80_0000 + 100, b"hello from guest-virtual memory")
+    pt.write_virt(0x80_0000 + 100, b"hello from guest-virtual memory", user=True)
     print()
-    probes += [("heap write", 0x80_0010, "w", True), ("text write", 0x40_0000, "w", True),
-               ("unmapped", 0x1000, "r", True), ("kernel from user", _layout(args.format)[3][1], "r", True)]  # fmt: skip
+    kernel = _layout(args.format)[3][1]
+    probes += [
+        ("heap write", 0x80_0010, "w", True),
+        ("text write", 0x40_0000, "w", True),
+        ("unmapped", 0x1000, "r", True),
+        ("kernel from user", kernel, "r", True),
+    ]
     for name, va, access, user in probes:
         print(f"walk {name}: {'user' if user else 'supervisor'} {access} {va:#x}")
         try:
@@ -69,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  L{level} pte@{pte_pa:#011x} {pt.fmt.describe(pte, level)}")
         print(f"  => {result}")
     print()
-    print(f"read_virt(0x800064, 31) = {pt.read_virt(0x80_0000 + 100, 31)!r}")
+    print(f"read_virt(0x800064, 31) = {pt.read_virt(0x80_0000 + 100, 31, user=True)!r}")
     print()
     print("mappings() (like QEMU's `info mem`):")
     for m in pt.mappings():

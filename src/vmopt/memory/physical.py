@@ -121,8 +121,7 @@ class PhysicalMemory:
             raise PhysicalAccessError(f"negative length {n}")
         if pa < self.base or pa + n > self.end:
             raise PhysicalAccessError(
-                f"physical access [{pa:#x}, {pa + n:#x}) is outside memory"
-                f" [{self.base:#x}, {self.end:#x})"
+                f"physical access [{pa:#x}, {pa + n:#x}) is outside memory [{self.base:#x}, {self.end:#x})"
             )
 
     # -- byte access ---------------------------------------------------------------

@@ -40,9 +40,7 @@ class NumaConfig:
         n = self.num_nodes
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigError(f"num_nodes must be a positive integer, got {n!r}")
-        sizes = (
-            [self.mem_per_node] * n if isinstance(self.mem_per_node, int) else list(self.mem_per_node)
-        )
+        sizes = [self.mem_per_node] * n if isinstance(self.mem_per_node, int) else list(self.mem_per_node)
         if len(sizes) != n:
             raise ConfigError(f"mem_per_node lists {len(sizes)} sizes for {n} nodes: {self.mem_per_node!r}")
         for i, size in enumerate(sizes):
@@ -64,7 +62,9 @@ class NumaConfig:
                     if i == j and d != LOCAL_DISTANCE:
                         raise ConfigError(f"distance [{i}][{i}] must be {LOCAL_DISTANCE} (local), got {d}")
                     if i != j and d <= LOCAL_DISTANCE:
-                        raise ConfigError(f"distance [{i}][{j}] must be greater than {LOCAL_DISTANCE}, got {d}")
+                        raise ConfigError(
+                            f"distance [{i}][{j}] must be greater than {LOCAL_DISTANCE}, got {d}"
+                        )
         object.__setattr__(self, "distances", dist)
         if not isinstance(self.cpus_per_node, int) or self.cpus_per_node < 1:
             raise ConfigError(f"cpus_per_node must be a positive integer, got {self.cpus_per_node!r}")
@@ -127,9 +127,7 @@ class NumaConfig:
                 for cpu in _cpulist((d / "cpulist").read_text()):
                     cpu_nodes.append((cpu, i))
             cpu_nodes.sort()
-            return cls(
-                len(dirs), sizes, dists, cpu_nodes=[node for _, node in cpu_nodes] or None
-            )
+            return cls(len(dirs), sizes, dists, cpu_nodes=[node for _, node in cpu_nodes] or None)
         except (OSError, ValueError, ConfigError) as exc:
             log.info("host NUMA topology unavailable (%s); using one node", exc)
             pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 1 << 18

@@ -108,7 +108,9 @@ class NumaMemory(PhysicalMemory):
             return pa
         where = f"nodes {nodes}" if len(nodes) > 1 else f"node {nodes[0]}"
         rule = f" (policy {policy})" if policy is not None else ""
-        free = ", ".join(f"node {n}: {format_size(self.nodes[n].free_pages << FRAME_SHIFT)} free" for n in nodes)
+        free = ", ".join(
+            f"node {n}: {format_size(self.nodes[n].free_pages << FRAME_SHIFT)} free" for n in nodes
+        )
         raise OutOfFramesError(
             f"out of memory on {where}{rule}: no free {format_size(size)} block ({free})",
             size=size,

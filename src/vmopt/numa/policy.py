@@ -159,7 +159,9 @@ class MemPolicy:
         return _by_distance(first, range(n), distances, rotation)
 
 
-def _by_distance(origin: int, nodes: Iterable[int], distances: Sequence[Sequence[int]], rotation: int) -> list[int]:
+def _by_distance(
+    origin: int, nodes: Iterable[int], distances: Sequence[Sequence[int]], rotation: int
+) -> list[int]:
     """``nodes`` sorted by distance from ``origin``; equal distances rotate round-robin."""
     pool = list(nodes)
     groups: dict[int, list[int]] = {}

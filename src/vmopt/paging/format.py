@@ -15,7 +15,7 @@ from typing import Final
 from vmopt.memory.physical import PhysicalMemory
 from vmopt.paging.types import Perm, Translation
 
-__all__ = ["LeafInfo", "PagingFormat", "PTES_PER_TABLE"]
+__all__ = ["PTES_PER_TABLE", "LeafInfo", "PagingFormat"]
 
 PTES_PER_TABLE: Final = 512
 

@@ -102,9 +102,7 @@ class PageTable:
     ) -> PageTable:
         """Open page tables that already exist in ``mem`` at ``root``."""
         if not isinstance(root, int) or root & (FRAME_SIZE - 1) or not mem.contains(root, FRAME_SIZE):
-            raise AddressError(
-                f"page-table root must be a 4 KiB aligned address inside memory, got {root!r}"
-            )
+            raise AddressError(f"page-table root must be a 4 KiB aligned address inside memory, got {root!r}")
         return cls(mem, fmt, update_ad=update_ad, _root=root)
 
     def __repr__(self) -> str:
@@ -208,7 +206,9 @@ class PageTable:
         """:meth:`lookup` for each address, in order (entries or None)."""
         return [self.lookup(int(va)) for va in vaddrs]
 
-    async def batch_lookup_concurrent(self, vaddrs: Any, *, threshold: int = 8, chunk_size: int = 10_000) -> list[Leaf | None]:
+    async def batch_lookup_concurrent(
+        self, vaddrs: Any, *, threshold: int = 8, chunk_size: int = 10_000
+    ) -> list[Leaf | None]:
         """The report's concurrent lookup: CPU-bound, so in order, yielding between chunks.
 
         Batches of ``threshold`` or fewer take :meth:`batch_lookup` directly.
@@ -358,7 +358,9 @@ class PageTable:
         if lvl == level:
             pte_pa = table + fmt.index(va, lvl) * 8
             if fmt.is_valid(mem.read_u64(pte_pa)):
-                raise MappingError(f"cannot map {va:#x}: {format_size(fmt.level_span(level))} already mapped there")
+                raise MappingError(
+                    f"cannot map {va:#x}: {format_size(fmt.level_span(level))} already mapped there"
+                )
             mem.write_u64(pte_pa, fmt.make_leaf(pa, level, perm, user, global_))
             return
         # Build the missing tables bottom-up, then link them in with one store,

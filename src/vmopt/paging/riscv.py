@@ -47,9 +47,7 @@ class RiscV(PagingFormat):
     sstatus.MXR (loads from execute-only pages succeed).
     """
 
-    def __init__(
-        self, levels: int = 3, *, sum: bool = False, mxr: bool = False, svade: bool = False
-    ) -> None:
+    def __init__(self, levels: int = 3, *, sum: bool = False, mxr: bool = False, svade: bool = False) -> None:
         if levels not in (3, 4):
             raise ConfigError(f"RISC-V paging here is Sv39 (3 levels) or Sv48 (4), got {levels!r}")
         self.name = "sv39" if levels == 3 else "sv48"
