@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Final
 
 from vmopt.tlb.config import TlbConfig
-from vmopt.tlb.stats import TlbStats
+from vmopt.tlb.stats import PrefetchStats, TlbStats
 
 __all__ = ["GLOBAL_ASID", "Tlb", "TlbEntry", "TlbLevel", "XorShift64"]
 
@@ -120,6 +120,8 @@ class Tlb:
         self._plru = [0] * self.sets
         self._rng = XorShift64(config.seed)
         self._globals = 0
+        #: The MMU's PrefetchStats, to count prefetched entries dropped unused there too.
+        self.prefetch_stats: PrefetchStats | None = None
 
     # -- lookup -------------------------------------------------------------------
 
@@ -220,7 +222,10 @@ class Tlb:
             self._table[old.set][old.way] = entry
             entries[entry.key] = entry
             entry.prefetched, entry.used = old.prefetched, old.used
-            self._fill_stamp(entry)
+            # An update in place (a dirty re-walk) is a use, not a new allocation:
+            # LRU and PLRU count it as a touch; FIFO keeps the way's fill order.
+            entry.stamp = old.stamp
+            self._touch(entry)
             return None
         s = entry.vpn & self._set_mask
         row = self._table[s]
@@ -257,6 +262,8 @@ class Tlb:
             self._globals -= 1
         if e.prefetched and not e.used:
             self.stats.prefetch_useless += 1
+            if self.prefetch_stats is not None:
+                self.prefetch_stats.useless += 1
 
     def _remove(self, e: TlbEntry) -> None:
         self._drop(e)
