@@ -80,6 +80,18 @@ class NumaMemory(PhysicalMemory):
     def alloc_policy(self, size: int, policy: MemPolicy, index: int, local: int) -> int:
         """A zeroed block for page ``index`` of a region under ``policy``, first touched from ``local``."""
         order = self._order(size)
+        if policy.mode not in ("bind", "preferred_many"):
+            # Fast path: the policy's own node has room, so no fallback order is needed.
+            first = policy.target(index, local, self.usage, self.config.num_nodes)
+            allocator = self.nodes[first]
+            if allocator.free_pages >= 1 << order:
+                try:
+                    pa = allocator.alloc(order) << FRAME_SHIFT
+                except OutOfFramesError:
+                    pass
+                else:
+                    self.zero(pa, size)
+                    return pa
         with self._lock:
             rotation = self._rotation
         nodes = policy.order(index, local, self.config.distances, self.usage, rotation)  # type: ignore[arg-type]
