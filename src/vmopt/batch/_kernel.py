@@ -12,15 +12,30 @@ had stopped there.
 Return codes of :func:`run`: ``DONE`` (all translated), ``STOP`` (the
 address at ``pos`` must go through the scalar path: a fault), ``NEED_OWN``
 (the page of address ``pos`` is not in the page table), ``NEED_MORE`` (a
-prefetch target is not; ``need`` lists ``(vpn, step)`` pairs).
+prefetch target is not; ``need`` lists ``(vpn, step)`` pairs). ``targets`` is
+scratch space for ``degree`` prefetch targets.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 import numpy as np
 from numba import njit
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _jit(fn: _F) -> _F:
+    """Compile ``fn`` in nopython mode, cached on disk, without the GIL and without NRT.
+
+    No NRT: nothing here allocates, and with it every helper call would
+    increment and decrement the reference count of every array it is passed
+    (that alone tripled the cost of a translation).
+    """
+    return njit(cache=True, nogil=True, _nrt=False)(fn)  # type: ignore[no-any-return,call-overload]
+
 
 # -- return codes -----------------------------------------------------------------------
 DONE: Final = 0
@@ -74,7 +89,7 @@ POL_FIFO: Final = 1
 POL_RANDOM: Final = 2
 POL_PLRU: Final = 3
 
-# -- sl: one row per way ---------------------------------------------------------------------
+# -- sl: one row per field, one column per way -------------------------------------------------
 S_VPN: Final = 0  # -1 when the way is empty
 S_SHIFT: Final = 1
 S_ASID: Final = 2
@@ -130,7 +145,7 @@ X_NEED: Final = 6  # pairs written to need
 X_NCOL: Final = 7
 
 # -- pinfo: one row per resolved page-table region (a leaf page or a faulting entry) ----------
-P_NPAGES: Final = 0  # 4 KiB pages it spans (pstart holds its first 4 KiB page number)
+P_NPAGES: Final = 0  # 4 KiB pages it spans (512**level; pstart holds the first one)
 P_FAULT: Final = 1  # 1: a probe walk faults here; 2: the walk raised something else
 P_REFS: Final = 2  # PTE reads of a walk (a fault's reads for faulting regions)
 P_LEVEL: Final = 3  # leaf level
@@ -143,35 +158,79 @@ P_PTE: Final = 9  # leaf PTE address
 P_NCOL: Final = 10
 
 
-@njit(cache=True, nogil=True)
-def _find_page(pstart: np.ndarray, pinfo: np.ndarray, vpn: int) -> int:
-    """Row of the region holding 4 KiB page ``vpn``, or -1 (binary search)."""
-    lo = 0
-    hi = pstart.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if pstart[mid] <= vpn:
-            lo = mid + 1
-        else:
-            hi = mid
-    r = lo - 1
-    if r >= 0 and vpn < pstart[r] + pinfo[r, P_NPAGES]:
-        return r
+#: Fibonacci hashing multiplier (0x9E3779B97F4A7C15 as a signed 64-bit value).
+_HASH_MUL: Final = -7046029254386353131
+
+
+@_jit
+def _hash(key: int, mask: int) -> int:
+    """Slot of ``key`` in an open-addressing table of ``mask + 1`` slots."""
+    x = key * _HASH_MUL
+    return (x ^ (x >> 31)) & mask
+
+
+@_jit
+def _find_page(hidx: np.ndarray, top: int, vpn: int) -> int:
+    """Row of the region holding 4 KiB page ``vpn``, or -1.
+
+    ``hidx`` is an open-addressing table of ``(start << 6 | level, row)``: a
+    region spanning ``512**level`` pages from ``start``. One probe per level
+    that may hold the page, smallest first.
+    """
+    mask = hidx.shape[0] - 1
+    for lvl in range(top + 1):
+        key = (((vpn >> (9 * lvl)) << (9 * lvl)) << 6) | lvl
+        h = _hash(key, mask)
+        while True:
+            k = hidx[h, 0]
+            if k == key:
+                row: int = hidx[h, 1]
+                return row
+            if k < 0:
+                break
+            h = (h + 1) & mask
     return -1
 
 
-@njit(cache=True, nogil=True)
+@_jit
+def build_index(pstart: np.ndarray, pinfo: np.ndarray, hidx: np.ndarray) -> None:
+    """Fill ``hidx`` (a power-of-two table, at most half full) with every region."""
+    mask = hidx.shape[0] - 1
+    for h in range(hidx.shape[0]):
+        hidx[h, 0] = -1
+    for r in range(pstart.shape[0]):
+        lvl = 0
+        span = pinfo[r, P_NPAGES]
+        while span > 1:
+            span >>= 9
+            lvl += 1
+        key = (pstart[r] << 6) | lvl
+        h = _hash(key, mask)
+        while hidx[h, 0] >= 0:
+            h = (h + 1) & mask
+        hidx[h, 0] = key
+        hidx[h, 1] = r
+
+
+@_jit
+def find_pages(vpns: np.ndarray, hidx: np.ndarray, top: int, rows: np.ndarray) -> None:
+    """``rows[j]`` = the region holding page ``vpns[j]``, or -1."""
+    for j in range(vpns.shape[0]):
+        rows[j] = _find_page(hidx, top, vpns[j])
+
+
+@_jit
 def _find(sl: np.ndarray, ar: np.ndarray, a: int, vpn: int, shift: int, asid: int) -> int:
     """Slot of array ``a`` caching (vpn, shift, asid), or -1: one dict probe of ``Tlb._maps``."""
     ways = ar[a, A_WAYS]
     k0 = ar[a, A_BASE] + (vpn & (ar[a, A_SETS] - 1)) * ways
     for k in range(k0, k0 + ways):
-        if sl[k, S_VPN] == vpn and sl[k, S_ASID] == asid and sl[k, S_SHIFT] == shift:
+        if sl[S_VPN, k] == vpn and sl[S_ASID, k] == asid and sl[S_SHIFT, k] == shift:
             return k
     return -1
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _array_find(sl: np.ndarray, ar: np.ndarray, a: int, vpn12: int, asid: int, peek: bool) -> int:
     """``Tlb.lookup`` (or ``peek``) without touching: per size, own ASID first, then global."""
     for j in range(ar[a, A_NSHIFT]):
@@ -185,7 +244,7 @@ def _array_find(sl: np.ndarray, ar: np.ndarray, a: int, vpn12: int, asid: int, p
     return -1
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _level_find(
     lv: np.ndarray, ar: np.ndarray, sl: np.ndarray, lvl: int, vpn12: int, asid: int, peek: bool
 ) -> int:
@@ -198,7 +257,7 @@ def _level_find(
     return -1
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _plru_touch(plru: np.ndarray, idx: int, ways: int, way: int) -> None:
     """``Tlb._plru_touch``: point every tree node on ``way``'s path away from it."""
     bits = plru[idx]
@@ -218,22 +277,22 @@ def _plru_touch(plru: np.ndarray, idx: int, ways: int, way: int) -> None:
     plru[idx] = bits
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _touch(ar: np.ndarray, sl: np.ndarray, plru: np.ndarray, k: int) -> None:
     """``Tlb._touch``: LRU restamps, PLRU flips tree bits, FIFO/random do nothing."""
-    a = sl[k, S_ARR]
+    a = sl[S_ARR, k]
     pol = ar[a, A_POLICY]
     if pol == POL_LRU:
         ar[a, A_CLOCK] += 1
-        sl[k, S_STAMP] = ar[a, A_CLOCK]
-        sl[k, S_MOD] |= 1
+        sl[S_STAMP, k] = ar[a, A_CLOCK]
+        sl[S_MOD, k] |= 1
     elif pol == POL_PLRU:
         ways = ar[a, A_WAYS]
         rel = k - ar[a, A_BASE]
         _plru_touch(plru, ar[a, A_PLRU] + rel // ways, ways, rel % ways)
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _victim(
     ar: np.ndarray, sl: np.ndarray, plru: np.ndarray, rng: np.ndarray, a: int, k0: int, s: int
 ) -> int:
@@ -242,9 +301,9 @@ def _victim(
     pol = ar[a, A_POLICY]
     if pol in (POL_LRU, POL_FIFO):
         best = 0
-        stamp = sl[k0, S_STAMP]
+        stamp = sl[S_STAMP, k0]
         for w in range(1, ways):
-            st = sl[k0 + w, S_STAMP]
+            st = sl[S_STAMP, k0 + w]
             if st < stamp:
                 best = w
                 stamp = st
@@ -272,7 +331,7 @@ def _victim(
     return lo
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _insert(
     ar: np.ndarray, sl: np.ndarray, plru: np.ndarray, rng: np.ndarray, ls: np.ndarray, ms: np.ndarray,
     a: int, shift: int, vpn: int, asid: int, pa: int, rights: int,
@@ -283,43 +342,43 @@ def _insert(
     s = vpn & (ar[a, A_SETS] - 1)
     k0 = ar[a, A_BASE] + s * ways
     for k in range(k0, k0 + ways):
-        if sl[k, S_VPN] == vpn and sl[k, S_ASID] == asid and sl[k, S_SHIFT] == shift:
+        if sl[S_VPN, k] == vpn and sl[S_ASID, k] == asid and sl[S_SHIFT, k] == shift:
             # In place: keeps the old entry's prefetched/used flags and stamp, then a touch.
-            sl[k, S_PA] = pa
-            sl[k, S_RIGHTS] = rights
-            sl[k, S_DIRTY] = dirty
-            sl[k, S_LEVEL] = level
-            sl[k, S_MOD] |= 2
+            sl[S_PA, k] = pa
+            sl[S_RIGHTS, k] = rights
+            sl[S_DIRTY, k] = dirty
+            sl[S_LEVEL, k] = level
+            sl[S_MOD, k] |= 2
             _touch(ar, sl, plru, k)
             return
     way = -1
     for w in range(ways):
-        if sl[k0 + w, S_VPN] < 0:
+        if sl[S_VPN, k0 + w] < 0:
             way = w
             break
     lvl = ar[a, A_LEVEL]
     if way < 0:
         way = _victim(ar, sl, plru, rng, a, k0, s)
         k = k0 + way
-        if sl[k, S_ASID] == GLOBAL:
+        if sl[S_ASID, k] == GLOBAL:
             ar[a, A_GLOBALS] -= 1
-        if sl[k, S_PREF] != 0 and sl[k, S_USED] == 0:
+        if sl[S_PREF, k] != 0 and sl[S_USED, k] == 0:
             ls[lvl, T_PF_USELESS] += 1
             if ar[a, A_PFSHARED]:
                 ms[M_PF_USELESS] += 1
         ls[lvl, T_EVICTIONS] += 1
     k = k0 + way
-    sl[k, S_VPN] = vpn
-    sl[k, S_SHIFT] = shift
-    sl[k, S_ASID] = asid
-    sl[k, S_PA] = pa
-    sl[k, S_RIGHTS] = rights
-    sl[k, S_DIRTY] = dirty
-    sl[k, S_LEVEL] = level
-    sl[k, S_PREF] = pref
-    sl[k, S_USED] = 0
-    sl[k, S_STAMP] = 0
-    sl[k, S_MOD] |= 2
+    sl[S_VPN, k] = vpn
+    sl[S_SHIFT, k] = shift
+    sl[S_ASID, k] = asid
+    sl[S_PA, k] = pa
+    sl[S_RIGHTS, k] = rights
+    sl[S_DIRTY, k] = dirty
+    sl[S_LEVEL, k] = level
+    sl[S_PREF, k] = pref
+    sl[S_USED, k] = 0
+    sl[S_STAMP, k] = 0
+    sl[S_MOD, k] |= 2
     if asid == GLOBAL:
         ar[a, A_GLOBALS] += 1
     if pref:
@@ -327,12 +386,12 @@ def _insert(
     pol = ar[a, A_POLICY]
     if pol in (POL_LRU, POL_FIFO):
         ar[a, A_CLOCK] += 1
-        sl[k, S_STAMP] = ar[a, A_CLOCK]
+        sl[S_STAMP, k] = ar[a, A_CLOCK]
     elif pol == POL_PLRU:
         _plru_touch(plru, ar[a, A_PLRU] + s, ways, way)
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _fill(
     lv: np.ndarray, ar: np.ndarray, sl: np.ndarray, plru: np.ndarray, rng: np.ndarray,
     ls: np.ndarray, ms: np.ndarray, l0: int, l1: int, page_pa: int,
@@ -352,7 +411,7 @@ def _fill(
         _insert(ar, sl, plru, rng, ls, ms, a, shift, vpn12 >> sub, asid, pa, rights, dirty, level, pref)
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _pwc_skip(
     cfg: np.ndarray, ms: np.ndarray, misc: np.ndarray, pwc_asid: np.ndarray, pwc_tag: np.ndarray,
     pwc_stamp: np.ndarray, vpn12: int, stop: int,
@@ -399,7 +458,7 @@ def _pwc_skip(
     return skip
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def _walk(
     cfg: np.ndarray, ms: np.ndarray, misc: np.ndarray, pinfo: np.ndarray, pwc_asid: np.ndarray,
     pwc_tag: np.ndarray, pwc_stamp: np.ndarray, p: int, vpn12: int, write: bool,
@@ -416,13 +475,13 @@ def _walk(
         pinfo[p, P_WALKED] |= 1
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def run(
     vpns: np.ndarray, offs: np.ndarray, start: int, out: np.ndarray, cfg: np.ndarray, lv: np.ndarray,
     ar: np.ndarray, sl: np.ndarray, plru: np.ndarray, rng: np.ndarray, ls: np.ndarray,
     ms: np.ndarray, misc: np.ndarray, pwc_asid: np.ndarray, pwc_tag: np.ndarray,
-    pwc_stamp: np.ndarray, queue: np.ndarray, pstart: np.ndarray, pinfo: np.ndarray,
-    need: np.ndarray,
+    pwc_stamp: np.ndarray, queue: np.ndarray, pinfo: np.ndarray, hidx: np.ndarray,
+    need: np.ndarray, targets: np.ndarray,
 ) -> tuple[int, int]:  # fmt: skip
     """Translate addresses ``start..`` into ``out`` until done or one needs Python.
 
@@ -431,6 +490,7 @@ def run(
     applied when the code is not ``DONE``.
     """
     n = vpns.shape[0]
+    top = cfg[C_TOP]
     nlev = cfg[C_NLEV]
     last = nlev - 1
     bit = cfg[C_BIT]
@@ -439,7 +499,6 @@ def run(
     pf_kind = cfg[C_PF_KIND]
     degree = cfg[C_PF_DEGREE]
     deferred = cfg[C_PF_DEFERRED] != 0
-    targets = np.empty(max(degree, 1), dtype=np.int64)
     misc[X_NEED] = 0
     for i in range(start, n):
         vpn12 = vpns[i]
@@ -453,12 +512,12 @@ def run(
                 break
         if hit_lvl >= 0:
             # -- a hit: check everything before changing anything ------------------------
-            if sl[k, S_RIGHTS] & bit == 0:
+            if sl[S_RIGHTS, k] & bit == 0:
                 return STOP, i
-            rewalk = write and sl[k, S_DIRTY] == 0
+            rewalk = write and sl[S_DIRTY, k] == 0
             p = -1
             if rewalk:
-                p = _find_page(pstart, pinfo, vpn12)
+                p = _find_page(hidx, top, vpn12)
                 if p < 0:
                     return NEED_OWN, i
                 if pinfo[p, P_FAULT] != 0 or pinfo[p, P_RIGHTS] & bit == 0:
@@ -471,9 +530,9 @@ def run(
                     ls[lvl, T_MISSES] += 1
             ls[hit_lvl, T_HITS] += 1
             _touch(ar, sl, plru, k)
-            if sl[k, S_PREF] != 0 and sl[k, S_USED] == 0:
-                sl[k, S_USED] = 1
-                sl[k, S_MOD] |= 1
+            if sl[S_PREF, k] != 0 and sl[S_USED, k] == 0:
+                sl[S_USED, k] = 1
+                sl[S_MOD, k] |= 1
                 ls[hit_lvl, T_PF_USEFUL] += 1
                 ms[M_PF_USEFUL] += 1
             if rewalk:
@@ -486,16 +545,16 @@ def run(
                 mask = (1 << (page_shift - 12)) - 1
                 out[i] = pinfo[p, P_PA] | ((vpn12 & mask) << 12) | off12
                 continue
-            e_shift = sl[k, S_SHIFT]
-            e_pa = sl[k, S_PA]
+            e_shift = sl[S_SHIFT, k]
+            e_pa = sl[S_PA, k]
             if hit_lvl > 0:
-                _fill(lv, ar, sl, plru, rng, ls, ms, 0, hit_lvl, e_pa, e_shift, vpn12, sl[k, S_ASID],
-                      sl[k, S_RIGHTS], sl[k, S_DIRTY], sl[k, S_LEVEL], 0)  # fmt: skip
+                _fill(lv, ar, sl, plru, rng, ls, ms, 0, hit_lvl, e_pa, e_shift, vpn12, sl[S_ASID, k],
+                      sl[S_RIGHTS, k], sl[S_DIRTY, k], sl[S_LEVEL, k], 0)  # fmt: skip
             mask = (1 << (e_shift - 12)) - 1
             out[i] = e_pa | ((vpn12 & mask) << 12) | off12
             continue
         # -- a miss everywhere: the walk must succeed and its prefetches be resolvable ---------
-        p = _find_page(pstart, pinfo, vpn12)
+        p = _find_page(hidx, top, vpn12)
         if p < 0:
             return NEED_OWN, i
         if pinfo[p, P_FAULT] != 0 or pinfo[p, P_RIGHTS] & bit == 0:
@@ -523,7 +582,7 @@ def run(
         if nt and not deferred:
             missing = 0
             for j in range(nt):
-                q = _find_page(pstart, pinfo, targets[j])
+                q = _find_page(hidx, top, targets[j])
                 if q >= 0 and pinfo[q, P_FAULT] == 2:
                     return STOP, i
                 if q < 0:
@@ -566,7 +625,7 @@ def run(
                     ms[M_PF_REDUNDANT] += 1
                     continue
                 ms[M_PF_ISSUED] += 1
-                q = _find_page(pstart, pinfo, tv)
+                q = _find_page(hidx, top, tv)
                 ms[M_PF_WALK_REFS] += pinfo[q, P_REFS]
                 if pinfo[q, P_FAULT] != 0:
                     ms[M_PF_DROPPED] += 1
@@ -582,7 +641,7 @@ def run(
     return DONE, n
 
 
-@njit(cache=True, nogil=True)
+@_jit
 def cached_mask(
     vpns: np.ndarray, lv: np.ndarray, ar: np.ndarray, sl: np.ndarray, asid: int, mask: np.ndarray
 ) -> None:
@@ -595,3 +654,272 @@ def cached_mask(
                 hit = True
                 break
         mask[j] = hit
+
+
+# -- page walks over a snapshot of the page-table frames -----------------------------------------
+#
+# ``frames[row]`` holds the 512 PTEs of one 4 KiB frame of guest memory;
+# ``fidx`` maps frame numbers to rows (same open addressing as ``hidx``).
+# The walks below are ``X86_64.walk`` and ``RiscV.walk`` in probe mode
+# (access "p", no rights check), line for line, reading PTEs from the
+# snapshot; with ``set_ad`` they also set the accessed/dirty bits there that
+# the real walk would set in memory.
+
+# wc: walker constants (int64)
+W_KIND: Final = 0  # 0 x86-64, 1 RISC-V
+W_LEVELS: Final = 1
+W_VA_BITS: Final = 2
+W_ROOT: Final = 3
+W_NXE: Final = 4
+W_BASE_PFN: Final = 5  # memory is frames [base, end)
+W_END_PFN: Final = 6
+W_NCOL: Final = 7
+# wm: x86-64 masks (uint64): address mask, reserved bits of table entries per level, of large leaves
+WM_ADDR: Final = 0
+WM_RSVD_TABLE: Final = 1  # + level (0..4)
+WM_RSVD_LARGE: Final = 6  # + level (1, 2)
+WM_NCOL: Final = 9
+
+# walk results
+WALK_OK: Final = 0
+WALK_FAULT: Final = 1
+WALK_NEED_FRAME: Final = 2
+
+_U0: Final = np.uint64(0)
+_X86_P: Final = np.uint64(1)
+_X86_RW: Final = np.uint64(1 << 1)
+_X86_US: Final = np.uint64(1 << 2)
+_X86_A: Final = np.uint64(1 << 5)
+_X86_D: Final = np.uint64(1 << 6)
+_X86_PS: Final = np.uint64(1 << 7)
+_X86_G: Final = np.uint64(1 << 8)
+_X86_XD: Final = np.uint64(1 << 63)
+_RV_V: Final = np.uint64(1 << 0)
+_RV_R: Final = np.uint64(1 << 1)
+_RV_W: Final = np.uint64(1 << 2)
+_RV_X: Final = np.uint64(1 << 3)
+_RV_U: Final = np.uint64(1 << 4)
+_RV_G: Final = np.uint64(1 << 5)
+_RV_A: Final = np.uint64(1 << 6)
+_RV_D: Final = np.uint64(1 << 7)
+_RV_RSVD: Final = np.uint64(((1 << 64) - 1) & ~((1 << 54) - 1))
+_RV_NONLEAF_RSVD: Final = np.uint64((((1 << 64) - 1) & ~((1 << 54) - 1)) | (1 << 6) | (1 << 7) | (1 << 4))
+_RV_PPN: Final = np.uint64(((1 << 44) - 1) << 10)
+
+
+@_jit
+def _frame_row(fidx: np.ndarray, pfn: int) -> int:
+    """Row of frame ``pfn`` in the snapshot, or -1."""
+    mask = fidx.shape[0] - 1
+    h = _hash(pfn, mask)
+    while True:
+        k = fidx[h, 0]
+        if k == pfn:
+            row: int = fidx[h, 1]
+            return row
+        if k < 0:
+            return -1
+        h = (h + 1) & mask
+
+
+@_jit
+def index_insert(idx: np.ndarray, key: int, row: int) -> None:
+    """Add ``key -> row`` to an open-addressing table (the caller keeps it at most half full)."""
+    mask = idx.shape[0] - 1
+    h = _hash(key, mask)
+    while idx[h, 0] >= 0:
+        h = (h + 1) & mask
+    idx[h, 0] = key
+    idx[h, 1] = row
+
+
+@_jit
+def _pt_walk(
+    vpn: int, wc: np.ndarray, wm: np.ndarray, frames: np.ndarray, fidx: np.ndarray,
+    res: np.ndarray, set_ad: bool, write: bool,
+) -> int:  # fmt: skip
+    """Probe-walk page ``vpn``; fill ``res`` like a ``pinfo`` row (rights = perms * 2 + user).
+
+    Returns ``WALK_OK``, ``WALK_FAULT`` (``res[P_LEVEL]`` = fault level, -1
+    for a non-canonical address) or ``WALK_NEED_FRAME`` (``res[0]`` = the
+    frame to add to the snapshot).
+    """
+    va_bits = wc[W_VA_BITS]
+    top = vpn >> (va_bits - 13)
+    if top != 0 and top != (1 << (65 - va_bits)) - 1:
+        res[P_LEVEL] = -1
+        return WALK_FAULT
+    x86 = wc[W_KIND] == 0
+    table = wc[W_ROOT]
+    level = wc[W_LEVELS] - 1
+    refs = 0
+    writable = True
+    usermode = True
+    nx = False
+    global_ = False
+    pte = _U0
+    pte_pa = 0
+    row = -1
+    while True:
+        pte_pa = table + ((vpn >> (9 * level)) & 0x1FF) * 8
+        pfn = pte_pa >> 12
+        if pfn < wc[W_BASE_PFN] or pfn >= wc[W_END_PFN]:
+            res[P_LEVEL] = level  # a table outside memory: "reserved" in both formats
+            return WALK_FAULT
+        row = _frame_row(fidx, pfn)
+        if row < 0:
+            res[0] = pfn
+            return WALK_NEED_FRAME
+        pte = frames[row, (pte_pa >> 3) & 511]
+        refs += 1
+        if x86:
+            if not pte & _X86_P:
+                res[P_LEVEL] = level
+                return WALK_FAULT
+            if level > 0 and pte & _X86_PS and level < 3:
+                if pte & wm[WM_RSVD_LARGE + level]:
+                    res[P_LEVEL] = level
+                    return WALK_FAULT
+                leaf = True
+            else:
+                if pte & wm[WM_RSVD_TABLE + level]:
+                    res[P_LEVEL] = level
+                    return WALK_FAULT
+                leaf = level == 0
+            if not pte & _X86_RW:
+                writable = False
+            if not pte & _X86_US:
+                usermode = False
+            if pte & _X86_XD:
+                nx = True
+            if leaf:
+                break
+            if set_ad and not pte & _X86_A:
+                frames[row, (pte_pa >> 3) & 511] = pte | _X86_A
+            table = np.int64(pte & wm[WM_ADDR])
+            level -= 1
+        else:
+            if not pte & _RV_V:
+                res[P_LEVEL] = level
+                return WALK_FAULT
+            if (pte & _RV_W and not pte & _RV_R) or pte & _RV_RSVD:
+                res[P_LEVEL] = level
+                return WALK_FAULT
+            if pte & _RV_G:
+                global_ = True
+            if pte & (_RV_R | _RV_X):
+                break
+            if pte & _RV_NONLEAF_RSVD or level == 0:
+                res[P_LEVEL] = level
+                return WALK_FAULT
+            table = np.int64((pte & _RV_PPN) << np.uint64(2))
+            level -= 1
+    size_pages = 1 << (9 * level)
+    if x86:
+        nx = nx and wc[W_NXE] != 0
+        perms = 4 | (2 if writable else 0) | (0 if nx else 1)
+        user = usermode
+        page_pa = np.int64(pte & wm[WM_ADDR]) & ~((size_pages << 12) - 1)
+        global_ = (pte & _X86_G) != _U0
+        a_bit = _X86_A
+        d_bit = _X86_D
+    else:
+        v = np.int64((pte >> np.uint64(1)) & np.uint64(7))
+        perms = (4 if v & 1 else 0) | (2 if v & 2 else 0) | (1 if v & 4 else 0)
+        user = (pte & _RV_U) != _U0
+        ppn = np.int64((pte & _RV_PPN) >> np.uint64(10))
+        if ppn & (size_pages - 1):
+            res[P_LEVEL] = level  # misaligned superpage
+            return WALK_FAULT
+        page_pa = ppn << 12
+        a_bit = _RV_A
+        d_bit = _RV_D
+    if set_ad:
+        new = pte | a_bit
+        if write:
+            new |= d_bit
+        if new != pte:
+            frames[row, (pte_pa >> 3) & 511] = new
+            pte = new
+    res[P_NPAGES] = size_pages
+    res[P_FAULT] = 0
+    res[P_REFS] = refs
+    res[P_LEVEL] = level
+    res[P_PA] = page_pa
+    res[P_RIGHTS] = perms * 2 + (1 if user else 0)
+    res[P_GLOBAL] = 1 if global_ else 0
+    res[P_DIRTY] = 1 if pte & d_bit else 0
+    res[P_WALKED] = 0
+    res[P_PTE] = pte_pa
+    return WALK_OK
+
+
+@_jit
+def resolve_pages(
+    vpns: np.ndarray, start: int, stop_bit: int, degree: int, wc: np.ndarray, wm: np.ndarray,
+    frames: np.ndarray, fidx: np.ndarray, lut: np.ndarray, pstart: np.ndarray, pinfo: np.ndarray,
+    counts: np.ndarray, hidx: np.ndarray, tbuf: np.ndarray, res: np.ndarray,
+) -> tuple[int, int]:  # fmt: skip
+    """Resolve the regions of ``vpns[start:]`` in order, appending rows and indexing them.
+
+    ``counts`` = [rows, prefetch targets written to ``tbuf``, frame needed].
+    ``stop_bit``: stop after the first page an access needing that rights
+    bit faults on (0: never). ``degree``: next-page targets per new region.
+    ``lut`` maps perms * 2 + user to the MMU's rights mask. Returns
+    ``(WALK_OK, len)``, ``(WALK_FAULT, j)`` after stopping at ``vpns[j]``,
+    or ``(WALK_NEED_FRAME, j)`` with the frame in ``counts[2]``.
+    """
+    top = wc[W_LEVELS] - 1
+    for j in range(start, vpns.shape[0]):
+        vpn = vpns[j]
+        if _find_page(hidx, top, vpn) >= 0:
+            continue
+        code = _pt_walk(vpn, wc, wm, frames, fidx, res, False, False)
+        if code == WALK_NEED_FRAME:
+            counts[2] = res[0]
+            return WALK_NEED_FRAME, j
+        r = counts[0]
+        if code == WALK_FAULT:
+            lvl = res[P_LEVEL]
+            span = 1 if lvl < 0 else 1 << (9 * lvl)
+            for c in range(P_NCOL):
+                pinfo[r, c] = 0
+            pinfo[r, P_NPAGES] = span
+            pinfo[r, P_FAULT] = 1
+            pinfo[r, P_REFS] = 0 if lvl < 0 else top - lvl + 1
+            pinfo[r, P_LEVEL] = lvl
+        else:
+            span = res[P_NPAGES]
+            for c in range(P_NCOL):
+                pinfo[r, c] = res[c]
+            pinfo[r, P_RIGHTS] = lut[res[P_RIGHTS]]
+        first = vpn & ~(span - 1)
+        pstart[r] = first
+        counts[0] = r + 1
+        lvl = 0
+        s = span
+        while s > 1:
+            s >>= 9
+            lvl += 1
+        index_insert(hidx, (first << 6) | lvl, r)
+        if code == WALK_OK:
+            for k in range(1, degree + 1):
+                t = first + k * span
+                if t < VPN_LIMIT:
+                    tbuf[counts[1]] = t
+                    counts[1] += 1
+        if stop_bit and (code == WALK_FAULT or pinfo[r, P_RIGHTS] & stop_bit == 0):
+            return WALK_FAULT, j
+    return WALK_OK, vpns.shape[0]
+
+
+@_jit
+def replay_ad(
+    pstart: np.ndarray, pinfo: np.ndarray, n: int, wc: np.ndarray, wm: np.ndarray,
+    frames: np.ndarray, fidx: np.ndarray, res: np.ndarray,
+) -> None:  # fmt: skip
+    """Set in the snapshot the A/D bits of every walk the kernel simulated (``P_WALKED``)."""
+    for r in range(n):
+        flags = pinfo[r, P_WALKED]
+        if flags:
+            _pt_walk(pstart[r], wc, wm, frames, fidx, res, True, (flags & 2) != 0)

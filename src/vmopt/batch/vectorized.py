@@ -24,12 +24,11 @@ other pages under it): memory ends bit for bit as the scalar loop leaves it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from operator import is_not
 from typing import Any, Final
 
@@ -37,10 +36,9 @@ import numpy as np
 import numpy.typing as npt
 
 from vmopt.batch import _kernel as K
-from vmopt.paging import riscv as _riscv
-from vmopt.paging import x86 as _x86
+from vmopt.memory.physical import PhysicalMemory
 from vmopt.paging.riscv import RiscV
-from vmopt.paging.types import PageFault
+from vmopt.paging.types import Perm
 from vmopt.paging.x86 import X86_64
 from vmopt.tlb.mmu import RIGHTS_BIT, Mmu
 from vmopt.tlb.prefetch import NextPagePrefetcher, StridePrefetcher
@@ -60,8 +58,10 @@ _MMU_METHODS: Final = (
     "translate", "_hit_fault", "_dirty_rewalk", "_miss", "_walk", "_pwc_skip", "_rights",
     "_fill_all", "_fill", "_request_prefetch", "_prefetch",
 )  # fmt: skip
-#: Leaf accessed and dirty bits per supported format.
-_AD_BITS: Final = {X86_64: (_x86.A, _x86.D), RiscV: (_riscv.A, _riscv.D)}
+#: Paging formats whose walks the kernel reproduces.
+_FORMATS: Final = (X86_64, RiscV)
+#: PhysicalMemory methods the compiled walker stands in for.
+_MEM_METHODS: Final = ("read", "read_u64", "write", "write_u64", "contains")
 _FIRST_WINDOW: Final = 64
 _MAX_WINDOW: Final = 1 << 20
 _LOOKAHEAD: Final = 16  # extra pages resolved along a prefetch stride when the kernel asks for one
@@ -77,8 +77,15 @@ def unsupported_reason(mmu: Mmu, access: str = "r", user: bool = False) -> str |
         if getattr(type(mmu), name) is not getattr(Mmu, name):
             return f"{type(mmu).__name__} overrides Mmu.{name}"
     fmt = mmu.page_table.fmt
-    if type(fmt) not in _AD_BITS:
+    if type(fmt) not in _FORMATS:
         return f"paging format {type(fmt).__name__} is not compiled"
+    mem = mmu.page_table.mem
+    if not isinstance(mem, PhysicalMemory) or any(
+        getattr(type(mem), name) is not getattr(PhysicalMemory, name) for name in _MEM_METHODS
+    ):
+        return f"{type(mem).__name__} overrides PhysicalMemory access"
+    if mem.base & 0xFFF or mem.end & 0xFFF:
+        return "memory bounds are not frame-aligned"
     if isinstance(fmt, RiscV) and fmt.svade:
         return "RISC-V Svade faults on clear A bits"
     if not 0 <= mmu.asid < GLOBAL_ASID:
@@ -146,9 +153,9 @@ class _Mirror:
         index = {id(arr): i for i, arr in enumerate(self.arrays)}
         nslots = sum(arr.sets * arr.ways for arr in self.arrays)
         self.ar: I64 = np.zeros((len(self.arrays), K.A_NCOL), dtype=np.int64)
-        self.sl: I64 = np.zeros((nslots, K.S_NCOL), dtype=np.int64)
+        self.sl: I64 = np.zeros((K.S_NCOL, nslots), dtype=np.int64)
         self.objs: list[TlbEntry | None] = [None] * nslots
-        self.sl[:, K.S_VPN] = -1
+        self.sl[K.S_VPN] = -1
         base = plru = 0
         i = 0
         for j, level in enumerate(self.levels):
@@ -160,7 +167,7 @@ class _Mirror:
                 row[K.A_SHIFT0 : K.A_SHIFT0 + len(arr._shifts)] = arr._shifts
                 row[K.A_PLRU] = plru
                 row[K.A_CLOCK] = -1  # forces the first sync to read every stamp
-                self.sl[base : base + arr.sets * arr.ways, K.S_ARR] = i
+                self.sl[K.S_ARR, base : base + arr.sets * arr.ways] = i
                 base += arr.sets * arr.ways
                 plru += arr.sets
                 i += 1
@@ -198,38 +205,38 @@ class _Mirror:
 
     def sync(self, mmu: Mmu) -> None:
         """Bring the tables up to date with the Python objects."""
-        ar, sl, objs = self.ar, self.sl, self.objs
-        shared = mmu.stats.prefetch
-        for i, arr in enumerate(self.arrays):
-            b = int(ar[i, K.A_BASE])
-            n = arr.sets * arr.ways
-            flat = list(chain.from_iterable(arr._table))
-            moved = np.flatnonzero(np.fromiter(map(is_not, flat, objs[b : b + n]), dtype=bool, count=n))
-            for j in moved.tolist():
-                e = flat[j]
-                objs[b + j] = e
-                sl[b + j, : K.S_MOD] = _entry_row(e)
+        ar, sl, objs, arrays = self.ar, self.sl, self.objs, self.arrays
+        flat = list(chain.from_iterable(chain.from_iterable(arr._table for arr in arrays)))
+        n = len(flat)
+        for k in np.flatnonzero(np.fromiter(map(is_not, flat, objs), dtype=bool, count=n)).tolist():
+            e = flat[k]
+            objs[k] = e
+            sl[: K.S_MOD, k] = _entry_row(e)
+        for i, arr in enumerate(arrays):
             if arr._clock != ar[i, K.A_CLOCK]:
-                sl[b : b + n, K.S_STAMP] = [0 if e is None else e.stamp for e in flat]
-                ar[i, K.A_CLOCK] = arr._clock
-            part = sl[b : b + n]
-            for j in np.flatnonzero((part[:, K.S_PREF] != 0) & (part[:, K.S_USED] == 0)).tolist():
-                e = flat[j]
-                if e is not None and e.used:
-                    part[j, K.S_USED] = 1
-            ar[i, K.A_GLOBALS] = arr._globals
-            ar[i, K.A_PFSHARED] = getattr(arr, "prefetch_stats", None) is shared
-            pb = int(ar[i, K.A_PLRU])
-            self.plru[pb : pb + arr.sets] = arr._plru
-            self.rng[i] = arr._rng.state
-        sl[:, K.S_MOD] = 0
+                b = int(ar[i, K.A_BASE])
+                m = arr.sets * arr.ways
+                sl[K.S_STAMP, b : b + m] = np.fromiter(
+                    map(getattr, flat[b : b + m], repeat("stamp"), repeat(0)), dtype=np.int64, count=m
+                )
+        for k in np.flatnonzero((sl[K.S_PREF] != 0) & (sl[K.S_USED] == 0)).tolist():
+            e = flat[k]
+            if e is not None and e.used:
+                sl[K.S_USED, k] = 1
+        shared = mmu.stats.prefetch
+        ar[:, K.A_CLOCK] = [arr._clock for arr in arrays]
+        ar[:, K.A_GLOBALS] = [arr._globals for arr in arrays]
+        ar[:, K.A_PFSHARED] = [getattr(arr, "prefetch_stats", None) is shared for arr in arrays]
+        self.plru[:] = list(chain.from_iterable(arr._plru for arr in arrays))
+        self.rng[:] = [arr._rng.state for arr in arrays]
+        sl[K.S_MOD] = 0
 
-    def write_back(self, mmu: Mmu) -> None:
+    def write_back(self) -> None:
         """Turn changed ways into entries and restore clocks, PLRU bits and RNG states."""
         ar, sl, objs = self.ar, self.sl, self.objs
-        changed = np.flatnonzero(sl[:, K.S_MOD])
+        changed = np.flatnonzero(sl[K.S_MOD])
         new: list[tuple[Tlb, TlbEntry]] = []
-        for k, row in zip(changed.tolist(), sl[changed].tolist(), strict=True):
+        for k, row in zip(changed.tolist(), sl[:, changed].T.tolist(), strict=True):
             arr = self.arrays[row[K.S_ARR]]
             old = objs[k]
             if row[K.S_MOD] & 2 or old is None:
@@ -271,6 +278,7 @@ class _Call:
     pwc_stamp: I64
     queue: I64
     need: I64
+    targets: I64
     ls: I64
     ms: I64
 
@@ -329,6 +337,7 @@ def _export_call(mmu: Mmu, access: str, user: bool) -> _Call:
         pwc_stamp=pwc_stamp,
         queue=queue,
         need=np.zeros(2 * degree, dtype=np.int64),
+        targets=np.zeros(degree, dtype=np.int64),
         ls=np.zeros((len(mmu.levels), K.T_NCOL), dtype=np.int64),
         ms=np.zeros(K.M_NCOL, dtype=np.int64),
     )
@@ -387,129 +396,142 @@ def _import_call(mmu: Mmu, c: _Call) -> None:
 
 
 class _Regions:
-    """Resolved page-table regions, sorted by first 4 KiB page (``pstart``) with ``pinfo`` rows.
+    """Resolved page-table regions (``pstart``/``pinfo`` rows and their hash index ``hidx``).
 
     A region is a leaf page, or the whole span of the entry a walk faults
-    at: every address in it walks the same PTEs with the same outcome.
+    at: every address in it walks the same PTEs with the same outcome. The
+    walks run compiled over a snapshot of the page-table frames they touch,
+    taken during this call (the table lock is held, so it cannot change).
     """
 
     def __init__(self, mmu: Mmu, bit: int) -> None:
         self.mmu = mmu
         self.pt = mmu.page_table
-        self.fmt = self.pt.fmt
-        self.top = self.fmt.levels - 1
+        fmt = self.pt.fmt
+        self.fmt = fmt
+        self.top = fmt.levels - 1
         self.bit = bit
-        self.spans = [1 << (9 * lvl) for lvl in range(self.top + 1)]
-        self.pstart: I64 = np.zeros(0, dtype=np.int64)
-        self.pinfo: I64 = np.zeros((0, K.P_NCOL), dtype=np.int64)
-
-    def _uncovered(self, vpns: I64) -> npt.NDArray[np.bool_]:
-        if not len(self.pstart):
-            return np.ones(len(vpns), dtype=bool)
-        idx = np.searchsorted(self.pstart, vpns, side="right") - 1
-        safe = np.maximum(idx, 0)
-        covered: npt.NDArray[np.bool_] = (idx >= 0) & (
-            vpns < self.pstart[safe] + self.pinfo[safe, K.P_NPAGES]
+        mem = self.pt.mem
+        self.wc: I64 = np.zeros(K.W_NCOL, dtype=np.int64)
+        self.wc[K.W_KIND] = 0 if isinstance(fmt, X86_64) else 1
+        self.wc[K.W_LEVELS], self.wc[K.W_VA_BITS], self.wc[K.W_ROOT] = fmt.levels, fmt.va_bits, self.pt.root
+        self.wc[K.W_BASE_PFN], self.wc[K.W_END_PFN] = mem.base >> 12, mem.end >> 12
+        self.wm: U64 = np.zeros(K.WM_NCOL, dtype=np.uint64)
+        if isinstance(fmt, X86_64):
+            self.wc[K.W_NXE] = fmt.nxe
+            self.wm[K.WM_ADDR] = fmt._addr_mask
+            for lvl, m in fmt._rsvd_table.items():
+                self.wm[K.WM_RSVD_TABLE + lvl] = m
+            for lvl, m in fmt._rsvd_large.items():
+                self.wm[K.WM_RSVD_LARGE + lvl] = m
+        # rights mask of every (perms, user) pair, as Mmu._rights computes it
+        self.lut: I64 = np.array(
+            [mmu._rights((Perm(code >> 1), bool(code & 1))) for code in range(16)], dtype=np.int64
         )
-        return ~covered
+        self.n = 0
+        self.pstart: I64 = np.zeros(64, dtype=np.int64)
+        self.pinfo: I64 = np.zeros((64, K.P_NCOL), dtype=np.int64)
+        self.hidx: I64 = np.full((128, 2), -1, dtype=np.int64)
+        self.nframes = 0
+        self.frames: U64 = np.zeros((8, 512), dtype=np.uint64)
+        self.frames0: U64 = np.zeros((8, 512), dtype=np.uint64)
+        self.fpfn: list[int] = []
+        self.fidx: I64 = np.full((16, 2), -1, dtype=np.int64)
+        self.counts: I64 = np.zeros(3, dtype=np.int64)
+        self.res: I64 = np.zeros(K.P_NCOL, dtype=np.int64)
 
-    def resolve(self, vpns: list[int], *, stop_at_fault: bool = False, next_page: int = 0) -> None:
-        """Resolve the regions holding ``vpns``, in order (probe walks, no A/D updates).
+    def _reserve(self, more: int) -> None:
+        """Room for ``more`` rows, with the index at most half full."""
+        need = self.n + more
+        if need > len(self.pstart):
+            cap = max(need, 2 * len(self.pstart))
+            self.pstart = np.concatenate([self.pstart[: self.n], np.zeros(cap - self.n, dtype=np.int64)])
+            grown = np.zeros((cap, K.P_NCOL), dtype=np.int64)
+            grown[: self.n] = self.pinfo[: self.n]
+            self.pinfo = grown
+        if 2 * need > len(self.hidx):
+            size = len(self.hidx)
+            while size < 2 * need:
+                size *= 2
+            self.hidx = np.full((size, 2), -1, dtype=np.int64)
+            K.build_index(self.pstart[: self.n], self.pinfo[: self.n], self.hidx)
+
+    def _add_frame(self, pfn: int) -> None:
+        """Copy one 4 KiB frame of guest memory into the snapshot."""
+        row = self.nframes
+        if row == len(self.frames):
+            self.frames = np.concatenate([self.frames, np.zeros_like(self.frames)])
+            self.frames0 = np.concatenate([self.frames0, np.zeros_like(self.frames0)])
+        if 2 * (row + 1) > len(self.fidx):
+            self.fidx = np.full((2 * len(self.fidx), 2), -1, dtype=np.int64)
+            for r, p in enumerate(self.fpfn):
+                K.index_insert(self.fidx, p, r)
+        self.frames[row] = np.frombuffer(self.pt.mem.read(pfn << 12, 4096), dtype="<u8")
+        self.frames0[row] = self.frames[row]
+        self.fpfn.append(pfn)
+        K.index_insert(self.fidx, pfn, row)
+        self.nframes = row + 1
+
+    def uncovered(self, vpns: I64) -> npt.NDArray[np.bool_]:
+        """Which of ``vpns`` no resolved region holds."""
+        rows = np.empty(len(vpns), dtype=np.int64)
+        K.find_pages(np.ascontiguousarray(vpns, dtype=np.int64), self.hidx, self.top, rows)
+        missing: npt.NDArray[np.bool_] = rows < 0
+        return missing
+
+    def resolve(self, vpns: I64, *, stop_at_fault: bool = False, next_page: int = 0) -> None:
+        """Resolve the regions holding ``vpns``, in order.
 
         ``stop_at_fault``: stop after the first page the batch's access would
         fault on (the kernel stops there too). ``next_page``: also resolve the
         next-page prefetch targets of the new regions.
         """
-        walk, mem, root, top, spans = self.fmt.walk, self.pt.mem, self.pt.root, self.top, self.spans
-        rights = self.mmu._rights
-        bit = self.bit
-        found: dict[int, int] = {}  # first page -> span of the regions resolved here
-        starts: list[int] = []
-        rows: list[tuple[int, ...]] = []
-        targets: list[int] = []
-        for vpn in vpns:
-            if any(found.get(vpn & ~(span - 1)) == span for span in spans):
-                continue
-            try:
-                t = walk(mem, root, vpn << 12, "p", False, False)
-            except PageFault as f:
-                if f.level is None:
-                    span, refs, level = 1, 0, -1
-                else:
-                    span, refs, level = 1 << (9 * f.level), top - f.level + 1, f.level
-                first = vpn & ~(span - 1)
-                row: tuple[int, ...] = (span, 1, refs, level, 0, 0, 0, 0, 0, 0)
-                faults = True
-            except Exception:  # anything else: the scalar path meets it
-                span, first = 1, vpn
-                row = (1, 2, 0, 0, 0, 0, 0, 0, 0, 0)
-                faults = True
-            else:
-                span = 1 << (9 * t.level)
-                first = vpn & ~(span - 1)
-                mask = rights(t)
-                row = (span, 0, t.memory_refs, t.level, t.page_pa, mask, t.global_, t.dirty, 0, t.pte_pa)
-                faults = not mask & bit
-                for k in range(1, next_page + 1):
-                    targets.append(first + k * span)
-            found[first] = span
-            starts.append(first)
-            rows.append(row)
-            if faults and stop_at_fault:
+        vpns = np.ascontiguousarray(vpns, dtype=np.int64)
+        if not len(vpns):
+            return
+        self._reserve(len(vpns))
+        tbuf = np.zeros(len(vpns) * next_page, dtype=np.int64)
+        self.counts[0], self.counts[1] = self.n, 0
+        stop_bit = self.bit if stop_at_fault else 0
+        pos = 0
+        while True:
+            code, pos = K.resolve_pages(
+                vpns, pos, stop_bit, next_page, self.wc, self.wm, self.frames, self.fidx, self.lut,
+                self.pstart, self.pinfo, self.counts, self.hidx, tbuf, self.res,
+            )  # fmt: skip
+            self.n = int(self.counts[0])
+            if code != K.WALK_NEED_FRAME:
                 break
-        if starts:
-            pstart = np.concatenate([self.pstart, np.array(starts, dtype=np.int64)])
-            pinfo = np.concatenate([self.pinfo, np.array(rows, dtype=np.int64).reshape(-1, K.P_NCOL)])
-            order = np.argsort(pstart, kind="stable")
-            self.pstart = np.ascontiguousarray(pstart[order])
-            self.pinfo = np.ascontiguousarray(pinfo[order])
-        if targets:
-            t_arr = np.unique(np.array(targets, dtype=np.int64))
-            t_arr = t_arr[t_arr < K.VPN_LIMIT]
-            t_arr = t_arr[self._uncovered(t_arr)]
-            if len(t_arr):
-                self.resolve(t_arr.tolist())
+            self._add_frame(int(self.counts[2]))
+        targets = tbuf[: int(self.counts[1])]
+        if len(targets):
+            targets = np.unique(targets)
+            self.resolve(targets[self.uncovered(targets)])
 
     def resolve_window(self, window: I64, mirror: _Mirror, asid: int, next_page: int) -> None:
         """Resolve the pages of ``window`` (its first one always) that no TLB level holds now."""
         vpns, first_seen = np.unique(window, return_index=True)
-        keep = self._uncovered(vpns)
+        keep = self.uncovered(vpns)
         cached = np.zeros(len(vpns), dtype=np.bool_)
         K.cached_mask(vpns, mirror.lv, mirror.ar, mirror.sl, asid, cached)
         keep &= ~cached | (vpns == window[0])
         order = np.argsort(first_seen[keep], kind="stable")
-        self.resolve(vpns[keep][order].tolist(), stop_at_fault=True, next_page=next_page)
+        self.resolve(vpns[keep][order], stop_at_fault=True, next_page=next_page)
 
-    def replay_ad(self, user: bool) -> None:
-        """Set the A/D bits the kernel's simulated walks would have set, by walking for real.
+    def replay_ad(self) -> None:
+        """Set the A/D bits the kernel's simulated walks would have set, as the real walks would.
 
-        One real walk per last-level table sets the non-leaf A bits every page
-        under it shares; the other pages only need their leaf checked.
+        The walks are replayed on the snapshot; frames that changed are
+        written back whole (the table lock is held, nothing else changed them).
         """
-        pt = self.pt
-        if not pt.update_ad:
+        if not self.pt.update_ad or not self.n:
             return
-        walked = np.flatnonzero(self.pinfo[:, K.P_WALKED])
-        if not len(walked):
-            return
-        a_bit, d_bit = _AD_BITS[type(self.fmt)]
-        read = pt.mem.read_u64
-        seen: set[tuple[int, int]] = set()
-        info = self.pinfo[walked][:, [K.P_WALKED, K.P_LEVEL, K.P_PTE, K.P_FAULT]].tolist()
-        for first, (flags, level, pte_pa, fault) in zip(self.pstart[walked].tolist(), info, strict=True):
-            va = first << 12
-            if fault:
-                with contextlib.suppress(PageFault):
-                    pt.walk(va, "p")
-                continue
-            write = bool(flags & 2)
-            group = (first >> (9 * (level + 1)), level)
-            if group in seen:
-                want = a_bit | (d_bit if write else 0)
-                if read(pte_pa) & want == want:
-                    continue
-            seen.add(group)
-            pt.walk(va, "w" if write else "p", user)
+        K.replay_ad(self.pstart, self.pinfo, self.n, self.wc, self.wm, self.frames, self.fidx, self.res)
+        n = self.nframes
+        changed = np.flatnonzero((self.frames[:n] != self.frames0[:n]).any(axis=1))
+        write = self.pt.mem.write
+        for row in changed.tolist():
+            write(self.fpfn[row] << 12, self.frames[row].astype("<u8").tobytes())
 
 
 # -- the entry point -----------------------------------------------------------------------------
@@ -547,7 +569,12 @@ def translate_array(
     if limit == 0:
         return out, 0
     vas: U64 = np.ascontiguousarray(arr[:limit], dtype=np.uint64)
-    with mmu._lock:
+    pt = mmu.page_table
+    # The table's lock first (PageTable.unmap holds it while it takes the MMU's): no
+    # map/unmap/protect can change the tables while the compiled walker reads them.
+    with pt._lock, mmu._lock:
+        if mmu.page_table is not pt:
+            return out, 0
         why = unsupported_reason(mmu, access, user)
         if why is not None:
             log.debug("translate_array falls back to the scalar path: %s", why)
@@ -578,7 +605,7 @@ def _run(mmu: Mmu, mirror: _Mirror, c: _Call, vas: U64, out: U64, user: bool) ->
         code, pos = K.run(
             vpn_all, offs, pos, out, c.cfg, mirror.lv, mirror.ar, mirror.sl, mirror.plru, mirror.rng,
             c.ls, c.ms, c.misc, c.pwc_asid, c.pwc_tag, c.pwc_stamp, c.queue,
-            regions.pstart, regions.pinfo, c.need,
+            regions.pinfo, regions.hidx, c.need, c.targets,
         )  # fmt: skip
         if code == K.NEED_OWN:
             regions.resolve_window(vpn_all[pos : pos + window], mirror, asid, next_page)
@@ -588,10 +615,10 @@ def _run(mmu: Mmu, mirror: _Mirror, c: _Call, vas: U64, out: U64, user: bool) ->
             ahead = np.arange(_LOOKAHEAD + 1, dtype=np.int64)
             cand = np.unique((pairs[:, :1] + pairs[:, 1:] * ahead).ravel())
             cand = cand[(cand >= 0) & (cand < K.VPN_LIMIT)]
-            regions.resolve(cand[regions._uncovered(cand)].tolist(), next_page=next_page)
+            regions.resolve(cand[regions.uncovered(cand)], next_page=next_page)
         else:
             break
-    mirror.write_back(mmu)
+    mirror.write_back()
     _import_call(mmu, c)
-    regions.replay_ad(user)
+    regions.replay_ad()
     return int(pos)
