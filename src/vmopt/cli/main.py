@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from vmopt import __version__
-from vmopt.cli import demo
+from vmopt.cli import bench, demo
 from vmopt.errors import VmoptError
 
 __all__ = ["main"]
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     demo.register(sub)
+    bench.register(sub)
     return parser
 
 
