@@ -169,9 +169,11 @@ class Mmu:
             stats = self.stats
             stats.translations += 1
             asid = self.asid
-            for i, level in enumerate(self.levels):
+            i = 0
+            for level in self.levels:
                 e = level.lookup(va, asid)
                 if e is None:
+                    i += 1
                     continue
                 if e.prefetched and not e.used:
                     e.used = True

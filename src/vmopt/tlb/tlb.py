@@ -116,6 +116,9 @@ class Tlb:
         self._maps: dict[int, dict[int, TlbEntry]] = {s: {} for s in self._shifts}
         self._table: list[list[TlbEntry | None]] = [[None] * self.ways for _ in range(self.sets)]
         self._policy = config.policy
+        self._lru = config.policy == "lru"
+        self._plru_on = config.policy == "plru"
+        self._probe = tuple(self._maps.items())
         self._clock = 0
         self._plru = [0] * self.sets
         self._rng = XorShift64(config.seed)
@@ -127,14 +130,22 @@ class Tlb:
 
     def lookup(self, va: int, asid: int) -> TlbEntry | None:
         """The entry covering ``va`` for ``asid`` (or a global one), updating recency."""
-        for shift, entries in self._maps.items():
-            vpn = va >> shift
-            e = entries.get((vpn << _KEY_SHIFT) | asid)
-            if e is None and self._globals:
-                e = entries.get((vpn << _KEY_SHIFT) | GLOBAL_ASID)
-            if e is not None:
-                self._touch(e)
-                return e
+        # The hot path of every translation: one dict probe per page size.
+        for shift, entries in self._probe:
+            vpn_key = (va >> shift) << _KEY_SHIFT
+            e = entries.get(vpn_key | asid)
+            if e is None:
+                if not self._globals:
+                    continue
+                e = entries.get(vpn_key | GLOBAL_ASID)
+                if e is None:
+                    continue
+            if self._lru:
+                self._clock += 1
+                e.stamp = self._clock
+            elif self._plru_on:
+                self._plru_touch(e.set, e.way)
+            return e
         return None
 
     def peek(self, va: int, asid: int) -> TlbEntry | None:
