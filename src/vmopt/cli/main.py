@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from vmopt import __version__
-from vmopt.cli import bench, demo
+from vmopt.cli import bench, demo, inspect
 from vmopt.errors import VmoptError
 
 __all__ = ["main"]
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     demo.register(sub)
     bench.register(sub)
+    inspect.register(sub)
     return parser
 
 
