@@ -401,7 +401,7 @@ class _Regions:
     A region is a leaf page, or the whole span of the entry a walk faults
     at: every address in it walks the same PTEs with the same outcome. The
     walks run compiled over a snapshot of the page-table frames they touch,
-    taken during this call (the table lock is held, so it cannot change).
+    taken during this call.
     """
 
     def __init__(self, mmu: Mmu, bit: int) -> None:
@@ -521,17 +521,26 @@ class _Regions:
     def replay_ad(self) -> None:
         """Set the A/D bits the kernel's simulated walks would have set, as the real walks would.
 
-        The walks are replayed on the snapshot; frames that changed are
-        written back whole (the table lock is held, nothing else changed them).
+        The walks are replayed on the snapshot, and what they changed is
+        written back compare-and-set style: a frame still as snapshotted is
+        written whole; otherwise only the words nobody changed meanwhile get
+        their bits (a concurrent unmap is never undone).
         """
         if not self.pt.update_ad or not self.n:
             return
         K.replay_ad(self.pstart, self.pinfo, self.n, self.wc, self.wm, self.frames, self.fidx, self.res)
         n = self.nframes
         changed = np.flatnonzero((self.frames[:n] != self.frames0[:n]).any(axis=1))
-        write = self.pt.mem.write
+        mem = self.pt.mem
         for row in changed.tolist():
-            write(self.fpfn[row] << 12, self.frames[row].astype("<u8").tobytes())
+            pa = self.fpfn[row] << 12
+            now = np.frombuffer(mem.read(pa, 4096), dtype="<u8")
+            if np.array_equal(now, self.frames0[row]):
+                mem.write(pa, self.frames[row].astype("<u8").tobytes())
+                continue
+            for j in np.flatnonzero(self.frames[row] != self.frames0[row]).tolist():
+                if mem.read_u64(pa + 8 * j) == int(self.frames0[row, j]):
+                    mem.write_u64(pa + 8 * j, int(self.frames[row, j]))
 
 
 # -- the entry point -----------------------------------------------------------------------------
@@ -569,12 +578,9 @@ def translate_array(
     if limit == 0:
         return out, 0
     vas: U64 = np.ascontiguousarray(arr[:limit], dtype=np.uint64)
-    pt = mmu.page_table
-    # The table's lock first (PageTable.unmap holds it while it takes the MMU's): no
-    # map/unmap/protect can change the tables while the compiled walker reads them.
-    with pt._lock, mmu._lock:
-        if mmu.page_table is not pt:
-            return out, 0
+    # The MMU's lock only, as translate() takes it: the table's lock would invert
+    # the order a fault handler's map() takes them in.
+    with mmu._lock:
         why = unsupported_reason(mmu, access, user)
         if why is not None:
             log.debug("translate_array falls back to the scalar path: %s", why)
