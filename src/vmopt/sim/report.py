@@ -1,0 +1,167 @@
+"""The simulation report: a plain JSON-able dict with a stable schema, and its terminal rendering.
+
+The schema is documented in docs/report-schema.md; bump :data:`SCHEMA_VERSION`
+on any incompatible change (adding keys is compatible).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import IO, Any, Final
+
+from vmopt.sim.driver import SimResult
+from vmopt.units import format_size
+
+__all__ = ["SCHEMA_VERSION", "build_report", "render_report", "write_json"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 1
+
+
+def _rate(num: int, den: int) -> float:
+    return num / den if den else 0.0
+
+
+def build_report(result: SimResult, source: dict[str, Any]) -> dict[str, Any]:
+    """The report of one run; ``source`` describes the trace or workload that was played."""
+    opt = result.opt
+    cfg = result.config
+    mmus = opt.mmus
+    tlb: dict[str, Any] = {}
+    tlb_cycles = 0
+    for i, level in enumerate(cfg.tlb):
+        stats = [m.levels[i].stats for m in mmus]
+        lookups = sum(s.lookups for s in stats)
+        hits = sum(s.hits for s in stats)
+        cycles = sum(s.cycles for s in stats)
+        tlb_cycles += cycles
+        tlb[level.name] = {
+            "arrays": [c.name for c in level.tlb_configs()],
+            "lookups": lookups,
+            "hits": hits,
+            "misses": sum(s.misses for s in stats),
+            "evictions": sum(s.evictions for s in stats),
+            "hit_rate": _rate(hits, lookups),
+            "cycles": cycles,
+        }
+    ms = [m.stats for m in mmus]
+    walks = sum(s.walks for s in ms)
+    walk_cycles = sum(s.cycles for s in ms)
+    total_cycles = tlb_cycles + walk_cycles
+    pf = [s.prefetch for s in ms]
+    accesses = result.accesses
+    nodes = []
+    for n in range(cfg.numa.nodes):
+        nodes.append(
+            {
+                "node": n,
+                "size_bytes": opt.numa.node_sizes[n],
+                "used_bytes": opt.mem.used_bytes(n),
+                "pages": result.pages[n],
+                "local_accesses": result.local[n],
+                "remote_accesses": result.remote[n],
+            }
+        )
+    w = result.windows
+    elapsed = result.elapsed_s
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "source": source,
+        "accesses": accesses,
+        "kinds": {"read": result.kinds[0], "write": result.kinds[1], "fetch": result.kinds[2]},
+        "cpus": len(mmus),
+        "tlb": tlb,
+        "page_walks": walks,
+        "walk_memory_refs": sum(s.walk_memory_refs for s in ms),
+        "pwc": {"lookups": sum(s.pwc_lookups for s in ms), "hits": sum(s.pwc_hits for s in ms)},
+        "faults": {
+            "demand": result.demand_faults,
+            "other": sum(s.faults for s in ms),
+            "failed_accesses": result.failed_accesses,
+        },
+        "prefetch": {
+            "requested": sum(p.requested for p in pf),
+            "issued": sum(p.issued for p in pf),
+            "installed": sum(p.installed for p in pf),
+            "useful": sum(p.useful for p in pf),
+            "useless": sum(p.useless for p in pf),
+            "dropped": sum(p.dropped for p in pf),
+            "walk_memory_refs": sum(p.walk_memory_refs for p in pf),
+        },
+        "numa": {"policy": cfg.numa.policy, "nodes": nodes},
+        "cycles": {
+            "tlb": tlb_cycles,
+            "walk": walk_cycles,
+            "total": total_cycles,
+            "per_access": _rate(total_cycles, accesses),
+        },
+        "windows": {
+            "accesses": list(w.accesses),
+            "l1_misses": list(w.l1_misses),
+            "page_walks": list(w.walks),
+            "local_accesses": [list(x) for x in w.local],
+            "remote_accesses": [list(x) for x in w.remote],
+        },
+        "elapsed_s": elapsed,
+        "accesses_per_s": _rate(accesses, elapsed) if elapsed > 0 else 0.0,  # type: ignore[arg-type]
+        "config": cfg.to_raw(),
+    }
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> None:
+    """Write the report as JSON."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2)
+        fh.write("\n")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def render_report(report: dict[str, Any], file: IO[str] | None = None) -> None:
+    """Print the report as rich tables (plain text when ``file`` is not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file, width=None if file is None or file.isatty() else 100)
+    src = report["source"]
+    k = report["kinds"]
+    console.print(
+        f"[bold]vmopt simulate[/bold]: {src.get('description', src.get('name'))} — "
+        f"{report['accesses']:,} accesses ({k['read']:,} reads, {k['write']:,} writes, "
+        f"{k['fetch']:,} fetches) on {report['cpus']} vCPU(s)"
+    )
+    t = Table(title="TLB hierarchy", title_justify="left")
+    for col in ("level", "arrays", "lookups", "hits", "misses", "evictions", "hit rate"):
+        t.add_column(col, justify="left" if col in ("level", "arrays") else "right")
+    for name, lv in report["tlb"].items():
+        t.add_row(name, "+".join(lv["arrays"]), f"{lv['lookups']:,}", f"{lv['hits']:,}",
+                  f"{lv['misses']:,}", f"{lv['evictions']:,}", _pct(lv["hit_rate"]))  # fmt: skip
+    console.print(t)
+    f = report["faults"]
+    p = report["prefetch"]
+    c = report["cycles"]
+    pwc = report["pwc"]
+    m = Table(title="Walks, faults, prefetch, cost", title_justify="left", show_header=False)
+    m.add_column("what")
+    m.add_column("value", justify="right")
+    m.add_row("page walks", f"{report['page_walks']:,}")
+    m.add_row("walk memory refs", f"{report['walk_memory_refs']:,}")
+    m.add_row("page-walk cache hits", f"{pwc['hits']:,} / {pwc['lookups']:,}")
+    m.add_row("demand faults (pages mapped)", f"{f['demand']:,}")
+    m.add_row("other faults", f"{f['other']:,}")
+    m.add_row("prefetch issued / useful / useless", f"{p['issued']:,} / {p['useful']:,} / {p['useless']:,}")
+    m.add_row("modelled cycles per access", f"{c['per_access']:.2f}")
+    m.add_row("host throughput", f"{report['accesses_per_s']:,.0f} accesses/s ({report['elapsed_s']:.2f} s)")
+    console.print(m)
+    n = Table(title=f"NUMA (policy {report['numa']['policy']})", title_justify="left")
+    for col in ("node", "size", "pages", "local accesses", "remote accesses"):
+        n.add_column(col, justify="right")
+    for node in report["numa"]["nodes"]:
+        n.add_row(str(node["node"]), format_size(node["size_bytes"]), f"{node['pages']:,}",
+                  f"{node['local_accesses']:,}", f"{node['remote_accesses']:,}")  # fmt: skip
+    console.print(n)
