@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from vmopt import __version__
-from vmopt.cli import bench, demo, inspect
+from vmopt.cli import bench, config_cmd, demo, inspect, simulate, sweep
 from vmopt.errors import VmoptError
 
 __all__ = ["main"]
@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     bench.register(sub)
     inspect.register(sub)
+    simulate.register(sub)
+    sweep.register(sub)
+    config_cmd.register(sub)
     return parser
 
 
