@@ -432,7 +432,10 @@ def _section(raw: Mapping[str, Any], name: str, allowed: Iterable[str]) -> dict[
 
 def from_raw(raw: Mapping[str, Any]) -> SimConfig:
     """Validate a raw configuration (defaults NOT merged in)."""
-    _check_keys("config", {k: None for k in raw}, ("paging", "tlb", "prefetch", "pwc", "numa", "concurrency"))
+    sections = ("paging", "tlb", "prefetch", "pwc", "numa", "concurrency")
+    for k in raw:
+        if k not in sections:
+            raise ConfigError(f"{k}: unknown section (expected one of {', '.join(sections)})")
     p = _section(raw, "paging", ("format", "page_size", "walk_ref_cycles"))
     paging = PagingSection(
         _str("paging.format", p.get("format", "x86_64"), FORMATS),
