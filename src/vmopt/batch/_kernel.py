@@ -335,13 +335,16 @@ def _victim(
 def _insert(
     ar: np.ndarray, sl: np.ndarray, plru: np.ndarray, rng: np.ndarray, ls: np.ndarray, ms: np.ndarray,
     a: int, shift: int, vpn: int, asid: int, pa: int, rights: int,
-    dirty: int, level: int, pref: int,
+    dirty: int, level: int, pref: int, absent: bool,
 ) -> None:  # fmt: skip
-    """``Tlb.insert``: update in place, or fill the first empty way, or evict a victim."""
+    """``Tlb.insert``: update in place, or fill the first empty way, or evict a victim.
+
+    ``absent``: the caller's lookup just proved the key is not cached here.
+    """
     ways = ar[a, A_WAYS]
     s = vpn & (ar[a, A_SETS] - 1)
     k0 = ar[a, A_BASE] + s * ways
-    for k in range(k0, k0 + ways):
+    for k in range(k0, k0 + (0 if absent else ways)):
         if sl[S_VPN, k] == vpn and sl[S_ASID, k] == asid and sl[S_SHIFT, k] == shift:
             # In place: keeps the old entry's prefetched/used flags and stamp, then a touch.
             sl[S_PA, k] = pa
@@ -396,9 +399,12 @@ def _fill(
     lv: np.ndarray, ar: np.ndarray, sl: np.ndarray, plru: np.ndarray, rng: np.ndarray,
     ls: np.ndarray, ms: np.ndarray, l0: int, l1: int, page_pa: int,
     page_shift: int, vpn12: int, asid: int, rights: int, dirty: int,
-    level: int, pref: int,
+    level: int, pref: int, absent: bool,
 ) -> None:  # fmt: skip
-    """``Mmu._fill`` over levels ``l0..l1-1``: each level caches the page at the size it holds."""
+    """``Mmu._fill`` over levels ``l0..l1-1``: each level caches the page at the size it holds.
+
+    ``absent``: lookups just missed in all those levels, so no update in place is possible.
+    """
     pidx = (page_shift - 12) // 9
     page_mask = (1 << (page_shift - 12)) - 1
     for lvl in range(l0, l1):
@@ -408,7 +414,9 @@ def _fill(
         shift = lv[lvl, L_FILL + 2 * pidx + 1]
         sub = shift - 12
         pa = page_pa + ((((vpn12 & page_mask) >> sub) << sub) << 12)
-        _insert(ar, sl, plru, rng, ls, ms, a, shift, vpn12 >> sub, asid, pa, rights, dirty, level, pref)
+        _insert(
+            ar, sl, plru, rng, ls, ms, a, shift, vpn12 >> sub, asid, pa, rights, dirty, level, pref, absent
+        )
 
 
 @_jit
@@ -541,7 +549,7 @@ def run(
                 page_shift = 12 + 9 * pinfo[p, P_LEVEL]
                 e_asid = GLOBAL if pinfo[p, P_GLOBAL] else asid
                 _fill(lv, ar, sl, plru, rng, ls, ms, 0, nlev, pinfo[p, P_PA], page_shift, vpn12, e_asid,
-                      pinfo[p, P_RIGHTS], pinfo[p, P_DIRTY], pinfo[p, P_LEVEL], 0)  # fmt: skip
+                      pinfo[p, P_RIGHTS], pinfo[p, P_DIRTY], pinfo[p, P_LEVEL], 0, False)  # fmt: skip
                 mask = (1 << (page_shift - 12)) - 1
                 out[i] = pinfo[p, P_PA] | ((vpn12 & mask) << 12) | off12
                 continue
@@ -549,7 +557,7 @@ def run(
             e_pa = sl[S_PA, k]
             if hit_lvl > 0:
                 _fill(lv, ar, sl, plru, rng, ls, ms, 0, hit_lvl, e_pa, e_shift, vpn12, sl[S_ASID, k],
-                      sl[S_RIGHTS, k], sl[S_DIRTY, k], sl[S_LEVEL, k], 0)  # fmt: skip
+                      sl[S_RIGHTS, k], sl[S_DIRTY, k], sl[S_LEVEL, k], 0, True)  # fmt: skip
             mask = (1 << (e_shift - 12)) - 1
             out[i] = e_pa | ((vpn12 & mask) << 12) | off12
             continue
@@ -601,7 +609,7 @@ def run(
         _walk(cfg, ms, misc, pinfo, pwc_asid, pwc_tag, pwc_stamp, p, vpn12, write)
         e_asid = GLOBAL if pinfo[p, P_GLOBAL] else asid
         _fill(lv, ar, sl, plru, rng, ls, ms, 0, nlev, pinfo[p, P_PA], page_shift, vpn12, e_asid,
-              pinfo[p, P_RIGHTS], pinfo[p, P_DIRTY], pinfo[p, P_LEVEL], 0)  # fmt: skip
+              pinfo[p, P_RIGHTS], pinfo[p, P_DIRTY], pinfo[p, P_LEVEL], 0, True)  # fmt: skip
         if pf_kind == 2:
             if misc[X_HAS_LAST] != 0:
                 misc[X_STRIDE] = vpn12 - misc[X_LAST]
@@ -633,8 +641,9 @@ def run(
                     continue
                 pinfo[q, P_WALKED] |= 1
                 q_asid = GLOBAL if pinfo[q, P_GLOBAL] else asid
-                _fill(lv, ar, sl, plru, rng, ls, ms, last, nlev, pinfo[q, P_PA], 12 + 9 * pinfo[q, P_LEVEL],
-                      tv, q_asid, pinfo[q, P_RIGHTS], pinfo[q, P_DIRTY], pinfo[q, P_LEVEL], 1)  # fmt: skip
+                q_shift = 12 + 9 * pinfo[q, P_LEVEL]
+                _fill(lv, ar, sl, plru, rng, ls, ms, last, nlev, pinfo[q, P_PA], q_shift, tv, q_asid,
+                      pinfo[q, P_RIGHTS], pinfo[q, P_DIRTY], pinfo[q, P_LEVEL], 1, True)  # fmt: skip
                 ms[M_PF_INSTALLED] += 1
         mask = npages - 1
         out[i] = pinfo[p, P_PA] | ((vpn12 & mask) << 12) | off12

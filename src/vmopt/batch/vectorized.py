@@ -509,12 +509,18 @@ class _Regions:
             self.resolve(targets[self.uncovered(targets)])
 
     def resolve_window(self, window: I64, mirror: _Mirror, asid: int, next_page: int) -> None:
-        """Resolve the pages of ``window`` (its first one always) that no TLB level holds now."""
+        """Resolve the pages of ``window`` (its first one always) that no TLB level holds now.
+
+        Pages go in first-touch order, and resolution stops at the first one
+        that faults, where the kernel will stop too.
+        """
+        window = window[self.uncovered(window)]  # mostly resolved already: filter before sorting
+        if not len(window):
+            return
         vpns, first_seen = np.unique(window, return_index=True)
-        keep = self.uncovered(vpns)
         cached = np.zeros(len(vpns), dtype=np.bool_)
         K.cached_mask(vpns, mirror.lv, mirror.ar, mirror.sl, asid, cached)
-        keep &= ~cached | (vpns == window[0])
+        keep = ~cached | (vpns == window[0])
         order = np.argsort(first_seen[keep], kind="stable")
         self.resolve(vpns[keep][order], stop_at_fault=True, next_page=next_page)
 
