@@ -7,8 +7,10 @@ slots held, waiters queue up, and releases admit them one at a time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +20,13 @@ from vmopt.batch.scheduler import FairFetchScheduler
 from vmopt.errors import ConfigError
 from vmopt.stores import LatencyStore
 
+T = TypeVar("T")
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run with a watchdog: a leaked slot fails the test, not hangs it."""
+    return asyncio.run(asyncio.wait_for(main, timeout=30))
+
 
 async def _settle(n: int = 20) -> None:
     """Let every ready task run (each wake-up takes a loop iteration or two)."""
@@ -25,9 +34,7 @@ async def _settle(n: int = 20) -> None:
         await asyncio.sleep(0)
 
 
-def _ordered_admissions(
-    weights: Mapping[str, int], arrivals: Sequence[str], *, limit: int = 1
-) -> list[str]:
+def _ordered_admissions(weights: Mapping[str, int], arrivals: Sequence[str], *, limit: int = 1) -> list[str]:
     """Queue ``arrivals`` behind ``limit`` held slots, then admit them all.
 
     Each admitted operation finishes at once, so with ``limit=1`` the result
@@ -55,7 +62,7 @@ def _ordered_admissions(
         assert sched.in_flight == 0
         return order
 
-    return asyncio.run(main())
+    return _run(main())
 
 
 def _lag_ok(order: Sequence[str], weights: Mapping[str, int], counts: Mapping[str, int]) -> None:
@@ -99,7 +106,7 @@ def test_never_more_than_limit_in_flight() -> None:
         await asyncio.gather(*(op(i) for i in range(60)))
         return peak, sched
 
-    peak, sched = asyncio.run(main())
+    peak, sched = _run(main())
     assert peak == 4
     stats = sched.stats
     assert stats.peak_in_flight == 4
@@ -121,7 +128,7 @@ def test_store_in_flight_equals_limit() -> None:
         pages = await asyncio.gather(*(fetch(i) for i in range(50)))
         assert all(p == bytes(4096) for p in pages)
 
-    asyncio.run(main())
+    _run(main())
     assert store.stats.max_in_flight == 5
     assert store.stats.fetches == 50
 
@@ -137,7 +144,7 @@ def test_fast_path_does_not_yield() -> None:
         with pytest.raises(RuntimeError, match="no slot held"):
             sched.release()
 
-    asyncio.run(main())
+    _run(main())
 
 
 def test_weighted_split_4_to_1() -> None:
@@ -187,11 +194,11 @@ def test_prefetch_not_starved_by_continuous_demand() -> None:
         await asyncio.gather(*streams)
         return order
 
-    order = asyncio.run(main())
+    order = _run(main())
     picks = [i for i, c in enumerate(order) if c.startswith("prefetch")]
     # FIFO within the class, and every prefetch within a few picks of its share.
     assert [order[i] for i in picks] == [f"prefetch{i}" for i in range(10)]
-    gaps = [b - a for a, b in zip(picks, picks[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(picks)]
     assert all(g <= 6 for g in gaps), gaps
 
 
@@ -211,7 +218,7 @@ def test_fifo_within_class() -> None:
         await asyncio.gather(*tasks)
         return order
 
-    assert asyncio.run(main()) == list(range(20))
+    assert _run(main()) == list(range(20))
 
 
 def test_newcomer_does_not_overtake_waiters() -> None:
@@ -231,7 +238,7 @@ def test_newcomer_does_not_overtake_waiters() -> None:
         await asyncio.gather(waiter, late)
         return order
 
-    assert asyncio.run(main()) == ["waiter", "late"]
+    assert _run(main()) == ["waiter", "late"]
 
 
 def test_three_classes() -> None:
@@ -279,7 +286,7 @@ def test_cancelled_waiter_leaves_cleanly() -> None:
         sched.release()
         return sched
 
-    sched = asyncio.run(main())
+    sched = _run(main())
     assert sched.stats.admitted == {"demand": 2, "prefetch": 2}
 
 
@@ -305,7 +312,7 @@ def test_cancel_after_grant_passes_slot_on() -> None:
         assert sched.in_flight == 0
         assert sched.waiting == 0
 
-    asyncio.run(main())
+    _run(main())
 
 
 def test_cancel_of_future_then_release_in_same_step() -> None:
@@ -333,7 +340,7 @@ def test_cancel_of_future_then_release_in_same_step() -> None:
         assert sched.waiting == 0
         assert sched.stats.cancelled == 1
 
-    asyncio.run(main())
+    _run(main())
 
 
 # ------------------------------------------------------------ set_limit
@@ -366,7 +373,7 @@ def test_set_limit_up_and_down() -> None:
         await asyncio.gather(*tasks)
         assert sched.stats.peak_in_flight == 6
 
-    asyncio.run(main())
+    _run(main())
 
 
 def test_lowered_limit_admits_nobody_until_below_it() -> None:
@@ -387,7 +394,7 @@ def test_lowered_limit_admits_nobody_until_below_it() -> None:
         assert sched.in_flight == 1
         sched.release()
 
-    asyncio.run(main())
+    _run(main())
 
 
 # ----------------------------------------------------------- validation
@@ -430,8 +437,8 @@ def test_usable_across_event_loops() -> None:
 
         await asyncio.gather(*(op() for _ in range(5)))
 
-    asyncio.run(main())
-    asyncio.run(main())  # a fresh loop: futures come from the running loop
+    _run(main())
+    _run(main())  # a fresh loop: futures come from the running loop
     assert sched.stats.admitted["demand"] == 10
 
 
@@ -440,9 +447,7 @@ def test_usable_across_event_loops() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    weights=st.dictionaries(
-        st.sampled_from(["demand", "prefetch", "scrub"]), st.integers(1, 8), min_size=1
-    ),
+    weights=st.dictionaries(st.sampled_from(["demand", "prefetch", "scrub"]), st.integers(1, 8), min_size=1),
     data=st.data(),
 )
 def test_sfq_lag_bound(weights: dict[str, int], data: st.DataObject) -> None:
@@ -547,4 +552,4 @@ def test_random_operations_keep_invariants(ops: list[tuple[str, str | int]], lim
             assert stats.admitted[cls] == len(expected)
         assert stats.cancelled == len(model.cancelled)
 
-    asyncio.run(main())
+    _run(main())

@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import vmopt.stores.file as file_mod
 from vmopt.errors import ConfigError, VmoptError
 from vmopt.stores import BackingStore, FileStore, LatencyStore, StoreError
 
@@ -116,7 +115,7 @@ def test_file_store_rejects_unseekable(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     # Opening a FIFO read-only blocks until a writer appears: hold one open.
-    writer = threading.Thread(target=lambda: open(fifo, "wb").close(), daemon=True)  # noqa: SIM115
+    writer = threading.Thread(target=lambda: open(fifo, "wb").close(), daemon=True)
     writer.start()
     try:
         with pytest.raises(StoreError, match="not seekable") as info:
@@ -150,9 +149,7 @@ def test_file_store_close_and_context_manager(tmp_path: Path) -> None:
         store.fetch_sync(0)
 
 
-def test_file_store_fetch_uses_worker_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_file_store_fetch_uses_worker_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _snapshot(tmp_path, 4 * PS)
     calls: list[str] = []
     real_to_thread = asyncio.to_thread
@@ -161,15 +158,13 @@ def test_file_store_fetch_uses_worker_thread(
         calls.append(getattr(func, "__name__", "?"))
         return await real_to_thread(func, *args)
 
-    monkeypatch.setattr(file_mod.asyncio, "to_thread", spy)
+    monkeypatch.setattr(asyncio, "to_thread", spy)
     with FileStore(path) as store:
         asyncio.run(_gather(store, range(4)))
     assert calls == ["_read_page"] * 4
 
 
-def test_file_store_does_not_block_event_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_file_store_does_not_block_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every pread blocks until the event loop itself releases it.
 
     If a fetch ran pread on the loop thread, the loop could never run the
@@ -187,7 +182,7 @@ def test_file_store_does_not_block_event_loop(
             raise AssertionError("pread was never released: the event loop was blocked")
         return real_pread(fd, n, off)
 
-    monkeypatch.setattr(file_mod.os, "pread", gated_pread)
+    monkeypatch.setattr(os, "pread", gated_pread)
 
     async def main(store: FileStore) -> tuple[list[bytes], int]:
         fetches = asyncio.gather(*(store.fetch(i) for i in range(32)))
@@ -213,7 +208,7 @@ def test_file_store_handles_short_preads(tmp_path: Path, monkeypatch: pytest.Mon
     path = _snapshot(tmp_path, 2 * PS + 10)
     raw = path.read_bytes()
     real_pread = os.pread
-    monkeypatch.setattr(file_mod.os, "pread", lambda fd, n, off: real_pread(fd, min(n, 1000), off))
+    monkeypatch.setattr(os, "pread", lambda fd, n, off: real_pread(fd, min(n, 1000), off))
     with FileStore(path) as store:
         assert store.fetch_sync(0) == raw[:PS]
         assert store.fetch_sync(2) == raw[2 * PS :] + bytes(PS - 10)
@@ -228,24 +223,20 @@ def test_file_store_truncated_after_open(tmp_path: Path) -> None:
             store.fetch_sync(1)
 
 
-def test_file_store_os_error_becomes_store_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_file_store_os_error_becomes_store_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _snapshot(tmp_path, PS)
 
     def failing_pread(fd: int, n: int, off: int) -> bytes:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(file_mod.os, "pread", failing_pread)
+    monkeypatch.setattr(os, "pread", failing_pread)
     with FileStore(path) as store:
-        with pytest.raises(StoreError, match="page 0: reading .* failed: Input/output error"):
+        with pytest.raises(StoreError, match=r"page 0: reading .* failed: Input/output error"):
             asyncio.run(store.fetch(0))
         assert store.stats.errors == 1
 
 
-def test_file_store_close_waits_for_running_reads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_file_store_close_waits_for_running_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _snapshot(tmp_path, PS)
     raw = path.read_bytes()
     entered, release = threading.Event(), threading.Event()
@@ -256,7 +247,7 @@ def test_file_store_close_waits_for_running_reads(
         release.wait(timeout=30)
         return real_pread(fd, n, off)
 
-    monkeypatch.setattr(file_mod.os, "pread", gated_pread)
+    monkeypatch.setattr(os, "pread", gated_pread)
     store = FileStore(path)
     fd = store._fd
     result: list[bytes] = []

@@ -107,9 +107,7 @@ class _WindowedLimit:
             probe_limit = self._min
         _check_int("probe_limit", probe_limit, 1)
         if not self._min <= probe_limit <= self._max:
-            raise ConfigError(
-                f"probe_limit must be in [{min_limit}, {max_limit}], got {probe_limit}"
-            )
+            raise ConfigError(f"probe_limit must be in [{min_limit}, {max_limit}], got {probe_limit}")
         self._probe_limit = probe_limit
         self._probe_samples = _check_int("probe_samples", probe_samples, 1)
         self._window = _check_int("window", window, 1)
@@ -220,8 +218,9 @@ class _WindowedLimit:
 
     def _probe_sample(self, latency: float, in_flight: int) -> None:
         # Operations admitted before the probe still complete for a while with
-        # queueing in their latency: only samples at probe concurrency count,
-        # unless the stragglers never drain (then the best of all is used).
+        # queueing in their latency: only samples at probe concurrency count.
+        # If they never come (stragglers that do not drain), the probe gives
+        # up after probe_samples + the deferred limit samples.
         assert self._deferred is not None
         self._probe_seen += 1
         if latency > 0:
@@ -232,9 +231,14 @@ class _WindowedLimit:
         straggler_budget = self._probe_samples + int(self._deferred)
         if self._probe_good < self._probe_samples and self._probe_seen < straggler_budget:
             return
-        best = self._probe_min if self._probe_good else self._probe_min_any
-        if math.isfinite(best):
-            self._rtt_noload = best
+        if self._probe_good:
+            self._rtt_noload = self._probe_min
+        elif math.isfinite(self._probe_min_any):
+            # No sample ran at probe concurrency (the caller ignores the
+            # limit): nothing trustworthy was measured, so only a lower
+            # latency may replace the old estimate.
+            old = self._rtt_noload
+            self._rtt_noload = self._probe_min_any if old is None else min(old, self._probe_min_any)
         self._estimate = self._deferred
         self._deferred = None
         logger.debug("probe done: rtt_noload=%s, limit back to %d", self._rtt_noload, self.limit)
@@ -301,9 +305,7 @@ class AimdLimit(_WindowedLimit):
                     f"latency_threshold_factor must be a number, got {latency_threshold_factor!r}"
                 )
             if not (math.isfinite(latency_threshold_factor) and latency_threshold_factor > 1.0):
-                raise ConfigError(
-                    f"latency_threshold_factor must be > 1, got {latency_threshold_factor!r}"
-                )
+                raise ConfigError(f"latency_threshold_factor must be > 1, got {latency_threshold_factor!r}")
             self._factor = float(latency_threshold_factor)
         self._timeout: float | None = None
         if timeout_s is not None:
@@ -383,9 +385,7 @@ class GradientLimit(_WindowedLimit):
         self._smoothing = _check_float("smoothing", smoothing, 0.0, 1.0, open_high=False)
         if self._smoothing == 0.0:
             raise ConfigError("smoothing must be > 0 (0 would freeze the limit), got 0.0")
-        self._tolerance = _check_float(
-            "rtt_tolerance", rtt_tolerance, 1.0, math.inf, open_high=True
-        )
+        self._tolerance = _check_float("rtt_tolerance", rtt_tolerance, 1.0, math.inf, open_high=True)
         if not callable(headroom):
             raise ConfigError(f"headroom must be a callable limit -> float, got {headroom!r}")
         self._headroom = headroom

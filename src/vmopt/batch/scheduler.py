@@ -189,9 +189,8 @@ class FairFetchScheduler:
                 with contextlib.suppress(ValueError):  # the dispatcher may have dropped it
                     c.queue.remove(fut)
                 self._cancelled += 1
-                # While this dead future sat in a queue, a newcomer may have
-                # queued behind it although a slot was free: dispatch again.
-                self._dispatch()
+                # No dispatch needed: slots are only ever free while every
+                # queue is empty, so this waiter was not holding anyone up.
             raise
 
     def release(self) -> None:

@@ -60,9 +60,7 @@ class FileStore:
         try:
             fd = os.open(self._path, os.O_RDONLY)
         except OSError as exc:
-            raise StoreError(
-                f"cannot open snapshot file {self._path!r}: {exc.strerror or exc}"
-            ) from exc
+            raise StoreError(f"cannot open snapshot file {self._path!r}: {exc.strerror or exc}") from exc
         try:
             # lseek rather than fstat: it also sizes block devices, and it fails
             # (ESPIPE) for pipes and sockets, which pread could not read anyway.
@@ -70,8 +68,7 @@ class FileStore:
         except OSError as exc:
             os.close(fd)
             raise StoreError(
-                f"snapshot {self._path!r} is not seekable (a pipe or socket?): "
-                f"{exc.strerror or exc}"
+                f"snapshot {self._path!r} is not seekable (a pipe or socket?): {exc.strerror or exc}"
             ) from exc
         if offset > size:
             os.close(fd)
@@ -160,10 +157,7 @@ class FileStore:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self._num_pages} pages"
-        return (
-            f"FileStore({self._path!r}, page_size={self._page_size}, "
-            f"offset={self._offset}, {state})"
-        )
+        return f"FileStore({self._path!r}, page_size={self._page_size}, offset={self._offset}, {state})"
 
     def _check(self, page_index: int) -> int:
         try:

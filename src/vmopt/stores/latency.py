@@ -30,9 +30,7 @@ __all__ = ["LatencyStore", "LatencyStoreStats", "PageData"]
 
 logger = logging.getLogger(__name__)
 
-PageData: TypeAlias = (
-    bytes | bytearray | memoryview | npt.NDArray[np.uint8] | Callable[[int], bytes]
-)
+PageData: TypeAlias = bytes | bytearray | memoryview | npt.NDArray[np.uint8] | Callable[[int], bytes]
 """What a :class:`LatencyStore` serves: a flat buffer, or ``page_index -> bytes``."""
 
 _UNIT = float(1 << 64)
@@ -260,9 +258,7 @@ class LatencyStore:
                 )
             page = bytes(raw)
             if len(page) != ps:
-                raise StoreError(
-                    f"data callable returned {len(page)} bytes, expected {ps}", page_index=index
-                )
+                raise StoreError(f"data callable returned {len(page)} bytes, expected {ps}", page_index=index)
             return page
         if self._buffer is None:
             return self._zero_page
