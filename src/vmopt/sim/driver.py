@@ -108,7 +108,8 @@ class SimResult:
 
 def _canonical_mask(addrs: U64, va_bits: int) -> npt.NDArray[np.bool_]:
     top = addrs >> np.uint64(va_bits - 1)
-    return (top == 0) | (top == np.uint64((1 << (65 - va_bits)) - 1))
+    mask: npt.NDArray[np.bool_] = (top == 0) | (top == np.uint64((1 << (65 - va_bits)) - 1))
+    return mask
 
 
 class Simulator:

@@ -72,7 +72,7 @@ def _open(inp: Input) -> tuple[Iterator[TraceChunk], dict[str, Any], int, Trace 
     """The chunks, the report's ``source``, the vCPUs the input needs, the open trace if any."""
     if inp.trace is not None:
         trace = open_trace(inp.trace, format=inp.format, skip_bad=inp.skip_bad)
-        source = {
+        source: dict[str, Any] = {
             "kind": "trace",
             "name": trace.path,
             "format": trace.format,
@@ -86,8 +86,12 @@ def _open(inp: Input) -> tuple[Iterator[TraceChunk], dict[str, Any], int, Trace 
     chunks = make_workload(name, **params)
     cpus = int(params.get("cpus", 2)) if name == "numa_mix" else 1
     shown = ", ".join(f"{k}={v}" for k, v in params.items())
-    source = {"kind": "workload", "name": name, "params": params,
-              "description": f"workload {name}" + (f" ({shown})" if shown else "")}  # fmt: skip
+    source = {
+        "kind": "workload",
+        "name": name,
+        "params": params,
+        "description": f"workload {name}" + (f" ({shown})" if shown else ""),
+    }
     return chunks, source, cpus, None
 
 
