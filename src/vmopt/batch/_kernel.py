@@ -45,6 +45,7 @@ NEED_MORE: Final = 3
 
 GLOBAL: Final = 1 << 16
 VPN_LIMIT: Final = 1 << 52  # 4 KiB page numbers of a 64-bit address space
+VPN_MASK: Final = VPN_LIMIT - 1
 
 # -- cfg: per-call constants ----------------------------------------------------------------
 C_BIT: Final = 0  # RIGHTS_BIT of (access, user)
@@ -485,7 +486,7 @@ def _walk(
 
 @_jit
 def run(
-    vpns: np.ndarray, offs: np.ndarray, start: int, out: np.ndarray, cfg: np.ndarray, lv: np.ndarray,
+    addrs: np.ndarray, start: int, out: np.ndarray, cfg: np.ndarray, lv: np.ndarray,
     ar: np.ndarray, sl: np.ndarray, plru: np.ndarray, rng: np.ndarray, ls: np.ndarray,
     ms: np.ndarray, misc: np.ndarray, pwc_asid: np.ndarray, pwc_tag: np.ndarray,
     pwc_stamp: np.ndarray, queue: np.ndarray, pinfo: np.ndarray, hidx: np.ndarray,
@@ -493,11 +494,11 @@ def run(
 ) -> tuple[int, int]:  # fmt: skip
     """Translate addresses ``start..`` into ``out`` until done or one needs Python.
 
-    An address is given as its 4 KiB page number ``vpns[i]`` and offset
-    ``offs[i]``. Returns ``(code, pos)``; nothing of address ``pos`` has been
+    ``addrs`` and ``out`` are uint64 arrays viewed as int64 (no copies).
+    Returns ``(code, pos)``; nothing of address ``pos`` has been
     applied when the code is not ``DONE``.
     """
-    n = vpns.shape[0]
+    n = addrs.shape[0]
     top = cfg[C_TOP]
     nlev = cfg[C_NLEV]
     last = nlev - 1
@@ -509,8 +510,8 @@ def run(
     deferred = cfg[C_PF_DEFERRED] != 0
     misc[X_NEED] = 0
     for i in range(start, n):
-        vpn12 = vpns[i]
-        off12 = offs[i]
+        vpn12 = (addrs[i] >> 12) & VPN_MASK
+        off12 = addrs[i] & 0xFFF
         hit_lvl = -1
         k = -1
         for lvl in range(nlev):
@@ -648,21 +649,6 @@ def run(
         mask = npages - 1
         out[i] = pinfo[p, P_PA] | ((vpn12 & mask) << 12) | off12
     return DONE, n
-
-
-@_jit
-def cached_mask(
-    vpns: np.ndarray, lv: np.ndarray, ar: np.ndarray, sl: np.ndarray, asid: int, mask: np.ndarray
-) -> None:
-    """``mask[j]`` = some level holds a translation of page ``vpns[j]`` (no side effects)."""
-    nlev = lv.shape[0]
-    for j in range(vpns.shape[0]):
-        hit = False
-        for lvl in range(nlev):
-            if _level_find(lv, ar, sl, lvl, vpns[j], asid, True) >= 0:
-                hit = True
-                break
-        mask[j] = hit
 
 
 # -- page walks over a snapshot of the page-table frames -----------------------------------------
@@ -868,21 +854,35 @@ def resolve_pages(
     vpns: np.ndarray, start: int, stop_bit: int, degree: int, wc: np.ndarray, wm: np.ndarray,
     frames: np.ndarray, fidx: np.ndarray, lut: np.ndarray, pstart: np.ndarray, pinfo: np.ndarray,
     counts: np.ndarray, hidx: np.ndarray, tbuf: np.ndarray, res: np.ndarray,
+    tlb_lv: np.ndarray, tlb_ar: np.ndarray, tlb_sl: np.ndarray, asid: int, skip_cached: bool,
 ) -> tuple[int, int]:  # fmt: skip
     """Resolve the regions of ``vpns[start:]`` in order, appending rows and indexing them.
 
-    ``counts`` = [rows, prefetch targets written to ``tbuf``, frame needed].
-    ``stop_bit``: stop after the first page an access needing that rights
-    bit faults on (0: never). ``degree``: next-page targets per new region.
-    ``lut`` maps perms * 2 + user to the MMU's rights mask. Returns
-    ``(WALK_OK, len)``, ``(WALK_FAULT, j)`` after stopping at ``vpns[j]``,
-    or ``(WALK_NEED_FRAME, j)`` with the frame in ``counts[2]``.
+    ``vpns`` are 4 KiB page numbers, or (``skip_cached``) addresses viewed as
+    int64: then pages some TLB level holds now are skipped, except the
+    first one's. ``counts`` = [rows, prefetch targets written to ``tbuf``,
+    frame needed]. ``stop_bit``: stop after the first page an access needing
+    that rights bit faults on (0: never). ``degree``: next-page targets per
+    new region. ``lut`` maps perms * 2 + user to the MMU's rights mask.
+    Returns ``(WALK_OK, len)``, ``(WALK_FAULT, j)`` after stopping at
+    ``vpns[j]``, or ``(WALK_NEED_FRAME, j)`` with the frame in ``counts[2]``.
     """
     top = wc[W_LEVELS] - 1
+    nlev = tlb_lv.shape[0]
     for j in range(start, vpns.shape[0]):
         vpn = vpns[j]
+        if skip_cached:
+            vpn = (vpn >> 12) & VPN_MASK
         if _find_page(hidx, top, vpn) >= 0:
             continue
+        if skip_cached and j > 0:
+            cached = False
+            for lvl in range(nlev):
+                if _level_find(tlb_lv, tlb_ar, tlb_sl, lvl, vpn, asid, True) >= 0:
+                    cached = True
+                    break
+            if cached:
+                continue
         code = _pt_walk(vpn, wc, wm, frames, fidx, res, False, False)
         if code == WALK_NEED_FRAME:
             counts[2] = res[0]

@@ -29,7 +29,7 @@ import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from itertools import chain, repeat
-from operator import is_not
+from operator import ne
 from typing import Any, Final
 
 import numpy as np
@@ -37,8 +37,9 @@ import numpy.typing as npt
 
 from vmopt.batch import _kernel as K
 from vmopt.memory.physical import PhysicalMemory
+from vmopt.paging.pagetable import PageTable
 from vmopt.paging.riscv import RiscV
-from vmopt.paging.types import Perm
+from vmopt.paging.types import PageFault, Perm
 from vmopt.paging.x86 import X86_64
 from vmopt.tlb.mmu import RIGHTS_BIT, Mmu
 from vmopt.tlb.prefetch import NextPagePrefetcher, StridePrefetcher
@@ -63,12 +64,42 @@ _FORMATS: Final = (X86_64, RiscV)
 #: PhysicalMemory methods the compiled walker stands in for.
 _MEM_METHODS: Final = ("read", "read_u64", "write", "write_u64", "contains")
 _FIRST_WINDOW: Final = 64
+#: Runs between faults shorter than this go through ``_safe_prefix`` instead of the kernel.
+_SHORT_RUN: Final = 48
+_MASK64: Final = (1 << 64) - 1
 _MAX_WINDOW: Final = 1 << 20
 _LOOKAHEAD: Final = 16  # extra pages resolved along a prefetch stride when the kernel asks for one
 
 
 def unsupported_reason(mmu: Mmu, access: str = "r", user: bool = False) -> str | None:
     """Why :func:`translate_array` would hand ``mmu`` back to the scalar path at once, or None."""
+    return _static_reason(mmu, access, user) or _dynamic_reason(mmu)
+
+
+def _static_key(mmu: Mmu) -> tuple[object, ...]:
+    """The objects :func:`_static_reason`'s verdict depends on (compared by identity)."""
+    pt = mmu.page_table
+    return (type(mmu), pt, pt.fmt, pt.mem, mmu._prefetcher, mmu.pwc, mmu.stats.prefetch,
+            *(level.stats for level in mmu.levels))  # fmt: skip
+
+
+def _dynamic_reason(mmu: Mmu) -> str | None:
+    """The checks of :func:`unsupported_reason` on state that changes as the MMU runs."""
+    if not 0 <= mmu.asid < GLOBAL_ASID:
+        return f"asid {mmu.asid!r} out of range"
+    pf = mmu._prefetcher
+    if isinstance(pf, StridePrefetcher) and pf._last_vpn is not None and not 0 <= pf._last_vpn < K.VPN_LIMIT:
+        return "stride prefetcher history out of range"
+    if mmu._queue:
+        if any(t & 0xFFF or not 0 <= t < 1 << 64 for t in mmu._queue):
+            return "deferred prefetch queue holds unaligned targets"
+        if len(mmu._queue) > mmu.prefetch_config.queue_limit:
+            return "deferred prefetch queue longer than its limit"
+    return None
+
+
+def _static_reason(mmu: Mmu, access: str, user: bool) -> str | None:
+    """The checks of :func:`unsupported_reason` on the MMU's make-up (see :func:`_static_key`)."""
     if RIGHTS_BIT.get((access, user)) is None:
         return f"access {access!r} / user {user!r} is not a valid pair"
     if not isinstance(mmu, Mmu):
@@ -88,8 +119,6 @@ def unsupported_reason(mmu: Mmu, access: str = "r", user: bool = False) -> str |
         return "memory bounds are not frame-aligned"
     if isinstance(fmt, RiscV) and fmt.svade:
         return "RISC-V Svade faults on clear A bits"
-    if not 0 <= mmu.asid < GLOBAL_ASID:
-        return f"asid {mmu.asid!r} out of range"
     for level in mmu.levels:
         if type(level) is not TlbLevel:
             return f"TLB level {level.name} is a {type(level).__name__}"
@@ -110,16 +139,6 @@ def unsupported_reason(mmu: Mmu, access: str = "r", user: bool = False) -> str |
         assert isinstance(pf, NextPagePrefetcher | StridePrefetcher)
         if not 1 <= pf.degree <= 1024:
             return f"prefetch degree {pf.degree}"
-        if (
-            isinstance(pf, StridePrefetcher)
-            and pf._last_vpn is not None
-            and not 0 <= pf._last_vpn < K.VPN_LIMIT
-        ):
-            return "stride prefetcher history out of range"
-    if any(t & 0xFFF or not 0 <= t < 1 << 64 for t in mmu._queue):
-        return "deferred prefetch queue holds unaligned targets"
-    if len(mmu._queue) > mmu.prefetch_config.queue_limit:
-        return "deferred prefetch queue longer than its limit"
     pwc = mmu.pwc
     if pwc is not None and (type(pwc) is not PageWalkCache or pwc.levels != fmt.levels):
         return "page-walk cache does not match the page table"
@@ -127,6 +146,11 @@ def unsupported_reason(mmu: Mmu, access: str = "r", user: bool = False) -> str |
 
 
 # -- TLB state <-> arrays ----------------------------------------------------------------------
+
+
+def _rights_lut(mmu: Mmu) -> I64:
+    """The MMU's rights mask of every (perms, user) pair, indexed perms * 2 + user."""
+    return np.array([mmu._rights((Perm(c >> 1), bool(c & 1))) for c in range(16)], dtype=np.int64)
 
 
 def _entry_row(e: TlbEntry | None) -> tuple[int, ...]:
@@ -141,10 +165,14 @@ class _Mirror:
 
     Exporting every way costs microseconds per entry in Python, so the
     tables persist (per ``Mmu``) and :meth:`sync` only re-reads what the
-    scalar path changed since the last call: ways holding a different
-    ``TlbEntry`` object (entries are never edited in place except their
-    ``stamp``, which only moves with the array's clock, and ``used``, which
-    only moves on prefetched entries), then clocks, PLRU bits and RNGs.
+    scalar path changed since the last call. Entries are never edited in
+    place except ``stamp`` (which only moves with the array's clock) and
+    ``used`` (which only flips with the level's ``prefetch_useful``), so:
+    sets whose ways hold other ``TlbEntry`` objects are re-read way by way
+    (one list comparison per set finds them); an LRU array's stamps are
+    re-read whole only if its clock moved by more than its new entries
+    explain (a hit touched an old one); ``used`` flags only if the counter
+    moved; clocks, PLRU bits and RNGs always (they are small).
     """
 
     def __init__(self, mmu: Mmu) -> None:
@@ -154,8 +182,21 @@ class _Mirror:
         nslots = sum(arr.sets * arr.ways for arr in self.arrays)
         self.ar: I64 = np.zeros((len(self.arrays), K.A_NCOL), dtype=np.int64)
         self.sl: I64 = np.zeros((K.S_NCOL, nslots), dtype=np.int64)
-        self.objs: list[TlbEntry | None] = [None] * nslots
         self.sl[K.S_VPN] = -1
+        #: per array, per set: the entry objects the tables describe
+        self.rows: list[list[list[TlbEntry | None]]] = [
+            [[None] * arr.ways for _ in range(arr.sets)] for arr in self.arrays
+        ]
+        #: per level: (stats object, prefetch_useful) when ``used`` flags were last read
+        self.useful: list[tuple[object, int]] = [(None, -1)] * len(self.levels)
+        self.lut_fmt: object = None
+        self.lut: I64 = np.zeros(16, dtype=np.int64)
+        self.regions: _Regions | None = None  # reused call after call
+        #: the last call stopped at a fault after a short run: try _safe_prefix first
+        self.short_runs = False
+        #: what unsupported_reason last approved: _static_key objects, (access, user)
+        self.key: tuple[object, ...] = ()
+        self.checked: tuple[str, bool] | None = None
         base = plru = 0
         i = 0
         for j, level in enumerate(self.levels):
@@ -176,11 +217,8 @@ class _Mirror:
         self.lv: I64 = np.full((len(self.levels), K.L_NCOL), -1, dtype=np.int64)
         a0 = 0
         for j, level in enumerate(self.levels):
-            self.lv[j, K.L_FIRST], self.lv[j, K.L_NARR], self.lv[j, K.L_LAT] = (
-                a0,
-                len(level.arrays),
-                level.latency,
-            )
+            self.lv[j, K.L_FIRST], self.lv[j, K.L_NARR] = a0, len(level.arrays)
+            self.lv[j, K.L_LAT] = level.latency
             a0 += len(level.arrays)
             for p in range(4):
                 found = level.array_for(1 << (12 + 9 * p))
@@ -190,41 +228,58 @@ class _Mirror:
 
     def matches(self, mmu: Mmu) -> bool:
         """True if ``mmu`` still has the levels and arrays this mirror was built for."""
-        return (
-            len(mmu.levels) == len(self.levels)
-            and all(
-                a is b and len(a.arrays) == n
-                for a, b, n in zip(
-                    mmu.levels, self.levels, (len(lv.arrays) for lv in self.levels), strict=True
-                )
-            )
-            and all(
-                a is b for a, b in zip((x for lv in mmu.levels for x in lv.arrays), self.arrays, strict=True)
-            )
-        )
+        if len(mmu.levels) != len(self.levels) or any(
+            a is not b for a, b in zip(mmu.levels, self.levels, strict=True)
+        ):
+            return False
+        now = [arr for level in mmu.levels for arr in level.arrays]
+        return len(now) == len(self.arrays) and all(a is b for a, b in zip(now, self.arrays, strict=True))
+
+    def rights_lut(self, mmu: Mmu) -> I64:
+        """:func:`_rights_lut`, cached while the paging format stays the same."""
+        fmt = mmu.page_table.fmt
+        if fmt is not self.lut_fmt:
+            self.lut = _rights_lut(mmu)
+            self.lut_fmt = fmt
+        return self.lut
 
     def sync(self, mmu: Mmu) -> None:
         """Bring the tables up to date with the Python objects."""
-        ar, sl, objs, arrays = self.ar, self.sl, self.objs, self.arrays
-        flat = list(chain.from_iterable(chain.from_iterable(arr._table for arr in arrays)))
-        n = len(flat)
-        for k in np.flatnonzero(np.fromiter(map(is_not, flat, objs), dtype=bool, count=n)).tolist():
-            e = flat[k]
-            objs[k] = e
-            sl[: K.S_MOD, k] = _entry_row(e)
+        ar, sl, arrays = self.ar, self.sl, self.arrays
         for i, arr in enumerate(arrays):
-            if arr._clock != ar[i, K.A_CLOCK]:
-                b = int(ar[i, K.A_BASE])
-                m = arr.sets * arr.ways
-                sl[K.S_STAMP, b : b + m] = np.fromiter(
-                    map(getattr, flat[b : b + m], repeat("stamp"), repeat(0)), dtype=np.int64, count=m
-                )
-        for k in np.flatnonzero((sl[K.S_PREF] != 0) & (sl[K.S_USED] == 0)).tolist():
-            e = flat[k]
-            if e is not None and e.used:
-                sl[K.S_USED, k] = 1
+            table, rows, ways = arr._table, self.rows[i], arr.ways
+            b = int(ar[i, K.A_BASE])
+            clock = int(ar[i, K.A_CLOCK])
+            ticked = 0  # new entries stamped since the last sync
+            for s in [s for s, differ in enumerate(map(ne, table, rows)) if differ]:
+                now, was = table[s], rows[s]
+                for w in range(ways):
+                    e = now[w]
+                    if e is not was[w]:
+                        sl[: K.S_MOD, b + s * ways + w] = _entry_row(e)
+                        if e is not None and e.stamp > clock:
+                            ticked += 1
+                rows[s] = list(now)
+            if arr._clock != clock:
+                if arr.config.policy == "lru" and arr._clock - clock != ticked:
+                    flat = chain.from_iterable(table)
+                    m = arr.sets * ways
+                    sl[K.S_STAMP, b : b + m] = np.fromiter(
+                        map(getattr, flat, repeat("stamp"), repeat(0)), dtype=np.int64, count=m
+                    )
+                ar[i, K.A_CLOCK] = arr._clock
+        for j, level in enumerate(self.levels):
+            if self.useful[j] != (level.stats, level.stats.prefetch_useful):
+                a0, na = int(self.lv[j, K.L_FIRST]), int(self.lv[j, K.L_NARR])
+                for i in range(a0, a0 + na):
+                    b, ways = int(ar[i, K.A_BASE]), self.arrays[i].ways
+                    part = sl[:, b : b + self.arrays[i].sets * ways]
+                    for k in np.flatnonzero((part[K.S_PREF] != 0) & (part[K.S_USED] == 0)).tolist():
+                        e = self.rows[i][k // ways][k % ways]
+                        if e is not None and e.used:
+                            part[K.S_USED, k] = 1
+                self.useful[j] = (level.stats, level.stats.prefetch_useful)
         shared = mmu.stats.prefetch
-        ar[:, K.A_CLOCK] = [arr._clock for arr in arrays]
         ar[:, K.A_GLOBALS] = [arr._globals for arr in arrays]
         ar[:, K.A_PFSHARED] = [getattr(arr, "prefetch_stats", None) is shared for arr in arrays]
         self.plru[:] = list(chain.from_iterable(arr._plru for arr in arrays))
@@ -233,12 +288,14 @@ class _Mirror:
 
     def write_back(self) -> None:
         """Turn changed ways into entries and restore clocks, PLRU bits and RNG states."""
-        ar, sl, objs = self.ar, self.sl, self.objs
+        ar, sl = self.ar, self.sl
         changed = np.flatnonzero(sl[K.S_MOD])
         new: list[tuple[Tlb, TlbEntry]] = []
         for k, row in zip(changed.tolist(), sl[:, changed].T.tolist(), strict=True):
-            arr = self.arrays[row[K.S_ARR]]
-            old = objs[k]
+            i = row[K.S_ARR]
+            arr = self.arrays[i]
+            s, w = divmod(k - int(ar[i, K.A_BASE]), arr.ways)
+            old = self.rows[i][s][w]
             if row[K.S_MOD] & 2 or old is None:
                 if old is not None:
                     m = arr._maps[old.shift]
@@ -247,9 +304,9 @@ class _Mirror:
                 e = TlbEntry(row[K.S_VPN], row[K.S_SHIFT], row[K.S_ASID], row[K.S_PA], row[K.S_RIGHTS],
                              bool(row[K.S_DIRTY]), row[K.S_LEVEL])  # fmt: skip
                 e.prefetched, e.used, e.stamp = bool(row[K.S_PREF]), bool(row[K.S_USED]), row[K.S_STAMP]
-                e.set, e.way = divmod(k - int(ar[row[K.S_ARR], K.A_BASE]), arr.ways)
-                arr._table[e.set][e.way] = e
-                objs[k] = e
+                e.set, e.way = s, w
+                arr._table[s][w] = e
+                self.rows[i][s][w] = e
                 new.append((arr, e))
             else:
                 old.stamp, old.used = row[K.S_STAMP], bool(row[K.S_USED])
@@ -262,6 +319,10 @@ class _Mirror:
             pb = int(ar[i, K.A_PLRU])
             arr._plru = plru[pb : pb + arr.sets]
             arr._rng.state = int(self.rng[i])
+
+    def note_counters(self) -> None:
+        """Record the levels' ``prefetch_useful`` after this call's own deltas were added."""
+        self.useful = [(level.stats, level.stats.prefetch_useful) for level in self.levels]
 
 
 _MIRRORS: weakref.WeakKeyDictionary[Mmu, _Mirror] = weakref.WeakKeyDictionary()
@@ -401,22 +462,59 @@ class _Regions:
     A region is a leaf page, or the whole span of the entry a walk faults
     at: every address in it walks the same PTEs with the same outcome. The
     walks run compiled over a snapshot of the page-table frames they touch,
-    taken during this call.
+    taken during one call (:meth:`reset` starts the next one; the buffers
+    are kept, per MMU, to spare the allocations).
     """
 
-    def __init__(self, mmu: Mmu, bit: int) -> None:
-        self.mmu = mmu
-        self.pt = mmu.page_table
-        fmt = self.pt.fmt
-        self.fmt = fmt
-        self.top = fmt.levels - 1
-        self.bit = bit
-        mem = self.pt.mem
+    _EMPTY_HIDX: Final = 128
+    _EMPTY_FIDX: Final = 16
+
+    def __init__(self, mmu: Mmu, bit: int, lut: I64 | None = None) -> None:
+        self.n = 0
+        self.pstart: I64 = np.zeros(64, dtype=np.int64)
+        self.pinfo: I64 = np.zeros((64, K.P_NCOL), dtype=np.int64)
+        self.hidx: I64 = np.full((self._EMPTY_HIDX, 2), -1, dtype=np.int64)
+        self.nframes = 0
+        self.frames: U64 = np.zeros((8, 512), dtype=np.uint64)
+        self.frames0: U64 = np.zeros((8, 512), dtype=np.uint64)
+        self.fpfn: list[int] = []
+        self.fidx: I64 = np.full((self._EMPTY_FIDX, 2), -1, dtype=np.int64)
+        self.counts: I64 = np.zeros(3, dtype=np.int64)
+        self.res: I64 = np.zeros(K.P_NCOL, dtype=np.int64)
         self.wc: I64 = np.zeros(K.W_NCOL, dtype=np.int64)
-        self.wc[K.W_KIND] = 0 if isinstance(fmt, X86_64) else 1
-        self.wc[K.W_LEVELS], self.wc[K.W_VA_BITS], self.wc[K.W_ROOT] = fmt.levels, fmt.va_bits, self.pt.root
-        self.wc[K.W_BASE_PFN], self.wc[K.W_END_PFN] = mem.base >> 12, mem.end >> 12
         self.wm: U64 = np.zeros(K.WM_NCOL, dtype=np.uint64)
+        self.pt: PageTable | None = None
+        self.reset(mmu, bit, _rights_lut(mmu) if lut is None else lut)
+
+    def reset(self, mmu: Mmu, bit: int, lut: I64) -> None:
+        """Forget every region and frame: a new call, on ``mmu``'s current page table."""
+        self.mmu: Mmu | None = mmu
+        self.bit, self.lut = bit, lut
+        if self.n:
+            if len(self.hidx) > self._EMPTY_HIDX:
+                self.hidx = np.full((self._EMPTY_HIDX, 2), -1, dtype=np.int64)
+            else:
+                self.hidx.fill(-1)
+            self.n = 0
+        if self.nframes:
+            if len(self.fidx) > self._EMPTY_FIDX:
+                self.fidx = np.full((self._EMPTY_FIDX, 2), -1, dtype=np.int64)
+            else:
+                self.fidx.fill(-1)
+            self.nframes = 0
+            self.fpfn = []
+        pt = mmu.page_table
+        if pt is self.pt:
+            return
+        self.pt = pt
+        fmt = pt.fmt
+        self.top = fmt.levels - 1
+        mem = pt.mem
+        self.wc[:] = 0
+        self.wm[:] = 0
+        self.wc[K.W_KIND] = 0 if isinstance(fmt, X86_64) else 1
+        self.wc[K.W_LEVELS], self.wc[K.W_VA_BITS], self.wc[K.W_ROOT] = fmt.levels, fmt.va_bits, pt.root
+        self.wc[K.W_BASE_PFN], self.wc[K.W_END_PFN] = mem.base >> 12, mem.end >> 12
         if isinstance(fmt, X86_64):
             self.wc[K.W_NXE] = fmt.nxe
             self.wm[K.WM_ADDR] = fmt._addr_mask
@@ -424,21 +522,6 @@ class _Regions:
                 self.wm[K.WM_RSVD_TABLE + lvl] = m
             for lvl, m in fmt._rsvd_large.items():
                 self.wm[K.WM_RSVD_LARGE + lvl] = m
-        # rights mask of every (perms, user) pair, as Mmu._rights computes it
-        self.lut: I64 = np.array(
-            [mmu._rights((Perm(code >> 1), bool(code & 1))) for code in range(16)], dtype=np.int64
-        )
-        self.n = 0
-        self.pstart: I64 = np.zeros(64, dtype=np.int64)
-        self.pinfo: I64 = np.zeros((64, K.P_NCOL), dtype=np.int64)
-        self.hidx: I64 = np.full((128, 2), -1, dtype=np.int64)
-        self.nframes = 0
-        self.frames: U64 = np.zeros((8, 512), dtype=np.uint64)
-        self.frames0: U64 = np.zeros((8, 512), dtype=np.uint64)
-        self.fpfn: list[int] = []
-        self.fidx: I64 = np.full((16, 2), -1, dtype=np.int64)
-        self.counts: I64 = np.zeros(3, dtype=np.int64)
-        self.res: I64 = np.zeros(K.P_NCOL, dtype=np.int64)
 
     def _reserve(self, more: int) -> None:
         """Room for ``more`` rows, with the index at most half full."""
@@ -458,6 +541,7 @@ class _Regions:
 
     def _add_frame(self, pfn: int) -> None:
         """Copy one 4 KiB frame of guest memory into the snapshot."""
+        assert self.pt is not None
         row = self.nframes
         if row == len(self.frames):
             self.frames = np.concatenate([self.frames, np.zeros_like(self.frames)])
@@ -479,25 +563,31 @@ class _Regions:
         missing: npt.NDArray[np.bool_] = rows < 0
         return missing
 
-    def resolve(self, vpns: I64, *, stop_at_fault: bool = False, next_page: int = 0) -> None:
+    def resolve(
+        self, vpns: I64, *, stop_at_fault: bool = False, next_page: int = 0, window: _Mirror | None = None
+    ) -> None:
         """Resolve the regions holding ``vpns``, in order.
 
         ``stop_at_fault``: stop after the first page the batch's access would
         fault on (the kernel stops there too). ``next_page``: also resolve the
-        next-page prefetch targets of the new regions.
+        next-page prefetch targets of the new regions. ``window``: ``vpns``
+        are addresses (as int64) and pages the mirrored TLB holds now are
+        skipped, except the first address's.
         """
-        vpns = np.ascontiguousarray(vpns, dtype=np.int64)
         if not len(vpns):
             return
         self._reserve(len(vpns))
         tbuf = np.zeros(len(vpns) * next_page, dtype=np.int64)
         self.counts[0], self.counts[1] = self.n, 0
         stop_bit = self.bit if stop_at_fault else 0
+        tlb = window if window is not None else _NO_TLB
+        asid = self.mmu.asid if self.mmu is not None else 0
         pos = 0
         while True:
             code, pos = K.resolve_pages(
                 vpns, pos, stop_bit, next_page, self.wc, self.wm, self.frames, self.fidx, self.lut,
                 self.pstart, self.pinfo, self.counts, self.hidx, tbuf, self.res,
+                tlb.lv, tlb.ar, tlb.sl, asid, window is not None,
             )  # fmt: skip
             self.n = int(self.counts[0])
             if code != K.WALK_NEED_FRAME:
@@ -508,22 +598,6 @@ class _Regions:
             targets = np.unique(targets)
             self.resolve(targets[self.uncovered(targets)])
 
-    def resolve_window(self, window: I64, mirror: _Mirror, asid: int, next_page: int) -> None:
-        """Resolve the pages of ``window`` (its first one always) that no TLB level holds now.
-
-        Pages go in first-touch order, and resolution stops at the first one
-        that faults, where the kernel will stop too.
-        """
-        window = window[self.uncovered(window)]  # mostly resolved already: filter before sorting
-        if not len(window):
-            return
-        vpns, first_seen = np.unique(window, return_index=True)
-        cached = np.zeros(len(vpns), dtype=np.bool_)
-        K.cached_mask(vpns, mirror.lv, mirror.ar, mirror.sl, asid, cached)
-        keep = ~cached | (vpns == window[0])
-        order = np.argsort(first_seen[keep], kind="stable")
-        self.resolve(vpns[keep][order], stop_at_fault=True, next_page=next_page)
-
     def replay_ad(self) -> None:
         """Set the A/D bits the kernel's simulated walks would have set, as the real walks would.
 
@@ -532,6 +606,7 @@ class _Regions:
         written whole; otherwise only the words nobody changed meanwhile get
         their bits (a concurrent unmap is never undone).
         """
+        assert self.pt is not None
         if not self.pt.update_ad or not self.n:
             return
         K.replay_ad(self.pstart, self.pinfo, self.n, self.wc, self.wm, self.frames, self.fidx, self.res)
@@ -547,6 +622,17 @@ class _Regions:
             for j in np.flatnonzero(self.frames[row] != self.frames0[row]).tolist():
                 if mem.read_u64(pa + 8 * j) == int(self.frames0[row, j]):
                     mem.write_u64(pa + 8 * j, int(self.frames[row, j]))
+
+
+class _NoTlb:
+    """Empty TLB tables for resolutions that do not skip cached pages."""
+
+    lv: I64 = np.zeros((0, K.L_NCOL), dtype=np.int64)
+    ar: I64 = np.zeros((0, K.A_NCOL), dtype=np.int64)
+    sl: I64 = np.zeros((K.S_NCOL, 0), dtype=np.int64)
+
+
+_NO_TLB: Final = _NoTlb()
 
 
 # -- the entry point -----------------------------------------------------------------------------
@@ -583,44 +669,108 @@ def translate_array(
             limit = int(negative[0])
     if limit == 0:
         return out, 0
-    vas: U64 = np.ascontiguousarray(arr[:limit], dtype=np.uint64)
+    # As int64, without a copy when the input is already a contiguous 64-bit array.
+    vas: I64 = np.ascontiguousarray(arr[:limit]).astype(np.uint64, copy=False).view(np.int64)
     # The MMU's lock only, as translate() takes it: the table's lock would invert
     # the order a fault handler's map() takes them in.
     with mmu._lock:
-        why = unsupported_reason(mmu, access, user)
+        mirror = _MIRRORS.get(mmu)
+        key = _static_key(mmu)
+        fresh = (
+            mirror is not None
+            and mirror.checked == (access, user)
+            and len(key) == len(mirror.key)
+            and all(a is b for a, b in zip(key, mirror.key, strict=True))
+        )
+        why = _dynamic_reason(mmu) if fresh else unsupported_reason(mmu, access, user)
         if why is not None:
             log.debug("translate_array falls back to the scalar path: %s", why)
             return out, 0
-        mirror = _MIRRORS.get(mmu)
         if mirror is None or not mirror.matches(mmu):
             mirror = _MIRRORS[mmu] = _Mirror(mmu)
+        mirror.key, mirror.checked = key, (access, user)
+        # Short runs between faults (first touches): a kernel round trip costs
+        # tens of microseconds, so take the prefix the scalar path surely
+        # finishes without faulting, address by address, and stop at a fault.
+        start = 0
+        if mirror.short_runs:
+            start, stopped = _safe_prefix(mmu, vas, out, access, user)
+            if stopped or start == len(vas):
+                mirror.short_runs = start < _SHORT_RUN
+                return out, start
+        elif _faults_first(mmu, int(vas[0]) & _MASK64, access, user):
+            mirror.short_runs = True
+            return out, 0
         try:
             mirror.sync(mmu)
             c = _export_call(mmu, access, user)
-            pos = _run(mmu, mirror, c, vas, out, user)
+            pos = start + _run(mmu, mirror, c, vas[start:], out[start:], user)
         except BaseException:
             _MIRRORS.pop(mmu, None)
             raise
+        mirror.short_runs = pos < len(vas) and pos < _SHORT_RUN
     return out, pos
 
 
-def _run(mmu: Mmu, mirror: _Mirror, c: _Call, vas: U64, out: U64, user: bool) -> int:
-    """Drive the kernel, resolving pages when it asks, then write everything back."""
-    regions = _Regions(mmu, int(c.cfg[K.C_BIT]))
-    next_page = int(c.cfg[K.C_PF_DEGREE]) if c.cfg[K.C_PF_KIND] == 1 and not c.cfg[K.C_PF_DEFERRED] else 0
+def _safe_prefix(mmu: Mmu, vas: I64, out: U64, access: str, user: bool) -> tuple[int, bool]:
+    """Translate, with ``mmu.translate`` itself, the leading addresses that surely do not fault.
+
+    An address is sure when the first level holds an entry for it whose
+    rights allow the access and that needs no dirty re-walk: ``translate``
+    then hits that entry (``peek`` finds what ``lookup`` finds) and returns.
+    Returns ``(done, stopped)``; ``stopped``: the next address faults.
+    """
+    l1 = mmu.levels[0]
     asid = mmu.asid
-    vpn_all = (vas >> np.uint64(12)).astype(np.int64)
-    offs = (vas & np.uint64(0xFFF)).astype(np.int64)
+    bit = RIGHTS_BIT[(access, user)]
+    write = access == "w"
+    translate = mmu.translate
+    n = min(len(vas), _SHORT_RUN)
+    for i, va in enumerate(vas[:n].tolist()):
+        va &= _MASK64
+        e = l1.peek(va, asid)
+        if e is None or not e.rights & bit or (write and not e.dirty):
+            return i, _faults_first(mmu, va, access, user)
+        out[i] = translate(va, access, user)
+    return n, False
+
+
+def _faults_first(mmu: Mmu, va: int, access: str, user: bool) -> bool:
+    """True if ``va`` is cached nowhere and its walk faults: the batch stops before it.
+
+    Batches that fault on every address (first touches of fresh pages) then
+    cost a peek and a walk per call instead of a kernel round trip.
+    """
+    asid = mmu.asid
+    if any(level.peek(va, asid) is not None for level in mmu.levels):
+        return False
+    try:
+        mmu.page_table.walk(va, access, user, update_ad=False)
+    except PageFault:
+        return True
+    return False
+
+
+def _run(mmu: Mmu, mirror: _Mirror, c: _Call, vas: I64, out: U64, user: bool) -> int:
+    """Drive the kernel, resolving pages when it asks, then write everything back."""
+    regions = mirror.regions
+    bit = int(c.cfg[K.C_BIT])
+    if regions is None:
+        regions = mirror.regions = _Regions(mmu, bit, mirror.rights_lut(mmu))
+    else:
+        regions.reset(mmu, bit, mirror.rights_lut(mmu))
+    next_page = int(c.cfg[K.C_PF_DEGREE]) if c.cfg[K.C_PF_KIND] == 1 and not c.cfg[K.C_PF_DEFERRED] else 0
+    out64 = out.view(np.int64)
     window = _FIRST_WINDOW
     pos = 0
     while True:
         code, pos = K.run(
-            vpn_all, offs, pos, out, c.cfg, mirror.lv, mirror.ar, mirror.sl, mirror.plru, mirror.rng,
+            vas, pos, out64, c.cfg, mirror.lv, mirror.ar, mirror.sl, mirror.plru, mirror.rng,
             c.ls, c.ms, c.misc, c.pwc_asid, c.pwc_tag, c.pwc_stamp, c.queue,
             regions.pinfo, regions.hidx, c.need, c.targets,
         )  # fmt: skip
         if code == K.NEED_OWN:
-            regions.resolve_window(vpn_all[pos : pos + window], mirror, asid, next_page)
+            regions.resolve(vas[pos : pos + window], stop_at_fault=True, next_page=next_page, window=mirror)
             window = min(window * 2, _MAX_WINDOW)
         elif code == K.NEED_MORE:
             pairs = c.need[: 2 * int(c.misc[K.X_NEED])].reshape(-1, 2)
@@ -632,5 +782,7 @@ def _run(mmu: Mmu, mirror: _Mirror, c: _Call, vas: U64, out: U64, user: bool) ->
             break
     mirror.write_back()
     _import_call(mmu, c)
+    mirror.note_counters()
     regions.replay_ad()
+    regions.mmu = None  # the mirror lives in a WeakKeyDictionary keyed by the MMU
     return int(pos)
