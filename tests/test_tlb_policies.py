@@ -284,7 +284,7 @@ MULTI_GEOMETRIES = {"fully-associative-8": (8, 8), "4-way-16": (16, 4)}
 
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(ops=ops_st(multi_size=False), seed=st.integers(0, 3))
 def test_array_matches_reference(policy: str, geometry: str, ops: list[Op], seed: int) -> None:
     entries, ways = GEOMETRIES[geometry]
@@ -296,7 +296,7 @@ def test_array_matches_reference(policy: str, geometry: str, ops: list[Op], seed
 
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("geometry", list(MULTI_GEOMETRIES))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(ops=ops_st(multi_size=True), seed=st.integers(0, 3))
 def test_multi_size_array_matches_reference(policy: str, geometry: str, ops: list[Op], seed: int) -> None:
     entries, ways = MULTI_GEOMETRIES[geometry]
