@@ -609,3 +609,63 @@ def test_replay_never_undoes_a_concurrent_change() -> None:
     assert mem.read_u64(leaf1) == 0
     assert mem.read_u64(leaf2) & 0x60 == 0x60  # the other page got A and D
     assert all(pte & 0x20 for _, _, pte in pt.walk_path(0x2000)[:-1])  # and its tables A
+
+
+def test_switching_address_spaces_between_batches() -> None:
+    """Two page tables with different mappings, ASIDs and global pages, one MMU switching."""
+
+    def guest() -> tuple[PageTable, PageTable, Mmu]:
+        mem = PhysicalMemory(256 * MiB)
+        a, b = PageTable(mem, "x86_64"), PageTable(mem, "x86_64")
+        for i in range(16):
+            a.map(0x1000 * (i + 1), mem.alloc(), PAGE, "rw", user=True, global_=i < 2)
+            if i % 3:
+                b.map(0x1000 * (i + 1), mem.alloc(), PAGE, "r", user=True)
+        return a, b, Mmu(a, [TlbConfig(8, 2, "plru"), TlbConfig(32, 4, "fifo", latency=5, name="l2")])
+
+    pa, pb, ref = guest()
+    qa, qb, fast = guest()
+    g_ref, g_fast = Guest(pa.mem, pa, ref), Guest(qa.mem, qa, fast)
+    batch = [0x1000 * (i % 16 + 1) + 8 * i for i in range(100)]
+    for step in range(6):
+        table_ref, table_fast = (pa, qa) if step % 2 == 0 else (pb, qb)
+        ref.switch(table_ref, asid=step % 3)
+        fast.switch(table_fast, asid=step % 3)
+        for access in ("r", "w"):
+            op = ("batch", batch, access, True)
+            assert apply(g_ref, op, False) == apply(g_fast, op, True)
+            compare(g_ref, g_fast)
+    assert g_fast.kernel_done > 500
+
+
+def test_the_cached_mirror_does_not_keep_the_mmu_alive() -> None:
+    import gc
+    import weakref
+
+    from vmopt.batch import vectorized
+
+    _, mmu = small_guest()
+    translate_array(mmu, np.array([0x1000, 0x2000], dtype=np.uint64))
+    assert mmu in vectorized._MIRRORS
+    ref = weakref.ref(mmu)
+    del mmu
+    gc.collect()
+    assert ref() is None
+
+
+def test_facade_arrays_match_lists() -> None:
+    """``MemoryOptimizer.batch_access``: arrays (kernel, demand paging in between) == lists."""
+    from vmopt import MemoryOptimizer, NumaConfig
+
+    def run(as_array: bool) -> tuple[list[int], Any, Any]:
+        opt = MemoryOptimizer(NumaConfig(2, 64 * MiB), cpus=2)
+        heap = opt.allocate(4 * MiB)
+        addrs = [heap + (i * 2654435761) % (4 * MiB) for i in range(3000)]  # first touches and hits
+        out = []
+        for cpu in (0, 1, 0):
+            batch: Any = np.array(addrs, dtype=np.uint64) if as_array else addrs
+            out += [int(x) for x in opt.batch_access(batch, "w", cpu=cpu)]
+        tlbs = [[s.as_dict() for s in m.tlb_stats()] + [m.stats.as_dict()] for m in opt.mmus]
+        return out, (opt.get_stats(), opt.node_stats()), tlbs
+
+    assert run(True) == run(False)

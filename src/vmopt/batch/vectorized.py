@@ -2,24 +2,36 @@
 
 :func:`translate_array` gives exactly what ``mmu.translate(int(va), access,
 user)`` in a loop gives: the same physical addresses, every counter of
-``MmuStats``, ``PrefetchStats`` and each level's ``TlbStats``, the same TLB
-contents way by way with the same replacement state (LRU/FIFO stamps and
-clocks, PLRU tree bits, the random policy's xorshift state), the same
-page-walk cache and prefetcher state, and the same accessed/dirty bits in
-guest memory. It differs only in speed: the per-address loop runs in a
-Numba kernel (``_kernel.py``), so a batch of resident translations costs
-about a tenth of a microsecond per address instead of several.
+``MmuStats``, ``PrefetchStats``, each level's ``TlbStats`` and the page-walk
+cache, the same TLB contents way by way with the same replacement state
+(LRU/FIFO stamps and clocks, PLRU tree bits, the random policy's xorshift
+state), the same page-walk cache order, prefetcher history and deferred
+queue, and the same accessed/dirty bits in guest memory. Only the speed
+differs: the per-address loop runs in a Numba kernel (``_kernel.py``), about
+0.1 µs per address instead of several.
 
-How: the TLB state is exported into flat arrays at entry and imported back
-at exit (only the ways that changed become new ``TlbEntry`` objects). The
-page table is not read by the kernel: each page-table region the batch
-needs (a leaf page, or the entry a walk faults at) is resolved once here
-with the format's own walker, in probe mode and without A/D updates, and
-handed to the kernel as a sorted table. Regions are resolved lazily, a
-window of addresses at a time, so a batch that faults early resolves
-little. Walks the kernel simulated are replayed for their A/D writes
-afterwards (one real walk per last-level table, plus a leaf check for the
-other pages under it): memory ends bit for bit as the scalar loop leaves it.
+How:
+
+- **TLB state** lives, per ``Mmu``, in a mirror of flat arrays the kernel
+  works on (:class:`_Mirror`). Each call re-reads only what the scalar path
+  changed since the last one and writes back only the ways the kernel
+  changed (as new ``TlbEntry`` objects, as ``insert`` makes them).
+- **Page tables** are not read by the kernel. The regions a batch needs (a
+  leaf page, or the span of the entry a walk faults at) are resolved lazily,
+  a window of addresses at a time in first-touch order, stopping at the
+  first fault, by a compiled copy of the format's walk (x86-64 4/5-level,
+  Sv39/Sv48) over a snapshot of the page-table frames it reads, checked
+  against ``fmt.walk`` by the tests. The kernel asks for missing regions
+  (its own page, or prefetch targets) and resumes.
+- **A/D bits**: the walks the kernel simulated are replayed on the snapshot
+  afterwards and what changed is written back compare-and-set style, so
+  memory ends bit for bit as the scalar loop leaves it.
+- **Faults**: the kernel commits nothing of an address before it knows the
+  address cannot fault, so it can stop right before one (see the contract
+  in :func:`translate_array`). When calls keep stopping after a few
+  addresses (first touches), the sure-to-succeed prefix (first-level hits
+  with the rights) goes through ``mmu.translate`` itself, which beats a
+  kernel round trip for so few addresses.
 """
 
 from __future__ import annotations
@@ -643,17 +655,20 @@ def translate_array(
 ) -> tuple[U64, int]:
     """Translate ``addrs`` in order through ``mmu``; return ``(physical addresses, n_done)``.
 
-    Contract: addresses are processed in order and the call stops at the
-    first one it cannot finish in compiled code: a fault (unmapped page,
-    rights violation), a negative address, or a configuration the kernel
-    does not model (see :func:`unsupported_reason`; then ``n_done`` is 0).
-    ``result[:n_done]`` are the translations of ``addrs[:n_done]`` and the
-    MMU (TLBs, page-walk cache, prefetcher, every statistic) and guest
-    memory (A/D bits) are exactly as after
+    Contract: addresses are processed in order and the call stops right
+    before the first one that faults (``translate`` would raise, or run the
+    fault handler: unmapped page, rights violation, non-canonical address),
+    before a negative address, and at once (``n_done == 0``) for input that
+    is not a 1-D integer array or a configuration the kernel does not model
+    (:func:`unsupported_reason` says which). ``result[:n_done]`` are the
+    translations of ``addrs[:n_done]`` and the MMU (TLBs, page-walk cache,
+    prefetcher, deferred queue, every statistic) and guest memory (A/D
+    bits) are exactly as after
     ``for va in addrs[:n_done]: mmu.translate(int(va), access, user)``.
     The caller passes ``addrs[n_done]`` to ``mmu.translate`` (which raises
     the fault or demand-pages) and calls again with ``addrs[n_done + 1:]``.
-    Entries of the result from ``n_done`` on are zero.
+    Entries of the result from ``n_done`` on are zero. Holds the MMU's lock
+    for the call, as ``translate`` does; a uint64 array is not copied.
     """
     arr = np.asarray(addrs)
     if arr.ndim != 1:
