@@ -281,7 +281,8 @@ class _Mirror:
                     )
                 ar[i, K.A_CLOCK] = arr._clock
         for j, level in enumerate(self.levels):
-            if self.useful[j] != (level.stats, level.stats.prefetch_useful):
+            seen_stats, seen_useful = self.useful[j]
+            if seen_stats is not level.stats or seen_useful != level.stats.prefetch_useful:
                 a0, na = int(self.lv[j, K.L_FIRST]), int(self.lv[j, K.L_NARR])
                 for i in range(a0, a0 + na):
                     b, ways = int(ar[i, K.A_BASE]), self.arrays[i].ways
