@@ -314,3 +314,34 @@ def test_automatic_numa_balancing_two_stage_filter() -> None:
     assert nodes_of_region(opt, va) == {0: 1}
     opt.translate(va, "r", cpu=1)  # second consecutive sample from node 1: migrate
     assert nodes_of_region(opt, va) == {1: 1} and opt.balancing_migrations == 1
+
+
+def test_migration_under_concurrent_writers_loses_no_write() -> None:
+    opt = MemoryOptimizer(NumaConfig(2, 16 * MiB, cpus_per_node=2), cpus=3)
+    va = opt.allocate(8 * PAGE, policy=MemPolicy.bind([0, 1]))
+    last: dict[int, int] = {}
+    stop = threading.Event()
+
+    def writer(cpu: int, pages: range) -> None:
+        n = 0
+        while not stop.is_set():
+            for i in pages:
+                n += 1
+                opt.write(va + i * PAGE + 16, n.to_bytes(8, "little"), cpu)
+                last[i] = n
+
+    threads = [
+        threading.Thread(target=writer, args=(1, range(0, 4))),
+        threading.Thread(target=writer, args=(2, range(4, 8))),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        for round_ in range(8):
+            opt.migrate(va, 8 * PAGE, round_ % 2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    for i, n in last.items():
+        assert opt.read(va + i * PAGE + 16, 8) == n.to_bytes(8, "little")

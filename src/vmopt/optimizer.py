@@ -322,19 +322,32 @@ class MemoryOptimizer:
             self._sample(va, cpu, node, home)
 
     def read(self, va: int, n: int, cpu: int = 0) -> bytes:
-        """Read ``n`` guest-virtual bytes as vCPU ``cpu``."""
-        out = bytearray()
-        for pa, k in self._pieces(va, n, "r", cpu):
-            out += self.mem.read(pa, k)
-        return bytes(out)
+        """Read ``n`` guest-virtual bytes as vCPU ``cpu``.
+
+        A migration between the translation and the copy would leave this
+        read looking at a freed frame; the page table's generation (a
+        seqlock) detects that and the read is retried.
+        """
+        while True:
+            generation = self.page_table.generation
+            out = bytearray()
+            for pa, k in self._pieces(va, n, "r", cpu):
+                out += self.mem.read(pa, k)
+            if self.page_table.generation == generation:
+                return bytes(out)
 
     def write(self, va: int, data: bytes | bytearray | memoryview, cpu: int = 0) -> None:
-        """Write guest-virtual bytes as vCPU ``cpu``; every page is translated before any byte is written."""
+        """Write guest-virtual bytes as vCPU ``cpu``; every page is translated before any byte is written.
+
+        Writes exclude migration (they hold the optimizer's lock), so no byte
+        lands in a frame that a migration has already copied.
+        """
         view = memoryview(data).cast("B")
-        pos = 0
-        for pa, k in self._pieces(va, len(view), "w", cpu):
-            self.mem.write(pa, view[pos : pos + k])
-            pos += k
+        with self._lock:
+            pos = 0
+            for pa, k in self._pieces(va, len(view), "w", cpu):
+                self.mem.write(pa, view[pos : pos + k])
+                pos += k
 
     def _pieces(self, va: int, n: int, access: str, cpu: int) -> list[tuple[int, int]]:
         if not isinstance(n, int) or n < 0:
@@ -574,14 +587,22 @@ class MemoryOptimizer:
                     yield region, index, pa
 
     def _move(self, region: Region, index: int, old: int, node: int) -> int:
+        """Migrate one page, as Linux does with migration entries.
+
+        The PTE goes first (shooting down every vCPU), so an access during
+        the copy faults and waits on this optimizer's lock until the new
+        frame is mapped; no write can land in the old frame after the copy.
+        """
         size = region.page_size
-        new = self.mem.alloc(size, node)
-        self.mem.write(new, self.mem.read(old, size))
         page_va = region.va + index * size
-        self.page_table.remap(page_va, new, size)  # shoots down every vCPU
-        region.resident[index] = new
-        self.mem.free(old, size)
-        self.bytes_migrated += size
+        with self._lock:
+            new = self.mem.alloc(size, node)
+            self.page_table.unmap(page_va, size)
+            self.mem.write(new, self.mem.read(old, size))
+            self.page_table.map_trusted(page_va, new, size, region.perms, region.user)
+            region.resident[index] = new
+            self.mem.free(old, size)
+            self.bytes_migrated += size
         return size
 
     def rebalance(self) -> int:

@@ -88,6 +88,8 @@ class PageTable:
         self.update_ad = mem.writable if update_ad is None else update_ad
         self._lock = threading.RLock()
         self._subscribers: list[weakref.ref[Callable[[int, int], None]]] = []
+        #: Bumped by every change that shoots down TLBs (a seqlock for readers).
+        self.generation = 0
         self.owns_root = _root is None
         self.root = mem.alloc(FRAME_SIZE) if _root is None else _root
 
@@ -139,6 +141,7 @@ class PageTable:
             self._subscribers = [r for r in self._subscribers if r() not in (None, callback)]
 
     def _announce(self, va: int, size: int) -> None:
+        self.generation += 1
         live = []
         for ref in self._subscribers:
             cb = ref()

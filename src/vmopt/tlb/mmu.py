@@ -186,7 +186,24 @@ class Mmu:
                 if i:
                     self._fill(self.levels[:i], e.page_pa, 1 << e.shift, e, va)
                 return e.page_pa | (va & ((1 << e.shift) - 1))
-            return self._miss(va, access, user).pa
+            try:
+                return self._miss(va, access, user).pa
+            except PageFault as exc:
+                handler = self.fault_handler
+                if exc.cause != "not_present" or handler is None:
+                    raise
+                fault = exc
+        # Demand paging: the OS's handler runs without this MMU's lock, as a
+        # kernel's fault path runs with interrupts on, so a shootdown from a
+        # thread that holds the OS's locks can still reach this vCPU.
+        if not handler(va, access, user):
+            raise fault
+        with self._lock:
+            # The access restarts: it walks again (the same TLB miss, counted once).
+            self.stats.demand_faults += 1
+            t = self._walk(va, access, user, restart=True)
+            self._after_walk(t, va)
+            return t.pa
 
     def _hit_fault(self, va: int, access: str, user: bool, e: TlbEntry) -> None:
         # x86 and RISC-V both drop the entry that caused a fault.
@@ -203,21 +220,17 @@ class Mmu:
         return t.pa
 
     def _miss(self, va: int, access: str, user: bool) -> Translation:
-        try:
-            t = self._walk(va, access, user)
-        except PageFault as fault:
-            handler = self.fault_handler
-            if fault.cause != "not_present" or handler is None or not handler(va, access, user):
-                raise
-            # The OS mapped the page; the access restarts and walks again.
-            self.stats.demand_faults += 1
-            t = self._walk(va, access, user, restart=True)
+        t = self._walk(va, access, user)
+        self._after_walk(t, va)
+        return t
+
+    def _after_walk(self, t: Translation, va: int) -> None:
+        """Fill the hierarchy with a demand walk's result and let the prefetcher react."""
         self._fill_all(t, va)
         if self._prefetcher is not None:
             targets = self._prefetcher.on_miss(va, t.page_size)
             if targets:
                 self._request_prefetch(targets)
-        return t
 
     def _walk(self, va: int, access: str, user: bool, *, restart: bool = False) -> Translation:
         stats = self.stats
@@ -285,7 +298,9 @@ class Mmu:
 
     # -- batches ---------------------------------------------------------------------
 
-    def translate_batch(self, addrs: Any, access: str = "r", user: bool = False, errors: str = "raise") -> Any:
+    def translate_batch(
+        self, addrs: Any, access: str = "r", user: bool = False, errors: str = "raise"
+    ) -> Any:
         """Translate a batch in order (see :mod:`vmopt.batch.engine`); arrays use the compiled kernel."""
         from vmopt.batch.engine import run_sequential, vectorized_op
 
@@ -342,7 +357,9 @@ class Mmu:
                 pf.walk_memory_refs += top - fault.level + 1
             return False
         pf.walk_memory_refs += t.memory_refs
-        entry = TlbEntry(0, 12, GLOBAL_ASID if t.global_ else asid, t.page_pa, self._rights(t), t.dirty, t.level)
+        entry = TlbEntry(
+            0, 12, GLOBAL_ASID if t.global_ else asid, t.page_pa, self._rights(t), t.dirty, t.level
+        )
         self._fill([self._last], t.page_pa, t.page_size, entry, va, prefetched=True)
         pf.installed += 1
         return True
