@@ -2,11 +2,11 @@
 
 Several MMUs (vCPUs, each with its own ASID) share one page table; each is
 hammered by its own thread, translating a set of pages in a loop, while the
-main thread unmaps, maps, remaps and write-protects those pages.
+OS thread unmaps, maps, remaps and write-protects those pages.
 
 Events are ordered by one shared, monotonically increasing counter, never by
 wall-clock time: a vCPU takes a tick before and after each translation, the
-main thread before and after each page-table change. A translation may take
+OS thread before and after each page-table change. A translation may take
 effect anywhere between its two ticks, and a change anywhere between its
 two, so a translation is correct if some state of the page that was current
 at a moment inside its window gives exactly its result (the physical address,
@@ -151,45 +151,56 @@ def test_no_vcpu_uses_a_translation_after_the_change_returns() -> None:
     with fast_thread_switching():
         for t in threads:
             t.start()
-        try:
-            for _ in range(150):
-                let_vcpus_run(4)
-                page = rng.randrange(1, PAGES)
-                va = BASE + page * K4
-                cur = history[page][-1]
-                old = frames[page]
-                if cur.frame is None:
-                    kind = "map"
-                    frames[page] = mem.alloc()
-                    start = clock.tick()
-                    pt.map(va, frames[page], perms="rw", global_=page % 4 == 1)
-                    state = (frames[page], True)
-                else:
-                    kind = rng.choice(("unmap", "unmap", "remap", "protect"))
-                    start = clock.tick()
-                    if kind == "unmap":
-                        pt.unmap(va)
-                        state = (None, False)
-                        frames[page] = None
-                    elif kind == "remap":
+        editor_errors: list[BaseException] = []
+
+        def edit() -> None:
+            try:
+                for _ in range(150):
+                    let_vcpus_run(4)
+                    page = rng.randrange(1, PAGES)
+                    va = BASE + page * K4
+                    cur = history[page][-1]
+                    old = frames[page]
+                    if cur.frame is None:
+                        kind = "map"
                         frames[page] = mem.alloc()
-                        pt.remap(va, frames[page])
-                        state = (frames[page], cur.writable)
+                        start = clock.tick()
+                        pt.map(va, frames[page], perms="rw", global_=page % 4 == 1)
+                        state = (frames[page], True)
                     else:
-                        pt.protect(va, K4, "rw" if not cur.writable else "r")
-                        state = (cur.frame, not cur.writable)
-                done = clock.tick()
-                if kind == "remap":  # an unmap then a map: briefly not present, as in an OS
-                    history[page].append(State(start, done, None, False))
-                history[page].append(State(start, done, *state))
-                changes[kind] += 1
-                if kind in ("unmap", "remap") and old is not None:
-                    mem.free(old)  # safe: every vCPU was shot down before the change returned
-            let_vcpus_run(4)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(10)
+                        kind = rng.choice(("unmap", "unmap", "remap", "protect"))
+                        start = clock.tick()
+                        if kind == "unmap":
+                            pt.unmap(va)
+                            state = (None, False)
+                            frames[page] = None
+                        elif kind == "remap":
+                            frames[page] = mem.alloc()
+                            pt.remap(va, frames[page])
+                            state = (frames[page], cur.writable)
+                        else:
+                            pt.protect(va, K4, "rw" if not cur.writable else "r")
+                            state = (cur.frame, not cur.writable)
+                    done = clock.tick()
+                    if kind == "remap":  # an unmap then a map: briefly not present, as in an OS
+                        history[page].append(State(start, done, None, False))
+                    history[page].append(State(start, done, *state))
+                    changes[kind] += 1
+                    if kind in ("unmap", "remap") and old is not None:
+                        mem.free(old)  # safe: every vCPU was shot down before the change returned
+                let_vcpus_run(4)
+            except BaseException as e:  # reported below
+                editor_errors.append(e)
+
+        editor = threading.Thread(target=edit, daemon=True)
+        editor.start()
+        editor.join(120)  # a deadlock between the page table and an MMU fails, never hangs
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert not editor.is_alive(), "the page-table editor is stuck (deadlock?)"
+    if editor_errors:
+        raise editor_errors[0]
     assert not any(t.is_alive() for t in threads)
 
     records = [r for o in outs for r in o]
