@@ -435,11 +435,18 @@ class PageTable:
                 for i in range(1, len(path)):
                     level, table = path[i]
                     touched[table] = (level, path[i - 1][1])
-            self._free_empty_tables(touched)
+            empty = self._unlink_empty_tables(touched)
+            # Shoot down before the table pages go back: a walker on another
+            # vCPU may still be reading them (Linux frees page tables only
+            # after the TLB flush, for the same reason).
             self._announce(va, size)
+            for table in empty:
+                self.mem.free(table, FRAME_SIZE)
 
-    def _free_empty_tables(self, touched: dict[int, tuple[int, int]]) -> None:
+    def _unlink_empty_tables(self, touched: dict[int, tuple[int, int]]) -> list[int]:
+        """Clear the parent entries of tables left empty, lowest level first; return them."""
         fmt, mem = self.fmt, self.mem
+        empty: list[int] = []
         for table, (level, parent) in sorted(touched.items(), key=lambda kv: kv[1][0]):
             if not mem.frame_is_zero(table):
                 continue
@@ -451,7 +458,8 @@ class PageTable:
                 if fmt.is_valid(pte) and not fmt.is_leaf(pte, parent_level) and fmt.table_pa(pte) == table:
                     mem.write_u64(entry_pa, 0)
                     break
-            mem.free(table, FRAME_SIZE)
+            empty.append(table)
+        return empty
 
     def protect(self, va: int, size: int, perms: str | Perm) -> None:
         """Change the rights of every page in ``[va, va+size)`` (whole pages)."""
