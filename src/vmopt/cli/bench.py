@@ -62,7 +62,7 @@ def _sizes(text: str, what: str) -> list[int]:
 
 def environment() -> dict[str, Any]:
     """Machine, Python and dependency versions, for the report."""
-    deps = {}
+    deps: dict[str, str | None] = {}
     for name in ("vmopt", "numpy", "numba"):
         try:
             deps[name] = importlib.metadata.version(name)

@@ -129,7 +129,7 @@ class PageTable:
         """
         ref: weakref.ref[Invalidation]
         if hasattr(callback, "__self__"):
-            ref = weakref.WeakMethod(callback)  # type: ignore[arg-type]
+            ref = weakref.WeakMethod(callback)
         else:
             ref = weakref.ref(callback)
         with self._lock:
