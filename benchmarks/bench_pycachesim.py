@@ -71,7 +71,9 @@ def main() -> int:
     addrs = chunk.addrs
     as_list = addrs.tolist()
     pages = np.unique(addrs >> np.uint64(12))
-    print(f"trace: {len(addrs):,} accesses over {len(pages):,} pages ({path if args.trace else ' '.join(PROGRAM[1:])})")
+    print(
+        f"trace: {len(addrs):,} accesses over {len(pages):,} pages ({path if args.trace else ' '.join(PROGRAM[1:])})"
+    )
     sets = args.entries // args.ways
     t_sim, t_vm = [], []
     for _ in range(args.reps):
@@ -96,7 +98,9 @@ def main() -> int:
           " (identical in both)")  # fmt: skip
     ts, tv = statistics.median(t_sim), statistics.median(t_vm)
     print(f"pycachesim iterload : {ts:.3f} s  ({len(addrs) / ts / 1e6:.1f} M accesses/s)")
-    print(f"vmopt translate_array: {tv:.3f} s  ({len(addrs) / tv / 1e6:.1f} M accesses/s), {ts / tv:.2f}x pycachesim")
+    print(
+        f"vmopt translate_array: {tv:.3f} s  ({len(addrs) / tv / 1e6:.1f} M accesses/s), {ts / tv:.2f}x pycachesim"
+    )
     if tmp:
         shutil.rmtree(tmp)
     return 0 if tv <= ts else 1

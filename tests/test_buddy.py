@@ -267,9 +267,7 @@ def test_sections_split_dropped_and_split_again_stay_independent() -> None:
         (((1 << 52) - 1, 2), {}, "exceed the 64-bit physical space"),
     ],
 )
-def test_constructor_validation(
-    args: tuple[object, ...], kwargs: dict[str, object], text: str
-) -> None:
+def test_constructor_validation(args: tuple[object, ...], kwargs: dict[str, object], text: str) -> None:
     with pytest.raises(ConfigError, match=text):
         BuddyAllocator(*args, **kwargs)  # type: ignore[arg-type]
 

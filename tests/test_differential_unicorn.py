@@ -111,9 +111,7 @@ def build_space(rng: random.Random, pt: PageTable, perm_choices: tuple[str, ...]
             va = _va(fmt, indices)
             pa = mem.alloc(size)
             try:
-                pt.map(
-                    va, pa, size, rng.choice(perm_choices), rng.random() < 0.5, rng.random() < 0.3
-                )
+                pt.map(va, pa, size, rng.choice(perm_choices), rng.random() < 0.5, rng.random() < 0.3)
             except MappingError:  # overlaps a page mapped before
                 mem.free(pa, size)
                 continue
@@ -267,8 +265,7 @@ def vmopt_result(pt: PageTable, va: int, access: str, user: bool) -> int | PageF
 def describe(space: Space, va: int, access: str, user: bool) -> str:
     pt = space.pt
     path = "\n".join(
-        f"    L{level} @{pte_pa:#x}: {pt.fmt.describe(pte, level)}"
-        for level, pte_pa, pte in pt.walk_path(va)
+        f"    L{level} @{pte_pa:#x}: {pt.fmt.describe(pte, level)}" for level, pte_pa, pte in pt.walk_path(va)
     )
     mode = "user" if user else "supervisor"
     return f"{pt.fmt!r} {mode} {access} of {va:#x}; walk path:\n{path}"
@@ -316,9 +313,7 @@ def check_success(
     )
 
 
-def compare_x86(
-    space: Space, emu: uh.X86Emulator, va: int, access: str, user: bool, tally: Tally
-) -> None:
+def compare_x86(space: Space, emu: uh.X86Emulator, va: int, access: str, user: bool, tally: Tally) -> None:
     pt, fmt = space.pt, space.pt.fmt
     assert isinstance(fmt, X86_64)
     ours = vmopt_result(pt, va, access, user)
@@ -357,9 +352,7 @@ def compare_riscv(
         check_success(space, emu, ours, theirs, where)
         return
     tally.add(ours.cause)
-    assert theirs.vector == uh.RV_PF_CAUSE[access], (
-        f"vmopt: {ours.cause}, emulator: {theirs}\n{where()}"
-    )
+    assert theirs.vector == uh.RV_PF_CAUSE[access], f"vmopt: {ours.cause}, emulator: {theirs}\n{where()}"
     emu.load(pt.mem, space.table_frames)
 
 

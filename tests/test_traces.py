@@ -63,8 +63,7 @@ def text_bytes(addrs: Addrs, kinds: Kinds | None) -> bytes:
     if kinds is None:
         return "".join(f"{a:x}\n" for a in addrs.tolist()).encode()
     return "".join(
-        f"{TEXT_LETTER[AccessKind(k)]} 0x{a:x}\n"
-        for a, k in zip(addrs.tolist(), kinds.tolist(), strict=True)
+        f"{TEXT_LETTER[AccessKind(k)]} 0x{a:x}\n" for a, k in zip(addrs.tolist(), kinds.tolist(), strict=True)
     ).encode()
 
 
@@ -103,9 +102,7 @@ def read_all(path: str | os.PathLike[str], **kw: object) -> TraceChunk:
 
 @pytest.mark.parametrize("compression", list(COMPRESSORS))
 @pytest.mark.parametrize("fmt", ["text", "text-plain", "lackey", "npy", "raw"])
-def test_round_trip_every_format_and_compression(
-    tmp_path: Path, fmt: str, compression: str
-) -> None:
+def test_round_trip_every_format_and_compression(tmp_path: Path, fmt: str, compression: str) -> None:
     addrs, kinds = sample()
     if fmt == "text":
         data, ext, want_kinds = text_bytes(addrs, kinds), ".txt", kinds
@@ -599,17 +596,13 @@ def test_close_stops_iteration(tmp_path: Path) -> None:
 
 
 def test_rechunk_and_concat() -> None:
-    pieces = [
-        TraceChunk(np.arange(n, dtype=np.uint64), np.zeros(n, np.uint8)) for n in (3, 0, 10, 1)
-    ]
+    pieces = [TraceChunk(np.arange(n, dtype=np.uint64), np.zeros(n, np.uint8)) for n in (3, 0, 10, 1)]
     out = list(rechunk(pieces, 4))
     assert [len(c) for c in out] == [4, 4, 4, 2]
     assert concat_chunks(out).addrs.tolist() == [0, 1, 2, *range(10), 0]
     assert len(concat_chunks([])) == 0
     with pytest.raises(ValueError, match="with and without cpus"):
-        concat_chunks(
-            [pieces[0], TraceChunk(pieces[0].addrs, pieces[0].kinds, np.zeros(3, np.uint16))]
-        )
+        concat_chunks([pieces[0], TraceChunk(pieces[0].addrs, pieces[0].kinds, np.zeros(3, np.uint16))])
 
 
 def test_trace_chunk_checks_dtypes() -> None:
@@ -628,9 +621,7 @@ addr_arrays = st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=300).map(
 )
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(addrs=addr_arrays, fmt=st.sampled_from(["text", "raw", "npy"]), data=st.data())
 def test_hypothesis_round_trip(tmp_path: Path, addrs: Addrs, fmt: str, data: st.DataObject) -> None:
     if fmt == "text":

@@ -37,9 +37,7 @@ def test_registry_is_complete_and_read_only() -> None:
 @pytest.mark.parametrize("name", FOOTPRINT_WORKLOADS)
 def test_length_bounds_and_dtypes(name: str) -> None:
     base, footprint = 0x1000_0000, 1 << 20  # a low base, as for RISC-V Sv39
-    chunks = list(
-        make_workload(name, length=100_003, footprint=footprint, base=base, chunk_size=7_000)
-    )
+    chunks = list(make_workload(name, length=100_003, footprint=footprint, base=base, chunk_size=7_000))
     assert [len(c) for c in chunks[:-1]] == [7_000] * (len(chunks) - 1)
     assert 0 < len(chunks[-1]) <= 7_000
     trace = concat_chunks(chunks)
@@ -218,9 +216,7 @@ def test_matmul_length_truncates_and_repeats() -> None:
 
 def test_numa_mix_regions_bursts_and_cpus() -> None:
     footprint, base = 1 << 22, 0x10_0000
-    trace = run(
-        "numa_mix", length=200_000, footprint=footprint, base=base, cpus=4, burst=16, seed=3
-    )
+    trace = run("numa_mix", length=200_000, footprint=footprint, base=base, cpus=4, burst=16, seed=3)
     assert trace.cpus is not None and trace.cpus.dtype == np.uint16
     expected_cpu = (np.arange(200_000) // 16) % 4
     np.testing.assert_array_equal(trace.cpus, expected_cpu)
@@ -279,9 +275,7 @@ def test_numa_mix_too_small() -> None:
         ("numa_mix", {"chunk_size": 0}, "chunk_size must be an integer >= 1, got 0"),
     ],
 )
-def test_bad_parameters_name_parameter_and_value(
-    name: str, params: dict[str, Any], needle: str
-) -> None:
+def test_bad_parameters_name_parameter_and_value(name: str, params: dict[str, Any], needle: str) -> None:
     # Raised when the workload is created, not on first next().
     with pytest.raises(ConfigError) as info:
         make_workload(name, **params)

@@ -245,10 +245,7 @@ class X86Emulator(_Emulator):
         self.efer = EFER_SCE | EFER_LME | EFER_LMA | (EFER_NXE if nxe else 0)
         self.cr0 = CR0_PE | CR0_PG | (CR0_WP if wp else 0)
         self.cr4_bits = (
-            CR4_PAE
-            | (CR4_LA57 if levels == 5 else 0)
-            | (CR4_SMEP if smep else 0)
-            | (CR4_SMAP if smap else 0)
+            CR4_PAE | (CR4_LA57 if levels == 5 else 0) | (CR4_SMEP if smep else 0) | (CR4_SMAP if smap else 0)
         )
         self.root = 0
         self.error_code_offset: int | None = None

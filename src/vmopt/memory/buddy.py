@@ -116,9 +116,7 @@ class BuddyAllocator:
     split. Every failing call raises before changing anything.
     """
 
-    def __init__(
-        self, base_pfn: int, npages: int, *, max_order: int = 18, node: int | None = None
-    ) -> None:
+    def __init__(self, base_pfn: int, npages: int, *, max_order: int = 18, node: int | None = None) -> None:
         for name, value in (("base_pfn", base_pfn), ("npages", npages), ("max_order", max_order)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be an int, got {value!r}")
@@ -318,9 +316,7 @@ class BuddyAllocator:
                 if levels[0][b >> 6] >> (b & 63) & 1:
                     break
         else:
-            raise MappingError(
-                f"{self._where()}alloc_at {self._block(pfn, order)}: not all of it is free"
-            )
+            raise MappingError(f"{self._where()}alloc_at {self._block(pfn, order)}: not all of it is free")
         self._remove(sec, rel, k, b)
         while k > order:
             k -= 1
@@ -383,8 +379,7 @@ class BuddyAllocator:
         pfn = index(pfn)
         if pfn & ((1 << order) - 1):
             raise AddressError(
-                f"{self._where()}{what} {self._block(pfn, order)}: "
-                f"pfn is not a multiple of {1 << order}"
+                f"{self._where()}{what} {self._block(pfn, order)}: pfn is not a multiple of {1 << order}"
             )
         if pfn < self._lo or pfn + (1 << order) > self._hi:
             raise AddressError(

@@ -57,7 +57,9 @@ class TlbConfig:
             raise ConfigError(f"tree PLRU needs a power-of-two number of ways, got {self.ways}")
         sizes = tuple(self.page_sizes)
         if not sizes or any(s not in PAGE_SIZES for s in sizes) or len(set(sizes)) != len(sizes):
-            raise ConfigError(f"page_sizes must be distinct values of 4096, 2 MiB, 1 GiB; got {self.page_sizes!r}")
+            raise ConfigError(
+                f"page_sizes must be distinct values of 4096, 2 MiB, 1 GiB; got {self.page_sizes!r}"
+            )
         object.__setattr__(self, "page_sizes", tuple(sorted(sizes)))
         if not isinstance(self.latency, int) or self.latency < 0:
             raise ConfigError(f"latency must be a non-negative integer, got {self.latency!r}")

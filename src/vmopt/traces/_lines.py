@@ -69,9 +69,7 @@ _LACKEY_KIND_OF = {
 _HEX_LUT = _lut({ord(c): int(c, 16) for c in "0123456789abcdefABCDEF"})
 _DEC_OK = _lut({ord(c): 1 for c in "0123456789"}, 0).astype(np.bool_)
 _SEP_LUT = _lut({ord(c): 1 for c in " \t,"}, 0).astype(np.bool_)
-_KIND_LUT = _lut(
-    {ord(c): int(k) for letter, k in _TEXT_KIND_OF.items() for c in (letter, letter.lower())}
-)
+_KIND_LUT = _lut({ord(c): int(k) for letter, k in _TEXT_KIND_OF.items() for c in (letter, letter.lower())})
 _LACKEY_LUT = _lut({ord(c): int(k) for c, k in _LACKEY_KIND_OF.items()})
 
 

@@ -151,11 +151,7 @@ class ByteSource:
         try:
             return _read_fully(self._stream, n)
         except self.decode_errors as exc:
-            what = (
-                f"corrupt or truncated {self.compression} data"
-                if self.compression
-                else "read error"
-            )
+            what = f"corrupt or truncated {self.compression} data" if self.compression else "read error"
             raise TraceError(f"{self.name}: {what}: {exc}", path=self.name) from exc
 
     def close(self) -> None:
@@ -165,9 +161,7 @@ class ByteSource:
             close()
 
 
-def _decompressor(
-    kind: str, raw: BinaryIO, name: str
-) -> tuple[_Reader, tuple[type[BaseException], ...]]:
+def _decompressor(kind: str, raw: BinaryIO, name: str) -> tuple[_Reader, tuple[type[BaseException], ...]]:
     """Return a decompressing reader over ``raw`` and the errors it raises on bad data."""
     if kind == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb"), _DECODE_ERRORS

@@ -54,17 +54,13 @@ class TraceChunk:
 
     def __post_init__(self) -> None:
         if self.addrs.dtype != np.uint64 or self.addrs.ndim != 1:
-            raise TypeError(
-                f"addrs must be a 1-D uint64 array, got {self.addrs.dtype} {self.addrs.shape}"
-            )
+            raise TypeError(f"addrs must be a 1-D uint64 array, got {self.addrs.dtype} {self.addrs.shape}")
         if self.kinds.dtype != np.uint8 or self.kinds.shape != self.addrs.shape:
             raise TypeError(
                 f"kinds must be a uint8 array shaped like addrs {self.addrs.shape}, "
                 f"got {self.kinds.dtype} {self.kinds.shape}"
             )
-        if self.cpus is not None and (
-            self.cpus.dtype != np.uint16 or self.cpus.shape != self.addrs.shape
-        ):
+        if self.cpus is not None and (self.cpus.dtype != np.uint16 or self.cpus.shape != self.addrs.shape):
             raise TypeError(
                 f"cpus must be None or a uint16 array shaped like addrs {self.addrs.shape}, "
                 f"got {self.cpus.dtype} {self.cpus.shape}"

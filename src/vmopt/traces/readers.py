@@ -373,9 +373,7 @@ class Trace:
         addrs = values.astype(np.uint64)
         return TraceChunk(addrs, np.full(addrs.shape[0], AccessKind.READ, np.uint8))
 
-    def _npy_mmap_chunks(
-        self, array: np.memmap[Any, np.dtype[Any]], offset: int
-    ) -> Iterator[TraceChunk]:
+    def _npy_mmap_chunks(self, array: np.memmap[Any, np.dtype[Any]], offset: int) -> Iterator[TraceChunk]:
         position = 0
         itemsize = array.dtype.itemsize
         self._progress = lambda: offset + position * itemsize

@@ -185,9 +185,7 @@ def sequential(
     the next one. ``elem_size`` is the step in bytes.
     """
     w = "sequential"
-    length, footprint, base, seed, chunk_size = _common(
-        w, length, footprint, base, seed, chunk_size
-    )
+    length, footprint, base, seed, chunk_size = _common(w, length, footprint, base, seed, chunk_size)
     elem_size = _int(w, "elem_size", elem_size, minimum=1, maximum=footprint)
     write_ratio = _float(w, "write_ratio", write_ratio, minimum=0.0, maximum=1.0)
     elems = footprint // elem_size
@@ -218,9 +216,7 @@ def strided(
     cache set) on every access, the classic TLB-thrashing pattern.
     """
     w = "strided"
-    length, footprint, base, seed, chunk_size = _common(
-        w, length, footprint, base, seed, chunk_size
-    )
+    length, footprint, base, seed, chunk_size = _common(w, length, footprint, base, seed, chunk_size)
     stride = _int(w, "stride", stride, minimum=1)
     write_ratio = _float(w, "write_ratio", write_ratio, minimum=0.0, maximum=1.0)
     step = np.uint64(stride % footprint)
@@ -252,9 +248,7 @@ def uniform(
     No locality at all: the TLB hit rate approaches (TLB reach / footprint).
     """
     w = "uniform"
-    length, footprint, base, seed, chunk_size = _common(
-        w, length, footprint, base, seed, chunk_size
-    )
+    length, footprint, base, seed, chunk_size = _common(w, length, footprint, base, seed, chunk_size)
     elem_size = _int(w, "elem_size", elem_size, minimum=1, maximum=footprint)
     write_ratio = _float(w, "write_ratio", write_ratio, minimum=0.0, maximum=1.0)
     elems = footprint // elem_size
@@ -292,9 +286,7 @@ def zipf(
     The CDF and permutation take 16 bytes per page (at most 2**24 pages).
     """
     w = "zipf"
-    length, footprint, base, seed, chunk_size = _common(
-        w, length, footprint, base, seed, chunk_size
-    )
+    length, footprint, base, seed, chunk_size = _common(w, length, footprint, base, seed, chunk_size)
     alpha = _float(w, "alpha", alpha, minimum=0.0, open_min=True)
     page_size = _int(w, "page_size", page_size, minimum=1, maximum=footprint)
     elem_size = _int(w, "elem_size", elem_size, minimum=1, maximum=page_size)
@@ -340,9 +332,7 @@ def pointer_chase(
     bytes per node (at most 2**28 nodes).
     """
     w = "pointer_chase"
-    length, footprint, base, seed, chunk_size = _common(
-        w, length, footprint, base, seed, chunk_size
-    )
+    length, footprint, base, seed, chunk_size = _common(w, length, footprint, base, seed, chunk_size)
     line_size = _int(w, "line_size", line_size, minimum=1, maximum=footprint)
     nodes = footprint // line_size
     if nodes > MAX_CHASE_NODES:
@@ -484,13 +474,9 @@ def numa_mix(
     studies: private pages belong on the vCPU's node, shared pages do not.
     """
     w = "numa_mix"
-    length, footprint, base, seed, chunk_size = _common(
-        w, length, footprint, base, seed, chunk_size
-    )
+    length, footprint, base, seed, chunk_size = _common(w, length, footprint, base, seed, chunk_size)
     cpus = _int(w, "cpus", cpus, minimum=1, maximum=0xFFFF + 1)
-    shared_fraction = _float(
-        w, "shared_fraction", shared_fraction, minimum=0.0, maximum=1.0, open_max=True
-    )
+    shared_fraction = _float(w, "shared_fraction", shared_fraction, minimum=0.0, maximum=1.0, open_max=True)
     burst = _int(w, "burst", burst, minimum=1)
     page_size = _int(w, "page_size", page_size, minimum=1, maximum=footprint)
     elem_size = _int(w, "elem_size", elem_size, minimum=1, maximum=page_size)
@@ -515,12 +501,8 @@ def numa_mix(
                 rng.integers(0, max(shared_slots, 1), n, dtype=np.uint64),
                 rng.integers(0, private_slots, n, dtype=np.uint64),
             ).astype(np.uint64, copy=False)
-            private_start = np.uint64(shared_bytes) + cpu.astype(np.uint64) * np.uint64(
-                private_bytes
-            )
-            region: U64 = np.where(shared, np.uint64(0), private_start).astype(
-                np.uint64, copy=False
-            )
+            private_start = np.uint64(shared_bytes) + cpu.astype(np.uint64) * np.uint64(private_bytes)
+            region: U64 = np.where(shared, np.uint64(0), private_start).astype(np.uint64, copy=False)
             addrs = np.uint64(base) + region + slot * np.uint64(elem_size)
             yield TraceChunk(addrs, _kinds(rng, n, write_ratio), cpu.astype(np.uint16))
 
@@ -549,9 +531,7 @@ def make_workload(name: str, **params: Any) -> Iterator[TraceChunk]:
     """
     factory = WORKLOADS.get(name)
     if factory is None:
-        raise ConfigError(
-            f"unknown workload {name!r}; expected one of: {', '.join(sorted(WORKLOADS))}"
-        )
+        raise ConfigError(f"unknown workload {name!r}; expected one of: {', '.join(sorted(WORKLOADS))}")
     accepted = inspect.signature(factory).parameters
     unknown = sorted(set(params) - set(accepted))
     if unknown:
