@@ -335,16 +335,20 @@ def _victim(
 @_jit
 def _insert(
     ar: np.ndarray, sl: np.ndarray, plru: np.ndarray, rng: np.ndarray, ls: np.ndarray, ms: np.ndarray,
-    a: int, shift: int, vpn: int, asid: int, pa: int, rights: int,
+    mc: np.ndarray, a: int, shift: int, vpn: int, asid: int, pa: int, rights: int,
     dirty: int, level: int, pref: int, absent: bool,
 ) -> None:  # fmt: skip
     """``Tlb.insert``: update in place, or fill the first empty way, or evict a victim.
 
     ``absent``: the caller's lookup just proved the key is not cached here.
+    ``mc``: the first level's memo of hits (see :func:`run`); the entries
+    this insert may change the answer for are dropped from it.
     """
     ways = ar[a, A_WAYS]
     s = vpn & (ar[a, A_SETS] - 1)
     k0 = ar[a, A_BASE] + s * ways
+    if ar[a, A_LEVEL] == 0:
+        mc[vpn & (mc.shape[0] - 1), 0] = -1
     for k in range(k0, k0 + (0 if absent else ways)):
         if sl[S_VPN, k] == vpn and sl[S_ASID, k] == asid and sl[S_SHIFT, k] == shift:
             # In place: keeps the old entry's prefetched/used flags and stamp, then a touch.
@@ -364,6 +368,8 @@ def _insert(
     if way < 0:
         way = _victim(ar, sl, plru, rng, a, k0, s)
         k = k0 + way
+        if lvl == 0:
+            mc[sl[S_VPN, k] & (mc.shape[0] - 1), 0] = -1
         if sl[S_ASID, k] == GLOBAL:
             ar[a, A_GLOBALS] -= 1
         if sl[S_PREF, k] != 0 and sl[S_USED, k] == 0:
@@ -398,7 +404,7 @@ def _insert(
 @_jit
 def _fill(
     lv: np.ndarray, ar: np.ndarray, sl: np.ndarray, plru: np.ndarray, rng: np.ndarray,
-    ls: np.ndarray, ms: np.ndarray, l0: int, l1: int, page_pa: int,
+    ls: np.ndarray, ms: np.ndarray, mc: np.ndarray, l0: int, l1: int, page_pa: int,
     page_shift: int, vpn12: int, asid: int, rights: int, dirty: int,
     level: int, pref: int, absent: bool,
 ) -> None:  # fmt: skip
@@ -416,7 +422,7 @@ def _fill(
         sub = shift - 12
         pa = page_pa + ((((vpn12 & page_mask) >> sub) << sub) << 12)
         _insert(
-            ar, sl, plru, rng, ls, ms, a, shift, vpn12 >> sub, asid, pa, rights, dirty, level, pref, absent
+            ar, sl, plru, rng, ls, ms, mc, a, shift, vpn12 >> sub, asid, pa, rights, dirty, level, pref, absent
         )
 
 
@@ -490,13 +496,24 @@ def run(
     ar: np.ndarray, sl: np.ndarray, plru: np.ndarray, rng: np.ndarray, ls: np.ndarray,
     ms: np.ndarray, misc: np.ndarray, pwc_asid: np.ndarray, pwc_tag: np.ndarray,
     pwc_stamp: np.ndarray, queue: np.ndarray, pinfo: np.ndarray, hidx: np.ndarray,
-    need: np.ndarray, targets: np.ndarray,
+    need: np.ndarray, targets: np.ndarray, mc: np.ndarray,
 ) -> tuple[int, int]:  # fmt: skip
     """Translate addresses ``start..`` into ``out`` until done or one needs Python.
 
     ``addrs`` and ``out`` are uint64 arrays viewed as int64 (no copies).
     Returns ``(code, pos)``; nothing of address ``pos`` has been
     applied when the code is not ``DONE``.
+
+    ``mc`` (``(2**k, 4)`` scratch) memoizes first-level hits when the first
+    level is one array of 4 KiB entries: row ``vpn & mask`` holds ``(vpn,
+    slot, translated page base, -)`` of a page whose lookup hit ``slot``
+    with the rights and no dirty re-walk due. Such a hit changes nothing a
+    lookup reads, and every insert into the first level drops the rows it
+    may change (:func:`_insert`), so while a row is there the page's lookup
+    answers ``slot`` again, with the same outcome: the tight loop below then
+    does only what that hit does (counters, the touch) and the full path
+    runs for everything else. The memo is cleared on entry (the TLB may
+    have changed between calls).
     """
     n = addrs.shape[0]
     top = cfg[C_TOP]
@@ -509,7 +526,52 @@ def run(
     degree = cfg[C_PF_DEGREE]
     deferred = cfg[C_PF_DEFERRED] != 0
     misc[X_NEED] = 0
-    for i in range(start, n):
+    mc_mask = mc.shape[0] - 1
+    for h in range(mc.shape[0]):
+        mc[h, 0] = -1
+    a0 = lv[0, L_FIRST] if nlev > 0 else 0
+    use_mc = (
+        nlev > 0 and lv[0, L_NARR] == 1 and ar[a0, A_NSHIFT] == 1 and ar[a0, A_SHIFT0] == 12
+    )
+    lru0 = use_mc and ar[a0, A_POLICY] == POL_LRU
+    lat0 = lv[0, L_LAT] if nlev > 0 else 0
+    i = start
+    while i < n:
+        if use_mc:
+            # -- memoized first-level hits: counters in locals, written back once -----------
+            j = i
+            if lru0:
+                clock = ar[a0, A_CLOCK]
+                while j < n:
+                    va = addrs[j]
+                    vpn12 = (va >> 12) & VPN_MASK
+                    h = vpn12 & mc_mask
+                    if mc[h, 0] != vpn12:
+                        break
+                    clock += 1
+                    sl[S_STAMP, mc[h, 1]] = clock
+                    out[j] = mc[h, 2] | (va & 0xFFF)
+                    j += 1
+                ar[a0, A_CLOCK] = clock
+            else:
+                while j < n:
+                    va = addrs[j]
+                    vpn12 = (va >> 12) & VPN_MASK
+                    h = vpn12 & mc_mask
+                    if mc[h, 0] != vpn12:
+                        break
+                    _touch(ar, sl, plru, mc[h, 1])
+                    out[j] = mc[h, 2] | (va & 0xFFF)
+                    j += 1
+            if j > i:
+                d = j - i
+                ms[M_TRANSLATIONS] += d
+                ls[0, T_LOOKUPS] += d
+                ls[0, T_HITS] += d
+                ls[0, T_CYCLES] += d * lat0
+                i = j
+                if i >= n:
+                    break
         vpn12 = (addrs[i] >> 12) & VPN_MASK
         off12 = addrs[i] & 0xFFF
         hit_lvl = -1
@@ -549,18 +611,26 @@ def run(
                 _walk(cfg, ms, misc, pinfo, pwc_asid, pwc_tag, pwc_stamp, p, vpn12, True)
                 page_shift = 12 + 9 * pinfo[p, P_LEVEL]
                 e_asid = GLOBAL if pinfo[p, P_GLOBAL] else asid
-                _fill(lv, ar, sl, plru, rng, ls, ms, 0, nlev, pinfo[p, P_PA], page_shift, vpn12, e_asid,
+                _fill(lv, ar, sl, plru, rng, ls, ms, mc, 0, nlev, pinfo[p, P_PA], page_shift, vpn12, e_asid,
                       pinfo[p, P_RIGHTS], pinfo[p, P_DIRTY], pinfo[p, P_LEVEL], 0, False)  # fmt: skip
                 mask = (1 << (page_shift - 12)) - 1
                 out[i] = pinfo[p, P_PA] | ((vpn12 & mask) << 12) | off12
+                i += 1
                 continue
             e_shift = sl[S_SHIFT, k]
             e_pa = sl[S_PA, k]
             if hit_lvl > 0:
-                _fill(lv, ar, sl, plru, rng, ls, ms, 0, hit_lvl, e_pa, e_shift, vpn12, sl[S_ASID, k],
+                _fill(lv, ar, sl, plru, rng, ls, ms, mc, 0, hit_lvl, e_pa, e_shift, vpn12, sl[S_ASID, k],
                       sl[S_RIGHTS, k], sl[S_DIRTY, k], sl[S_LEVEL, k], 0, True)  # fmt: skip
             mask = (1 << (e_shift - 12)) - 1
-            out[i] = e_pa | ((vpn12 & mask) << 12) | off12
+            page = e_pa | ((vpn12 & mask) << 12)
+            out[i] = page | off12
+            if hit_lvl == 0 and use_mc:
+                h = vpn12 & mc_mask
+                mc[h, 0] = vpn12
+                mc[h, 1] = k
+                mc[h, 2] = page
+            i += 1
             continue
         # -- a miss everywhere: the walk must succeed and its prefetches be resolvable ---------
         p = _find_page(hidx, top, vpn12)
@@ -609,7 +679,7 @@ def run(
         ms[M_WALKS] += 1
         _walk(cfg, ms, misc, pinfo, pwc_asid, pwc_tag, pwc_stamp, p, vpn12, write)
         e_asid = GLOBAL if pinfo[p, P_GLOBAL] else asid
-        _fill(lv, ar, sl, plru, rng, ls, ms, 0, nlev, pinfo[p, P_PA], page_shift, vpn12, e_asid,
+        _fill(lv, ar, sl, plru, rng, ls, ms, mc, 0, nlev, pinfo[p, P_PA], page_shift, vpn12, e_asid,
               pinfo[p, P_RIGHTS], pinfo[p, P_DIRTY], pinfo[p, P_LEVEL], 0, True)  # fmt: skip
         if pf_kind == 2:
             if misc[X_HAS_LAST] != 0:
@@ -632,7 +702,7 @@ def run(
                 # Mmu._prefetch: skip cached pages, probe-walk, install in the last level.
                 if _level_find(lv, ar, sl, last, tv, asid, True) >= 0:
                     ms[M_PF_REDUNDANT] += 1
-                    continue
+                    continue  # (the target loop)
                 ms[M_PF_ISSUED] += 1
                 q = _find_page(hidx, top, tv)
                 ms[M_PF_WALK_REFS] += pinfo[q, P_REFS]
@@ -643,11 +713,12 @@ def run(
                 pinfo[q, P_WALKED] |= 1
                 q_asid = GLOBAL if pinfo[q, P_GLOBAL] else asid
                 q_shift = 12 + 9 * pinfo[q, P_LEVEL]
-                _fill(lv, ar, sl, plru, rng, ls, ms, last, nlev, pinfo[q, P_PA], q_shift, tv, q_asid,
+                _fill(lv, ar, sl, plru, rng, ls, ms, mc, last, nlev, pinfo[q, P_PA], q_shift, tv, q_asid,
                       pinfo[q, P_RIGHTS], pinfo[q, P_DIRTY], pinfo[q, P_LEVEL], 1, True)  # fmt: skip
                 ms[M_PF_INSTALLED] += 1
         mask = npages - 1
         out[i] = pinfo[p, P_PA] | ((vpn12 & mask) << 12) | off12
+        i += 1
     return DONE, n
 
 

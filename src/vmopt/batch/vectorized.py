@@ -355,6 +355,11 @@ class _Call:
     targets: I64
     ls: I64
     ms: I64
+    mc: I64
+
+
+#: Rows of the kernel's memo of first-level hits (a power of two).
+_MEMO_ROWS: Final = 256
 
 
 def _export_call(mmu: Mmu, access: str, user: bool) -> _Call:
@@ -414,6 +419,7 @@ def _export_call(mmu: Mmu, access: str, user: bool) -> _Call:
         targets=np.zeros(degree, dtype=np.int64),
         ls=np.zeros((len(mmu.levels), K.T_NCOL), dtype=np.int64),
         ms=np.zeros(K.M_NCOL, dtype=np.int64),
+        mc=np.empty((_MEMO_ROWS, 4), dtype=np.int64),
     )
 
 
@@ -783,7 +789,7 @@ def _run(mmu: Mmu, mirror: _Mirror, c: _Call, vas: I64, out: U64, user: bool) ->
         code, pos = K.run(
             vas, pos, out64, c.cfg, mirror.lv, mirror.ar, mirror.sl, mirror.plru, mirror.rng,
             c.ls, c.ms, c.misc, c.pwc_asid, c.pwc_tag, c.pwc_stamp, c.queue,
-            regions.pinfo, regions.hidx, c.need, c.targets,
+            regions.pinfo, regions.hidx, c.need, c.targets, c.mc,
         )  # fmt: skip
         if code == K.NEED_OWN:
             regions.resolve(vas[pos : pos + window], stop_at_fault=True, next_page=next_page, window=mirror)
