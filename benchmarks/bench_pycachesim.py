@@ -72,7 +72,8 @@ def main() -> int:
     as_list = addrs.tolist()
     pages = np.unique(addrs >> np.uint64(12))
     print(
-        f"trace: {len(addrs):,} accesses over {len(pages):,} pages ({path if args.trace else ' '.join(PROGRAM[1:])})"
+        f"trace: {len(addrs):,} accesses over {len(pages):,} pages"
+        f" ({path if args.trace else ' '.join(PROGRAM[1:])})"
     )
     sets = args.entries // args.ways
     t_sim, t_vm = [], []
@@ -91,16 +92,19 @@ def main() -> int:
         t_vm.append(time.perf_counter() - t0)
         stats = mmu.tlb_stats()[0]
         if done != len(addrs) or (stats.hits, stats.misses) != (tlb.HIT_count, tlb.MISS_count):
-            print(f"MISMATCH: vmopt hits/misses {stats.hits}/{stats.misses} (done {done}),"
-                  f" pycachesim {tlb.HIT_count}/{tlb.MISS_count}")  # fmt: skip
+            print(
+                f"MISMATCH: vmopt hits/misses {stats.hits}/{stats.misses} (done {done}),"
+                f" pycachesim {tlb.HIT_count}/{tlb.MISS_count}"
+            )
             return 1
-    print(f"TLB {args.entries} entries, {args.ways}-way LRU, 4 KiB pages: hits {stats.hits:,}, misses {stats.misses:,}"
-          " (identical in both)")  # fmt: skip
+    print(
+        f"TLB {args.entries} entries, {args.ways}-way LRU, 4 KiB pages:"
+        f" hits {stats.hits:,}, misses {stats.misses:,} (identical in both)"
+    )
     ts, tv = statistics.median(t_sim), statistics.median(t_vm)
     print(f"pycachesim iterload : {ts:.3f} s  ({len(addrs) / ts / 1e6:.1f} M accesses/s)")
-    print(
-        f"vmopt translate_array: {tv:.3f} s  ({len(addrs) / tv / 1e6:.1f} M accesses/s), {ts / tv:.2f}x pycachesim"
-    )
+    rate = len(addrs) / tv / 1e6
+    print(f"vmopt translate_array: {tv:.3f} s  ({rate:.1f} M accesses/s), {ts / tv:.2f}x pycachesim")
     if tmp:
         shutil.rmtree(tmp)
     return 0 if tv <= ts else 1
