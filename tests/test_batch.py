@@ -252,3 +252,29 @@ def test_mmu_and_pagetable_batches() -> None:
     lookups = asyncio.run(pt.batch_lookup_concurrent([0x40_0000, 0x1000] * 10))
     assert lookups == pt.batch_lookup([0x40_0000, 0x1000] * 10)
     assert lookups[0] is not None and lookups[0].page_size == PAGE and lookups[1] is None
+
+
+def test_async_prefetching_tlb_with_custom_concurrency() -> None:
+    """The report's test_tlb_with_custom_concurrency, with real assertions."""
+    from vmopt import AsyncPrefetchingTlb
+
+    mem = PhysicalMemory(64 * MiB)
+    pt = PageTable(mem)
+    for i in range(64):
+        pt.map(0x40_0000 + i * PAGE, mem.alloc(), PAGE, "rw")
+    tlb = AsyncPrefetchingTlb.with_concurrency(pt, True, ConcurrencyConfig(16, chunk_size=7))
+    assert tlb.concurrency.max_concurrent == 16 and tlb.prefetch_config.mode == "deferred"
+    addrs = [0x40_0000 + i * PAGE for i in range(0, 64, 2)]
+    ref = [pt.walk(va).pa for va in addrs]
+    assert asyncio.run(tlb.translate_batch_concurrent(addrs)) == ref
+    assert tlb.pending_prefetches == len(addrs)  # next page of every miss, queued
+    assert tlb.process_prefetch() == len(addrs)
+    odd = [va + PAGE for va in addrs]
+    walks = tlb.stats.walks
+    assert asyncio.run(tlb.translate_batch_concurrent(odd)) == [pt.walk(va).pa for va in odd]
+    assert tlb.stats.walks == walks  # every odd page was prefetched
+    off = AsyncPrefetchingTlb.with_concurrency(pt, False, ConcurrencyConfig.sequential())
+    assert off.prefetch_config.kind == "none"
+    assert asyncio.run(off.translate_batch_concurrent(addrs)) == ref
+    with pytest.raises(ConfigError):
+        AsyncPrefetchingTlb.with_concurrency(pt, True, ConcurrencyConfig(0))

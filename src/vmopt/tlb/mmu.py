@@ -20,7 +20,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from vmopt.errors import ConfigError
 from vmopt.paging.pagetable import PageTable
@@ -30,6 +30,9 @@ from vmopt.tlb.prefetch import make_prefetcher
 from vmopt.tlb.pwc import PageWalkCache
 from vmopt.tlb.stats import MmuStats, TlbStats
 from vmopt.tlb.tlb import GLOBAL_ASID, TlbEntry, TlbLevel
+
+if TYPE_CHECKING:
+    from vmopt.batch.concurrency import ConcurrencyConfig
 
 __all__ = ["RIGHTS_BIT", "AsyncPrefetchingTlb", "Mmu", "TlbSpec"]
 
@@ -469,6 +472,10 @@ class AsyncPrefetchingTlb(Mmu):
     """The design report's name: an MMU with a next-page prefetcher in deferred mode.
 
     Requests queue on misses; :meth:`process_prefetch` installs them.
+    ``concurrency`` (a :class:`vmopt.ConcurrencyConfig`) sets how
+    :meth:`translate_batch_concurrent` batches: disabled or small batches
+    (``tlb_batch_threshold``) go sequentially, large ones in ``chunk_size``
+    chunks.
     """
 
     def __init__(
@@ -477,8 +484,35 @@ class AsyncPrefetchingTlb(Mmu):
         tlb: TlbSpec = None,
         prefetch: PrefetchConfig | str | None = None,
         asid: int = 0,
-        **kwargs: object,
+        *,
+        concurrency: ConcurrencyConfig | None = None,
+        **kwargs: Any,
     ) -> None:
+        from vmopt.batch.concurrency import ConcurrencyConfig
+
         if prefetch is None:
             prefetch = PrefetchConfig("next_page", degree=1, mode="deferred")
-        super().__init__(page_table, tlb, prefetch, asid, **kwargs)  # type: ignore[arg-type]
+        super().__init__(page_table, tlb, prefetch, asid, **kwargs)
+        self.concurrency = (concurrency or ConcurrencyConfig()).validate()
+
+    @classmethod
+    def with_concurrency(
+        cls, page_table: PageTable, prefetch_enabled: bool, config: ConcurrencyConfig, **kwargs: Any
+    ) -> AsyncPrefetchingTlb:
+        """The report's constructor: prefetching on or off, and a concurrency setting."""
+        prefetch = None if prefetch_enabled else PrefetchConfig("none")
+        return cls(page_table, prefetch=prefetch, concurrency=config.validate(), **kwargs)
+
+    async def translate_batch_concurrent(
+        self, addrs: Any, access: str = "r", user: bool = False, errors: str = "raise",
+        *, threshold: int | None = None, chunk_size: int | None = None,
+    ) -> Any:  # fmt: skip
+        """As :meth:`Mmu.translate_batch_concurrent`, with this TLB's concurrency setting."""
+        cfg = self.concurrency
+        if not cfg.enabled:
+            return self.translate_batch(addrs, access, user, errors)
+        return await super().translate_batch_concurrent(
+            addrs, access, user, errors,
+            threshold=cfg.tlb_batch_threshold if threshold is None else threshold,
+            chunk_size=cfg.chunk_size if chunk_size is None else chunk_size,
+        )  # fmt: skip
