@@ -153,6 +153,9 @@ class PhysicalMemory:
         if self._image is not None:
             self._image[pa : pa + n] = data
             return
+        if n == FRAME_SIZE and not pa & _FRAME_MASK:
+            self._frames[pa >> FRAME_SHIFT] = bytearray(data)  # a whole frame: one copy
+            return
         view = memoryview(data).cast("B")
         pos = 0
         frames = self._frames

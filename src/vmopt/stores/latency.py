@@ -160,10 +160,14 @@ class LatencyStore:
 
     def latency_for(self, page_index: int) -> float:
         """The delay (seconds) every fetch of ``page_index`` takes."""
+        if not self._jitter_s:
+            return self._latency_s
         return self._latency_s + self._draws(page_index)[0] * self._jitter_s
 
     def will_fail(self, page_index: int) -> bool:
         """Whether fetches of ``page_index`` fail (an injected failure)."""
+        if not self._fail_rate:
+            return False
         return self._draws(page_index)[1] < self._fail_rate
 
     async def fetch(self, page_index: int) -> bytes:
