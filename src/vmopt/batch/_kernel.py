@@ -421,9 +421,8 @@ def _fill(
         shift = lv[lvl, L_FILL + 2 * pidx + 1]
         sub = shift - 12
         pa = page_pa + ((((vpn12 & page_mask) >> sub) << sub) << 12)
-        _insert(
-            ar, sl, plru, rng, ls, ms, mc, a, shift, vpn12 >> sub, asid, pa, rights, dirty, level, pref, absent
-        )
+        _insert(ar, sl, plru, rng, ls, ms, mc, a, shift, vpn12 >> sub, asid, pa, rights, dirty, level,
+                pref, absent)  # fmt: skip
 
 
 @_jit
@@ -530,9 +529,7 @@ def run(
     for h in range(mc.shape[0]):
         mc[h, 0] = -1
     a0 = lv[0, L_FIRST] if nlev > 0 else 0
-    use_mc = (
-        nlev > 0 and lv[0, L_NARR] == 1 and ar[a0, A_NSHIFT] == 1 and ar[a0, A_SHIFT0] == 12
-    )
+    use_mc = nlev > 0 and lv[0, L_NARR] == 1 and ar[a0, A_NSHIFT] == 1 and ar[a0, A_SHIFT0] == 12
     lru0 = use_mc and ar[a0, A_POLICY] == POL_LRU
     lat0 = lv[0, L_LAT] if nlev > 0 else 0
     i = start
