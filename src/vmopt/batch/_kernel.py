@@ -923,34 +923,42 @@ def resolve_pages(
     frames: np.ndarray, fidx: np.ndarray, lut: np.ndarray, pstart: np.ndarray, pinfo: np.ndarray,
     counts: np.ndarray, hidx: np.ndarray, tbuf: np.ndarray, res: np.ndarray,
     tlb_lv: np.ndarray, tlb_ar: np.ndarray, tlb_sl: np.ndarray, asid: int, skip_cached: bool,
+    seen: np.ndarray,
 ) -> tuple[int, int]:  # fmt: skip
     """Resolve the regions of ``vpns[start:]`` in order, appending rows and indexing them.
 
     ``vpns`` are 4 KiB page numbers, or (``skip_cached``) addresses viewed as
-    int64: then pages some TLB level holds now are skipped, except the
-    first one's. ``counts`` = [rows, prefetch targets written to ``tbuf``,
+    int64: then pages some TLB level holds now, except the first one's, are
+    resolved too (a later eviction may make the kernel walk them) but never
+    stop the resolution (a hit does not fault). ``counts`` = [rows, prefetch targets written to ``tbuf``,
     frame needed]. ``stop_bit``: stop after the first page an access needing
     that rights bit faults on (0: never). ``degree``: next-page targets per
     new region. ``lut`` maps perms * 2 + user to the MMU's rights mask.
     Returns ``(WALK_OK, len)``, ``(WALK_FAULT, j)`` after stopping at
     ``vpns[j]``, or ``(WALK_NEED_FRAME, j)`` with the frame in ``counts[2]``.
+    ``seen`` (a power-of-two scratch array) remembers, direct-mapped, pages
+    found resolved, which spares most index probes over long windows.
     """
     top = wc[W_LEVELS] - 1
     nlev = tlb_lv.shape[0]
+    smask = seen.shape[0] - 1
+    for h in range(seen.shape[0]):
+        seen[h] = -1
     for j in range(start, vpns.shape[0]):
         vpn = vpns[j]
         if skip_cached:
             vpn = (vpn >> 12) & VPN_MASK
-        if _find_page(hidx, top, vpn) >= 0:
+        if seen[vpn & smask] == vpn:
             continue
+        if _find_page(hidx, top, vpn) >= 0:
+            seen[vpn & smask] = vpn
+            continue
+        cached = False
         if skip_cached and j > 0:
-            cached = False
             for lvl in range(nlev):
                 if _level_find(tlb_lv, tlb_ar, tlb_sl, lvl, vpn, asid, True) >= 0:
                     cached = True
                     break
-            if cached:
-                continue
         code = _pt_walk(vpn, wc, wm, frames, fidx, res, False, False)
         if code == WALK_NEED_FRAME:
             counts[2] = res[0]
@@ -985,7 +993,7 @@ def resolve_pages(
                 if t < VPN_LIMIT:
                     tbuf[counts[1]] = t
                     counts[1] += 1
-        if stop_bit and (code == WALK_FAULT or pinfo[r, P_RIGHTS] & stop_bit == 0):
+        if stop_bit and not cached and (code == WALK_FAULT or pinfo[r, P_RIGHTS] & stop_bit == 0):
             return WALK_FAULT, j
     return WALK_OK, vpns.shape[0]
 

@@ -499,6 +499,7 @@ class _Regions:
         self.fpfn: list[int] = []
         self.fidx: I64 = np.full((self._EMPTY_FIDX, 2), -1, dtype=np.int64)
         self.counts: I64 = np.zeros(3, dtype=np.int64)
+        self.seen: I64 = np.empty(1024, dtype=np.int64)  # resolve_pages' scratch
         self.res: I64 = np.zeros(K.P_NCOL, dtype=np.int64)
         self.wc: I64 = np.zeros(K.W_NCOL, dtype=np.int64)
         self.wm: U64 = np.zeros(K.WM_NCOL, dtype=np.uint64)
@@ -590,8 +591,9 @@ class _Regions:
         ``stop_at_fault``: stop after the first page the batch's access would
         fault on (the kernel stops there too). ``next_page``: also resolve the
         next-page prefetch targets of the new regions. ``window``: ``vpns``
-        are addresses (as int64) and pages the mirrored TLB holds now are
-        skipped, except the first address's.
+        are addresses (as int64) and pages the mirrored TLB holds now (but
+        the first address's) do not stop the resolution: a hit cannot fault,
+        and they are resolved for when an eviction makes the kernel walk them.
         """
         if not len(vpns):
             return
@@ -606,7 +608,7 @@ class _Regions:
             code, pos = K.resolve_pages(
                 vpns, pos, stop_bit, next_page, self.wc, self.wm, self.frames, self.fidx, self.lut,
                 self.pstart, self.pinfo, self.counts, self.hidx, tbuf, self.res,
-                tlb.lv, tlb.ar, tlb.sl, asid, window is not None,
+                tlb.lv, tlb.ar, tlb.sl, asid, window is not None, self.seen,
             )  # fmt: skip
             self.n = int(self.counts[0])
             if code != K.WALK_NEED_FRAME:
