@@ -495,13 +495,17 @@ def run(
     ar: np.ndarray, sl: np.ndarray, plru: np.ndarray, rng: np.ndarray, ls: np.ndarray,
     ms: np.ndarray, misc: np.ndarray, pwc_asid: np.ndarray, pwc_tag: np.ndarray,
     pwc_stamp: np.ndarray, queue: np.ndarray, pinfo: np.ndarray, hidx: np.ndarray,
-    need: np.ndarray, targets: np.ndarray, mc: np.ndarray,
+    need: np.ndarray, targets: np.ndarray, mc: np.ndarray, wc: np.ndarray, wm: np.ndarray,
+    frames: np.ndarray, fidx: np.ndarray, lut: np.ndarray, pstart: np.ndarray, counts: np.ndarray,
+    res: np.ndarray,
 ) -> tuple[int, int]:  # fmt: skip
     """Translate addresses ``start..`` into ``out`` until done or one needs Python.
 
     ``addrs`` and ``out`` are uint64 arrays viewed as int64 (no copies).
     Returns ``(code, pos)``; nothing of address ``pos`` has been
-    applied when the code is not ``DONE``.
+    applied when the code is not ``DONE``. A page missing from the regions
+    is walked here when the snapshot holds its page-table frames and the
+    tables have room (``counts[0]`` rows used); else ``NEED_OWN``.
 
     ``mc`` (``(2**k, 4)`` scratch) memoizes first-level hits when the first
     level is one array of 4 KiB entries: row ``vpn & mask`` holds ``(vpn,
@@ -587,6 +591,8 @@ def run(
             if rewalk:
                 p = _find_page(hidx, top, vpn12)
                 if p < 0:
+                    p = _resolve_one(vpn12, top, wc, wm, frames, fidx, lut, pstart, pinfo, counts, hidx, res)
+                if p < 0:
                     return NEED_OWN, i
                 if pinfo[p, P_FAULT] != 0 or pinfo[p, P_RIGHTS] & bit == 0:
                     return STOP, i
@@ -631,6 +637,8 @@ def run(
             continue
         # -- a miss everywhere: the walk must succeed and its prefetches be resolvable ---------
         p = _find_page(hidx, top, vpn12)
+        if p < 0:
+            p = _resolve_one(vpn12, top, wc, wm, frames, fidx, lut, pstart, pinfo, counts, hidx, res)
         if p < 0:
             return NEED_OWN, i
         if pinfo[p, P_FAULT] != 0 or pinfo[p, P_RIGHTS] & bit == 0:
@@ -918,6 +926,55 @@ def _pt_walk(
 
 
 @_jit
+def _add_region(
+    vpn: int, code: int, top: int, lut: np.ndarray, pstart: np.ndarray, pinfo: np.ndarray,
+    counts: np.ndarray, hidx: np.ndarray, res: np.ndarray,
+) -> int:  # fmt: skip
+    """Append (row ``counts[0]``) and index the region ``_pt_walk`` found for ``vpn``; its row."""
+    r: int = counts[0]
+    if code == WALK_FAULT:
+        lvl = res[P_LEVEL]
+        span = 1 if lvl < 0 else 1 << (9 * lvl)
+        for c in range(P_NCOL):
+            pinfo[r, c] = 0
+        pinfo[r, P_NPAGES] = span
+        pinfo[r, P_FAULT] = 1
+        pinfo[r, P_REFS] = 0 if lvl < 0 else top - lvl + 1
+        pinfo[r, P_LEVEL] = lvl
+    else:
+        span = res[P_NPAGES]
+        for c in range(P_NCOL):
+            pinfo[r, c] = res[c]
+        pinfo[r, P_RIGHTS] = lut[res[P_RIGHTS]]
+    first = vpn & ~(span - 1)
+    pstart[r] = first
+    counts[0] = r + 1
+    lvl = 0
+    s = span
+    while s > 1:
+        s >>= 9
+        lvl += 1
+    index_insert(hidx, (first << 6) | lvl, r)
+    return r
+
+
+@_jit
+def _resolve_one(
+    vpn: int, top: int, wc: np.ndarray, wm: np.ndarray, frames: np.ndarray, fidx: np.ndarray,
+    lut: np.ndarray, pstart: np.ndarray, pinfo: np.ndarray, counts: np.ndarray, hidx: np.ndarray,
+    res: np.ndarray,
+) -> int:  # fmt: skip
+    """Resolve page ``vpn``'s region from the kernel: its row, or -1 (a frame is missing, or no room)."""
+    r = counts[0]
+    if r >= pinfo.shape[0] or 2 * (r + 1) > hidx.shape[0]:
+        return -1
+    code = _pt_walk(vpn, wc, wm, frames, fidx, res, False, False)
+    if code == WALK_NEED_FRAME:
+        return -1
+    return _add_region(vpn, code, top, lut, pstart, pinfo, counts, hidx, res)
+
+
+@_jit
 def resolve_pages(
     vpns: np.ndarray, start: int, stop_bit: int, degree: int, wc: np.ndarray, wm: np.ndarray,
     frames: np.ndarray, fidx: np.ndarray, lut: np.ndarray, pstart: np.ndarray, pinfo: np.ndarray,
@@ -963,30 +1020,9 @@ def resolve_pages(
         if code == WALK_NEED_FRAME:
             counts[2] = res[0]
             return WALK_NEED_FRAME, j
-        r = counts[0]
-        if code == WALK_FAULT:
-            lvl = res[P_LEVEL]
-            span = 1 if lvl < 0 else 1 << (9 * lvl)
-            for c in range(P_NCOL):
-                pinfo[r, c] = 0
-            pinfo[r, P_NPAGES] = span
-            pinfo[r, P_FAULT] = 1
-            pinfo[r, P_REFS] = 0 if lvl < 0 else top - lvl + 1
-            pinfo[r, P_LEVEL] = lvl
-        else:
-            span = res[P_NPAGES]
-            for c in range(P_NCOL):
-                pinfo[r, c] = res[c]
-            pinfo[r, P_RIGHTS] = lut[res[P_RIGHTS]]
-        first = vpn & ~(span - 1)
-        pstart[r] = first
-        counts[0] = r + 1
-        lvl = 0
-        s = span
-        while s > 1:
-            s >>= 9
-            lvl += 1
-        index_insert(hidx, (first << 6) | lvl, r)
+        r = _add_region(vpn, code, top, lut, pstart, pinfo, counts, hidx, res)
+        span = pinfo[r, P_NPAGES]
+        first = pstart[r]
         if code == WALK_OK:
             for k in range(1, degree + 1):
                 t = first + k * span

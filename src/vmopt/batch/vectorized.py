@@ -788,11 +788,14 @@ def _run(mmu: Mmu, mirror: _Mirror, c: _Call, vas: I64, out: U64, user: bool) ->
     window = _FIRST_WINDOW
     pos = 0
     while True:
+        regions.counts[0] = regions.n
         code, pos = K.run(
             vas, pos, out64, c.cfg, mirror.lv, mirror.ar, mirror.sl, mirror.plru, mirror.rng,
             c.ls, c.ms, c.misc, c.pwc_asid, c.pwc_tag, c.pwc_stamp, c.queue,
-            regions.pinfo, regions.hidx, c.need, c.targets, c.mc,
+            regions.pinfo, regions.hidx, c.need, c.targets, c.mc, regions.wc, regions.wm,
+            regions.frames, regions.fidx, regions.lut, regions.pstart, regions.counts, regions.res,
         )  # fmt: skip
+        regions.n = int(regions.counts[0])  # the kernel walks pages whose frames are at hand
         if code == K.NEED_OWN:
             regions.resolve(vas[pos : pos + window], stop_at_fault=True, next_page=next_page, window=mirror)
             window = min(window * 2, _MAX_WINDOW)
