@@ -16,13 +16,17 @@ How:
   works on (:class:`_Mirror`). Each call re-reads only what the scalar path
   changed since the last one and writes back only the ways the kernel
   changed (as new ``TlbEntry`` objects, as ``insert`` makes them).
-- **Page tables** are not read by the kernel. The regions a batch needs (a
+- **Page tables** in guest memory are not read by the kernel. The regions a batch needs (a
   leaf page, or the span of the entry a walk faults at) are resolved lazily,
   a window of addresses at a time in first-touch order, stopping at the
   first fault, by a compiled copy of the format's walk (x86-64 4/5-level,
   Sv39/Sv48) over a snapshot of the page-table frames it reads, checked
-  against ``fmt.walk`` by the tests. The kernel asks for missing regions
-  (its own page, or prefetch targets) and resumes.
+  against ``fmt.walk`` by the tests. The kernel walks a missing page
+  itself when the snapshot holds its frames, and otherwise asks for the
+  missing regions (its own page, or prefetch targets) and resumes.
+- **Hits**: when the first level is one array of 4 KiB entries, the
+  kernel memoizes its hits and runs them in a tight loop that does just
+  what such a hit does (see :func:`vmopt.batch._kernel.run`).
 - **A/D bits**: the walks the kernel simulated are replayed on the snapshot
   afterwards and what changed is written back compare-and-set style, so
   memory ends bit for bit as the scalar loop leaves it.
