@@ -22,6 +22,7 @@ Samples from operations admitted before the probe (``in_flight`` above
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 from collections import deque
@@ -73,7 +74,7 @@ def _check_float(name: str, value: object, low: float, high: float, *, open_high
     return v
 
 
-class _WindowedLimit:
+class _WindowedLimit(abc.ABC):
     """Shared machinery: validation, windowing, no-load RTT, probes, history.
 
     Samples are aggregated over ``window`` completions (mean latency, max in
@@ -243,9 +244,9 @@ class _WindowedLimit:
         self._deferred = None
         logger.debug("probe done: rtt_noload=%s, limit back to %d", self._rtt_noload, self.limit)
 
+    @abc.abstractmethod
     def _update(self, rtt: float, rtt_noload: float, in_flight: int, dropped: bool) -> float:
         """Return the new (unclamped) limit estimate for one window."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return (
