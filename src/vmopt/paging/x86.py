@@ -180,8 +180,7 @@ class X86_64(PagingFormat):
         user: bool,
         update_ad: bool,
     ) -> Translation:
-        top = va >> (self.va_bits - 1)
-        if top != 0 and top != (1 << (65 - self.va_bits)) - 1:
+        if not self.is_canonical(va):
             raise PageFault(va, access, "non_canonical", None, user=user)
         read = mem.read_u64
         table = root
