@@ -44,3 +44,36 @@ class OutOfFramesError(VmoptError):
         super().__init__(message)
         self.size = size
         self.node = node
+
+
+class PageFault(VmoptError):
+    """A translation failed the way the hardware would fault.
+
+    ``cause`` is one of ``FAULT_CAUSES``; ``level`` is where the walk stopped
+    (0 is the last level, the one holding 4 KiB PTEs; ``None`` when no table
+    was read, as for a non-canonical address).
+    """
+
+    def __init__(
+        self, va: int, access: str, cause: str, level: int | None, *, user: bool = False
+    ) -> None:
+        super().__init__(va, access, cause, level)
+        self.va = va
+        self.access = access
+        self.cause = cause
+        self.level = level
+        self.user = user
+
+    def __str__(self) -> str:
+        # Built on demand: faults are frequent and most are handled, never printed.
+        where = "" if self.level is None else f" at level {self.level}"
+        mode = "user" if self.user else "supervisor"
+        kind = {"r": "read", "w": "write", "x": "fetch", "p": "probe"}.get(self.access, self.access)
+        return f"page fault: {mode} {kind} of {self.va:#x}: {self.cause}{where}"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_fault, (self.va, self.access, self.cause, self.level, self.user))
+
+
+def _rebuild_fault(va: int, access: str, cause: str, level: int | None, user: bool) -> PageFault:
+    return PageFault(va, access, cause, level, user=user)

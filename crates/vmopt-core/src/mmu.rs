@@ -1,0 +1,1 @@
+//! The MMU of one vCPU. Being written.

@@ -1,0 +1,1 @@
+//! TLB arrays and levels, the page-walk cache and prefetchers. Being written.

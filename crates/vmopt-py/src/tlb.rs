@@ -1,0 +1,7 @@
+//! Binding of vmopt-core's `tlb` layer.
+
+use pyo3::prelude::*;
+
+pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+    Ok(())
+}
