@@ -1,0 +1,71 @@
+"""Shared pieces of the benchmarks: medians, the repository on sys.path, real program traces."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACE_DIR = ROOT / "benchmarks" / ".traces"
+
+# The reference implementation (tests/reference) is importable as `reference`.
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+
+
+def median(xs: Sequence[float]) -> float:
+    """The median (benchmarks report medians: machines are noisy)."""
+    return statistics.median(xs)
+
+
+def _inputs(work: Path) -> None:
+    """Deterministic inputs for the traced programs."""
+    import random
+
+    rnd = random.Random(1)
+    text = "".join(rnd.choice("abcdefghij klmnop\n") for _ in range(6000))
+    (work / "in6k.txt").write_text(text)
+    (work / "in3k.txt").write_text(text[:3000])
+    lines = [f"{rnd.randrange(10**9):09d} {rnd.choice('xyz') * rnd.randrange(1, 20)}" for _ in range(700)]
+    (work / "lines.txt").write_text("\n".join(lines) + "\n")
+
+
+#: Programs traced with Lackey: (name, argv); 1-3M accesses each, from a few hundred to thousands of pages.
+PROGRAMS: list[tuple[str, list[str]]] = [
+    ("gzip", ["gzip", "-c", "in6k.txt"]),
+    ("bzip2", ["bzip2", "-c", "in3k.txt"]),
+    ("xz", ["xz", "-1", "-c", "in3k.txt"]),
+    ("sort", ["sort", "lines.txt"]),
+    ("ls", ["ls", "-l", "/usr/bin"]),
+    ("python", [sys.executable, "-S", "-c", "import json; print(len(json.dumps(list(range(3000)))))"]),
+]
+
+
+def lackey_traces(names: Sequence[str] | None = None) -> list[tuple[str, Path]]:
+    """Lackey traces (``valgrind --tool=lackey --trace-mem=yes``) of real programs, made once and cached."""
+    TRACE_DIR.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, argv in PROGRAMS:
+        if names is not None and name not in names:
+            continue
+        path = TRACE_DIR / f"{name}.lackey.gz"
+        if not path.exists():
+            if shutil.which("valgrind") is None or shutil.which(argv[0]) is None:
+                print(f"skipping {name}: valgrind or {argv[0]} is not installed", file=sys.stderr)
+                continue
+            _inputs(TRACE_DIR)
+            raw = TRACE_DIR / f"{name}.lackey"
+            subprocess.run(
+                ["valgrind", "--tool=lackey", "--trace-mem=yes", f"--log-file={raw}", *argv],
+                check=True, cwd=TRACE_DIR, stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            with open(raw, "rb") as src, gzip.open(path, "wb", compresslevel=3) as dst:
+                shutil.copyfileobj(src, dst)
+            raw.unlink()
+        out.append((name, path))
+    return out
