@@ -37,12 +37,12 @@ def _inputs(work: Path) -> None:
 
 #: Programs traced with Lackey: (name, argv); 1-3M accesses each, from a few hundred to thousands of pages.
 PROGRAMS: list[tuple[str, list[str]]] = [
-    ("gzip", ["gzip", "-c", "in6k.txt"]),
-    ("bzip2", ["bzip2", "-c", "in3k.txt"]),
-    ("xz", ["xz", "-1", "-c", "in3k.txt"]),
-    ("sort", ["sort", "lines.txt"]),
-    ("ls", ["ls", "-l", "/usr/bin"]),
-    ("python", [sys.executable, "-S", "-c", "import json; print(len(json.dumps(list(range(3000)))))"]),
+    ("gzip", ["gzip", "-c", "in6k.txt"]),  # ~1.6M accesses, ~200 pages
+    ("bzip2", ["bzip2", "-c", "in3k.txt"]),  # ~3.4M, ~220 pages
+    ("sort", ["sort", "lines.txt"]),  # ~2.5M, ~260 pages
+    ("awk", ["awk", "BEGIN { for (i = 0; i < 3000; i++) a[i] = i }"]),  # ~2.8M, ~330 pages
+    ("xz", ["xz", "-3", "-c", "in3k.txt"]),  # ~3.8M, ~1,900 pages
+    ("perl", ["perl", "-e", 'my $x = "ab" x 2000000; print length($x), "\\n"']),  # thousands of pages
 ]
 
 
