@@ -216,6 +216,12 @@ impl TlbArray {
         self.find(va, asid)
     }
 
+    /// The slot of the entry cached under exactly `(vpn, shift, asid)`.
+    pub fn peek_exact(&self, vpn: u64, shift: u8, asid: u32) -> Option<usize> {
+        let mi = self.map_index(shift)?;
+        self.maps[mi].get(&(vpn, asid)).map(|&s| s as usize)
+    }
+
     /// The entry in `slot`, if the way is valid.
     pub fn slot(&self, slot: usize) -> Option<&TlbEntry> {
         self.slots.get(slot).and_then(Option::as_ref)
