@@ -347,3 +347,171 @@ impl Format for RiscV {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paging::testmem::{put, TestMem};
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn fault_of(r: Result<Translation>) -> (FaultCause, Option<u8>) {
+        match r {
+            Err(Error::Fault(f)) => (f.cause, f.level),
+            other => panic!("expected a fault, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn constructor_and_geometry() {
+        let err = RiscV::new(6, false, false, false).unwrap_err();
+        assert_eq!(
+            err,
+            Error::Config(
+                "RISC-V paging here is Sv39 (3 levels), Sv48 (4) or Sv57 (5), got 6".into()
+            )
+        );
+        let names: Vec<(String, u8, usize)> = (3..=5)
+            .map(|l| {
+                let f = RiscV::new(l, false, false, false).unwrap();
+                (f.name().to_string(), f.va_bits(), f.leaf_sizes().len())
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("sv39".into(), 39, 3),
+                ("sv48".into(), 48, 4),
+                ("sv57".into(), 57, 5)
+            ]
+        );
+    }
+
+    #[test]
+    fn sv39_leaf_bit_exact() {
+        let fmt = RiscV::new(3, false, false, false).unwrap();
+        let mem = TestMem::new(4 * GIB);
+        let va = 0x12_3456_7000;
+        let leaf = fmt.make_leaf(0x8020_0000, 0, Perm::RWX, true, false);
+        assert_eq!(leaf, 0x2008_001F);
+        let mut next = 0x2000;
+        let pte_pa = put(&mem, &fmt, 0x1000, va, 0, leaf, &mut next);
+        assert_eq!(mem.get(0x1000 + fmt.index(va, 2) * 8) & 0x3FF, 1);
+        let t = fmt
+            .walk(&mem, 0x1000, va + 8, Access::Read, true, true)
+            .unwrap();
+        assert_eq!((t.pa, t.memory_refs, t.level), (0x8020_0008, 3, 0));
+        assert_eq!(mem.get(pte_pa), 0x2008_005F);
+        fmt.walk(&mem, 0x1000, va, Access::Write, true, true)
+            .unwrap();
+        assert_eq!(mem.get(pte_pa), 0x2008_00DF);
+        assert_eq!(
+            fmt.describe(0x2008_00DF, 0),
+            "0x00000000200800df [V R W X U A D] -> 0x80200000"
+        );
+    }
+
+    #[test]
+    fn modes_sum_mxr_and_reserved_encodings() {
+        let mem = TestMem::new(64 * MIB);
+        let plain = RiscV::new(3, false, false, false).unwrap();
+        let mut next = 0x2000;
+        let pte_pa = put(
+            &mem,
+            &plain,
+            0x1000,
+            0x1000,
+            0,
+            plain.make_leaf(0x8000, 0, Perm::R | Perm::W, true, false),
+            &mut next,
+        );
+        let r = plain.walk(&mem, 0x1000, 0x1000, Access::Read, false, false);
+        assert_eq!(fault_of(r), (FaultCause::Protection, Some(0)));
+        let sum = RiscV::new(3, true, false, false).unwrap();
+        assert_eq!(
+            sum.walk(&mem, 0x1000, 0x1000, Access::Read, false, false)
+                .unwrap()
+                .pa,
+            0x8000
+        );
+        let xonly = plain.make_leaf(0x8000, 0, Perm::X, false, false);
+        mem.set(pte_pa, xonly);
+        let r = plain.walk(&mem, 0x1000, 0x1000, Access::Read, false, false);
+        assert_eq!(fault_of(r).0, FaultCause::Protection);
+        let mxr = RiscV::new(3, false, true, false).unwrap();
+        mxr.walk(&mem, 0x1000, 0x1000, Access::Read, false, false)
+            .unwrap();
+        mem.set(pte_pa, (xonly & !0b1110) | W);
+        let r = plain.walk(&mem, 0x1000, 0x1000, Access::Read, false, false);
+        assert_eq!(fault_of(r), (FaultCause::Reserved, Some(0)));
+        mem.set(pte_pa, xonly | 1 << 60);
+        let r = plain.walk(&mem, 0x1000, 0x1000, Access::Read, false, false);
+        assert_eq!(fault_of(r).0, FaultCause::Reserved);
+        // A pointer at the last level has no table below it.
+        mem.set(pte_pa, V | (0x8000 >> 2));
+        let r = plain.walk(&mem, 0x1000, 0x1000, Access::Read, false, false);
+        assert_eq!(fault_of(r), (FaultCause::Reserved, Some(0)));
+        let r = plain.walk(&mem, 0x1000, 1 << 40, Access::Read, false, false);
+        assert_eq!(fault_of(r), (FaultCause::NonCanonical, None));
+    }
+
+    #[test]
+    fn misaligned_superpage_and_svade() {
+        let fmt = RiscV::new(3, false, false, false).unwrap();
+        let mem = TestMem::new(64 * MIB);
+        let mut next = 0x2000;
+        let leaf = fmt.make_leaf(0x40_0000, 1, Perm::R | Perm::W, false, false);
+        let pte_pa = put(&mem, &fmt, 0x1000, 0x20_0000, 1, leaf, &mut next);
+        mem.set(pte_pa, leaf | 1 << 10);
+        let r = fmt.walk(&mem, 0x1000, 0x20_0000, Access::Read, false, true);
+        assert_eq!(fault_of(r), (FaultCause::Misaligned, Some(1)));
+        mem.set(pte_pa, leaf);
+        let svade = RiscV::new(3, false, false, true).unwrap();
+        let r = svade.walk(&mem, 0x1000, 0x20_0000, Access::Probe, false, true);
+        assert_eq!(fault_of(r), (FaultCause::Protection, Some(1)));
+        mem.set(pte_pa, leaf | A);
+        svade
+            .walk(&mem, 0x1000, 0x20_0000, Access::Read, false, true)
+            .unwrap();
+        let r = svade.walk(&mem, 0x1000, 0x20_0000, Access::Write, false, true);
+        assert_eq!(fault_of(r).0, FaultCause::Protection);
+        assert_eq!(mem.get(pte_pa), leaf | A, "svade never writes");
+    }
+
+    #[test]
+    fn sv57_walks_five_levels_with_a_global_pointer() {
+        let fmt = RiscV::new(5, false, false, false).unwrap();
+        let mem = TestMem::new(64 * MIB);
+        let mut next = 0x2000;
+        let va = fmt.canonicalize(1 << 56);
+        assert_eq!(va, 0xFF00_0000_0000_0000);
+        let pte_pa = put(
+            &mem,
+            &fmt,
+            0x1000,
+            va,
+            0,
+            fmt.make_leaf(0x9000, 0, Perm::R, false, false),
+            &mut next,
+        );
+        let root_pte = 0x1000 + fmt.index(va, 4) * 8;
+        mem.set(root_pte, mem.get(root_pte) | G);
+        let t = fmt
+            .walk(&mem, 0x1000, va + 5, Access::Read, false, true)
+            .unwrap();
+        assert_eq!((t.pa, t.memory_refs, t.global), (0x9005, 5, true));
+        assert_eq!(mem.get(pte_pa) & A, A);
+        // A racing unmap between read and CAS: the retry faults, nothing is written back.
+        mem.set(
+            pte_pa,
+            fmt.make_leaf(0x9000, 0, Perm::R | Perm::W, false, false),
+        );
+        mem.before_next_cas(move |w| {
+            w.insert(pte_pa, 0);
+        });
+        let r = fmt.walk(&mem, 0x1000, va, Access::Write, false, true);
+        assert_eq!(fault_of(r), (FaultCause::NotPresent, Some(0)));
+        assert_eq!(mem.get(pte_pa), 0);
+    }
+}

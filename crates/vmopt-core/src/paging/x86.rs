@@ -425,3 +425,264 @@ impl Format for X86_64 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paging::testmem::{put, TestMem};
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn x86(levels: i64) -> X86_64 {
+        X86_64::new(levels, 46, true, true, false, false).unwrap()
+    }
+
+    fn fault_of(r: Result<Translation>) -> (FaultCause, Option<u8>) {
+        match r {
+            Err(Error::Fault(f)) => (f.cause, f.level),
+            other => panic!("expected a fault, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn constructor_messages() {
+        let err = X86_64::new(3, 46, true, true, false, false).unwrap_err();
+        assert_eq!(
+            err,
+            Error::Config("x86-64 paging has 4 or 5 levels, got 3".into())
+        );
+        let err = X86_64::new(4, 53, true, true, false, false).unwrap_err();
+        assert_eq!(
+            err,
+            Error::Config("maxphyaddr must be in [36, 52], got 53".into())
+        );
+    }
+
+    #[test]
+    fn four_k_leaf_walk_sets_accessed_and_dirty_bit_exact() {
+        let fmt = x86(4);
+        let mem = TestMem::new(64 * MIB);
+        let va = 0x7F12_3456_7000;
+        let leaf = fmt.make_leaf(0x0123_4000, 0, Perm::R | Perm::W, true, false);
+        assert_eq!(leaf, 0x8000_0000_0123_4007);
+        let mut next = 0x2000;
+        let pte_pa = put(&mem, &fmt, 0x1000, va, 0, leaf, &mut next);
+        let t = fmt
+            .walk(&mem, 0x1000, va + 0x123, Access::Read, true, true)
+            .unwrap();
+        assert_eq!(
+            (t.pa, t.memory_refs, t.pte_pa, t.level),
+            (0x0123_4123, 4, pte_pa, 0)
+        );
+        assert_eq!(t.perms, Perm::R | Perm::W);
+        assert_eq!(mem.get(pte_pa), 0x8000_0000_0123_4027);
+        assert_eq!(
+            mem.get(0x1000 + fmt.index(va, 3) * 8) & A,
+            A,
+            "upper levels get A too"
+        );
+        let t = fmt
+            .walk(&mem, 0x1000, va, Access::Write, true, true)
+            .unwrap();
+        assert!(t.dirty);
+        assert_eq!(mem.get(pte_pa), 0x8000_0000_0123_4067);
+        // Without update_ad nothing changes.
+        mem.set(pte_pa, leaf);
+        fmt.walk(&mem, 0x1000, va, Access::Write, true, false)
+            .unwrap();
+        assert_eq!(mem.get(pte_pa), leaf);
+    }
+
+    #[test]
+    fn large_pages_reserved_bits_and_pat() {
+        let fmt = x86(4);
+        let mem = TestMem::new(4 * GIB);
+        let mut next = 0x2000;
+        let leaf2m = fmt.make_leaf(0x60_0000, 1, Perm::R | Perm::X, false, true);
+        assert_eq!(leaf2m, 0x60_0000 | 0x181);
+        let pde = put(&mem, &fmt, 0x1000, 0x4000_0000, 1, leaf2m, &mut next);
+        let t = fmt
+            .walk(&mem, 0x1000, 0x4000_1234, Access::Exec, false, false)
+            .unwrap();
+        assert_eq!(
+            (t.pa, t.page_size, t.level, t.memory_refs),
+            (0x60_1234, 2 * MIB, 1, 3)
+        );
+        assert!(t.global);
+        mem.set(pde, leaf2m | 1 << 13);
+        let r = fmt.walk(&mem, 0x1000, 0x4000_0000, Access::Read, false, false);
+        assert_eq!(fault_of(r), (FaultCause::Reserved, Some(1)));
+        mem.set(pde, leaf2m | 1 << 12); // PAT
+        let t = fmt
+            .walk(&mem, 0x1000, 0x4000_0010, Access::Read, false, false)
+            .unwrap();
+        assert_eq!(t.pa, 0x60_0010);
+        let leaf1g = fmt.make_leaf(GIB, 2, Perm::RWX, false, false);
+        assert_eq!(leaf1g, GIB | 0x83);
+        put(&mem, &fmt, 0x1000, 0x80_0000_0000, 2, leaf1g, &mut next);
+        let t = fmt
+            .walk(&mem, 0x1000, 0x80_1234_5678, Access::Exec, false, true)
+            .unwrap();
+        assert_eq!(
+            (t.pa, t.page_size, t.memory_refs),
+            (GIB + 0x1234_5678, GIB, 2)
+        );
+        // Bit 50 is above MAXPHYADDR, PS in a PML4E is reserved.
+        let pml4e = 0x1000 + fmt.index(0x80_0000_0000, 3) * 8;
+        let old = mem.get(pml4e);
+        mem.set(pml4e, old | PS);
+        let r = fmt.walk(&mem, 0x1000, 0x80_0000_0000, Access::Read, false, false);
+        assert_eq!(fault_of(r), (FaultCause::Reserved, Some(3)));
+        mem.set(pml4e, old | 1 << 50);
+        let r = fmt.walk(&mem, 0x1000, 0x80_0000_0000, Access::Read, false, false);
+        assert_eq!(fault_of(r), (FaultCause::Reserved, Some(3)));
+    }
+
+    #[test]
+    fn rights_combine_over_levels_and_modes() {
+        let fmt = x86(4);
+        let mem = TestMem::new(64 * MIB);
+        let mut next = 0x2000;
+        put(
+            &mem,
+            &fmt,
+            0x1000,
+            0x1000,
+            0,
+            fmt.make_leaf(0x8000, 0, Perm::RWX, true, false),
+            &mut next,
+        );
+        let pml4e = 0x1000;
+        let orig = mem.get(pml4e);
+        mem.set(pml4e, orig & !RW);
+        for user in [true, false] {
+            let r = fmt.walk(&mem, 0x1000, 0x1000, Access::Write, user, false);
+            assert_eq!(fault_of(r), (FaultCause::Protection, Some(0)));
+        }
+        mem.set(pml4e, orig & !US);
+        let r = fmt.walk(&mem, 0x1000, 0x1000, Access::Read, true, false);
+        assert_eq!(fault_of(r).0, FaultCause::Protection);
+        mem.set(pml4e, orig | XD);
+        let r = fmt.walk(&mem, 0x1000, 0x1000, Access::Exec, false, false);
+        assert_eq!(fault_of(r).0, FaultCause::Protection);
+        let t = fmt
+            .walk(&mem, 0x1000, 0x1000, Access::Read, false, false)
+            .unwrap();
+        assert_eq!(t.perms, Perm::R | Perm::W);
+        // A probe checks no rights.
+        fmt.walk(&mem, 0x1000, 0x1000, Access::Probe, true, false)
+            .unwrap();
+        let smap = X86_64::new(4, 46, true, true, true, true).unwrap();
+        mem.set(pml4e, orig);
+        let r = smap.walk(&mem, 0x1000, 0x1000, Access::Read, false, false);
+        assert_eq!(fault_of(r).0, FaultCause::Protection);
+        let r = smap.walk(&mem, 0x1000, 0x1000, Access::Exec, false, false);
+        assert_eq!(fault_of(r).0, FaultCause::Protection);
+    }
+
+    #[test]
+    fn five_levels_canonical_and_outside_memory() {
+        let fmt = x86(5);
+        let mem = TestMem::new(64 * MIB);
+        let mut next = 0x2000;
+        let va = 0x00FF_0000_0000_0000 - 0x1000;
+        put(
+            &mem,
+            &fmt,
+            0x1000,
+            va,
+            0,
+            fmt.make_leaf(0x5000, 0, Perm::R, false, false),
+            &mut next,
+        );
+        let t = fmt
+            .walk(&mem, 0x1000, va, Access::Read, false, false)
+            .unwrap();
+        assert_eq!((t.pa, t.memory_refs), (0x5000, 5));
+        let r = x86(4).walk(&mem, 0x1000, va, Access::Read, false, false);
+        assert_eq!(fault_of(r), (FaultCause::NonCanonical, None));
+        // A PML5E pointing past memory: reserved, as a read of garbage would be.
+        let pml5e = 0x1000 + fmt.index(va, 4) * 8;
+        mem.set(pml5e, fmt.make_table(1 << 40, 4));
+        let r = fmt.walk(&mem, 0x1000, va, Access::Read, false, false);
+        assert_eq!(fault_of(r), (FaultCause::Reserved, Some(3)));
+        let r = fmt.walk(&mem, 0x1004, va, Access::Read, false, false);
+        assert!(matches!(r, Err(Error::Address(_))), "{r:?}");
+    }
+
+    #[test]
+    fn a_lost_accessed_race_restarts_and_never_resurrects() {
+        let fmt = x86(4);
+        let mem = TestMem::new(64 * MIB);
+        let mut next = 0x2000;
+        let va = 0x40_0000;
+        let leaf = fmt.make_leaf(0x8000, 0, Perm::R | Perm::W, false, false);
+        let pte_pa = put(&mem, &fmt, 0x1000, va, 0, leaf, &mut next);
+        // After one walk every table entry has A, so the only CAS is the leaf's.
+        fmt.walk(&mem, 0x1000, va, Access::Read, false, true)
+            .unwrap();
+        mem.set(pte_pa, leaf);
+        // An unmap lands between the walk's read and its CAS.
+        mem.before_next_cas(move |w| {
+            w.insert(pte_pa, 0);
+        });
+        let r = fmt.walk(&mem, 0x1000, va, Access::Write, false, true);
+        assert_eq!(fault_of(r), (FaultCause::NotPresent, Some(0)));
+        assert_eq!(mem.get(pte_pa), 0, "the old PTE was not written back");
+        // A protect to read-only lands instead: the retry sees it.
+        mem.set(pte_pa, leaf);
+        mem.before_next_cas(move |w| {
+            w.insert(pte_pa, leaf & !RW);
+        });
+        let r = fmt.walk(&mem, 0x1000, va, Access::Write, false, true);
+        assert_eq!(fault_of(r).0, FaultCause::Protection);
+        assert_eq!(mem.get(pte_pa), leaf & !RW);
+        // A racing A/D change alone: the retry succeeds and counts one pass.
+        mem.before_next_cas(move |w| {
+            w.insert(pte_pa, leaf & !RW | A);
+        });
+        let t = fmt
+            .walk(&mem, 0x1000, va, Access::Read, false, true)
+            .unwrap();
+        assert_eq!(t.memory_refs, 4);
+    }
+
+    #[test]
+    fn a_lost_race_on_a_table_entry_restarts_from_the_root() {
+        let fmt = x86(4);
+        let mem = TestMem::new(64 * MIB);
+        let mut next = 0x2000;
+        let va = 0x40_0000;
+        put(
+            &mem,
+            &fmt,
+            0x1000,
+            va,
+            0,
+            fmt.make_leaf(0x8000, 0, Perm::R, false, false),
+            &mut next,
+        );
+        let pml4e_pa = 0x1000 + fmt.index(va, 3) * 8;
+        mem.before_next_cas(move |w| {
+            w.insert(pml4e_pa, 0);
+        });
+        let r = fmt.walk(&mem, 0x1000, va, Access::Read, false, true);
+        assert_eq!(fault_of(r), (FaultCause::NotPresent, Some(3)));
+    }
+
+    #[test]
+    fn describe_names_bits_like_python() {
+        let fmt = x86(4);
+        assert_eq!(
+            fmt.describe(0x8000_0000_0123_4067, 0),
+            "0x8000000001234067 [P RW US A D XD] -> 0x1234000"
+        );
+        assert_eq!(
+            fmt.describe(0x0060_0181, 1),
+            "0x0000000000600181 [P PS G] -> 0x600000"
+        );
+        assert_eq!(fmt.describe(0x80, 0), "0x0000000000000080 [PAT] -> 0x0");
+        assert_eq!(fmt.describe(0, 2), "0x0000000000000000 [-] -> 0x0");
+    }
+}
