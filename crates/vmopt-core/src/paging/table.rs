@@ -1052,3 +1052,356 @@ impl Iterator for Mappings {
         self.cur.take()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paging::{FaultCause, RiscV, X86_64};
+    use std::sync::atomic::AtomicBool;
+
+    const MIB: u64 = 1 << 20;
+    const RW: Perm = Perm(6);
+
+    fn x86() -> Arc<dyn Format> {
+        Arc::new(X86_64::new(4, 46, true, true, false, false).unwrap())
+    }
+
+    fn table(size: u64, fmt: Arc<dyn Format>) -> PageTable {
+        PageTable::new(Arc::new(PhysMem::new(size, 0, None).unwrap()), fmt, None).unwrap()
+    }
+
+    #[test]
+    fn map_walk_unmap_returns_every_table() {
+        let pt = table(64 * MIB, x86());
+        let free0 = pt.memory().free_bytes();
+        pt.map(0x7F00_0000_0000, 0x1000, 4096, RW, true, false)
+            .unwrap();
+        assert_eq!(pt.memory().free_bytes(), free0 - 3 * 4096);
+        assert_eq!(pt.table_frames().len(), 4);
+        let t = pt.walk(0x7F00_0000_0010, Access::Write, true).unwrap();
+        assert_eq!((t.pa, t.memory_refs, t.dirty), (0x1010, 4, true));
+        let gen = pt.generation();
+        pt.unmap(0x7F00_0000_0000, 4096).unwrap();
+        assert_eq!(pt.generation(), gen + 1);
+        assert_eq!(pt.memory().free_bytes(), free0);
+        assert_eq!(pt.table_frames(), vec![pt.root()]);
+        assert!(pt.memory().frame_is_zero(pt.root()).unwrap());
+    }
+
+    #[test]
+    fn refused_requests_change_nothing_and_say_why() {
+        let pt = table(64 * MIB, x86());
+        pt.map(0x20_0000, 0x40_0000, 2 * MIB, RW, false, false)
+            .unwrap();
+        let frames = pt.table_frames();
+        let msg = |r: Result<()>| r.unwrap_err().to_string();
+        assert_eq!(
+            msg(pt.map(0x20_1000, 0x1000, 4096, RW, false, false)),
+            "cannot map 0x201000: it lies inside the 2 MiB page at 0x200000"
+        );
+        assert_eq!(
+            msg(pt.map(0x20_0000, 0x60_0000, 2 * MIB, RW, false, false)),
+            "cannot map 0x200000: 2 MiB already mapped there"
+        );
+        assert_eq!(
+            msg(pt.map(0x1000, 128 * MIB, 4096, RW, false, false)),
+            "physical range [0x8000000, 0x8001000) is outside memory [0x0, 0x4000000)"
+        );
+        assert_eq!(
+            msg(pt.map(0x1000, 0x1800, 4096, RW, false, false)),
+            "physical address 6144 is not aligned to its 4 KiB page"
+        );
+        assert_eq!(
+            msg(pt.map(0x1000, 0x1000, 8192, RW, false, false)),
+            "page size 8192 is not supported by x86_64 (4 KiB, 2 MiB, 1 GiB)"
+        );
+        assert_eq!(
+            msg(pt.map(1 << 60, 0x1000, 4096, RW, false, false)),
+            "virtual range [0x1000000000000000, 0x1000000000001000) is not canonical for x86_64 (48-bit addresses)"
+        );
+        assert_eq!(
+            msg(pt.map(0x1000, 0x1000, 4096, Perm::W, false, false)),
+            "perms 'w': x86-64 pages are always readable; perms must include 'r'"
+        );
+        assert_eq!(
+            msg(pt.unmap(0x20_0000, 4096)),
+            "range [0x200000, 0x201000) would split the 2 MiB page at 0x200000"
+        );
+        assert_eq!(msg(pt.unmap(0x1000, 4096)), "0x1000 is not mapped");
+        assert_eq!(
+            msg(pt.protect(0x20_0000, 4 * MIB, Perm::R)),
+            "0x400000 is not mapped"
+        );
+        assert_eq!(
+            msg(pt.remap(0x20_0000, 0x1000, 4096, None)),
+            "no 4 KiB page is mapped at 0x200000"
+        );
+        assert_eq!(
+            msg(pt.remap(0x20_0000, 0x1000, 2 * MIB, None)),
+            "physical address 4096 is not aligned to its 2 MiB page"
+        );
+        // map_range checks every page before the first write.
+        assert_eq!(
+            msg(pt.map_range(0x1000, 0x3FF_E000, 4 * 4096, 4096, RW, false, false)),
+            "physical range [0x4000000, 0x4001000) is outside memory [0x0, 0x4000000)"
+        );
+        assert_eq!(
+            msg(pt.map_range(0x1F_E000, 0x1000, 4 * 4096, 4096, RW, false, false)),
+            "cannot map 0x200000: it lies inside the 2 MiB page at 0x200000"
+        );
+        assert_eq!(pt.table_frames(), frames, "nothing was built");
+        assert_eq!(pt.lookup(0x1000), None);
+    }
+
+    /// PhysMem, but the next compare-exchange first runs `hook` (an editor on another thread).
+    struct Interleave {
+        mem: Arc<PhysMem>,
+        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl PteMemory for Interleave {
+        fn load_u64(&self, pa: u64) -> Option<u64> {
+            self.mem.load_u64(pa)
+        }
+        fn cas_u64(&self, pa: u64, old: u64, new: u64) -> Result<bool> {
+            if let Some(hook) = lock(&self.hook).take() {
+                hook();
+            }
+            self.mem.cas_u64(pa, old, new)
+        }
+    }
+
+    fn race(
+        edit: impl FnOnce(&PageTable) + Send + 'static,
+        access: Access,
+    ) -> (Arc<PageTable>, Result<Translation>) {
+        let pt = Arc::new(table(64 * MIB, x86()));
+        pt.map(0x40_0000, 0x8000, 4096, RW, true, false).unwrap();
+        // Walk once so only the leaf's A/D is left to set, then clear them again.
+        pt.walk(0x40_0000, Access::Read, true).unwrap();
+        let leaf = pt.lookup(0x40_0000).unwrap();
+        pt.memory()
+            .write_u64(leaf.pte_pa, leaf.pte & !0x60)
+            .unwrap();
+        let editor = Arc::clone(&pt);
+        let mem = Interleave {
+            mem: Arc::clone(pt.memory()),
+            hook: Mutex::new(Some(Box::new(move || {
+                std::thread::spawn(move || edit(&editor)).join().unwrap();
+            }))),
+        };
+        let r = pt
+            .format()
+            .walk(&mem, pt.root(), 0x40_0010, access, true, true);
+        (pt, r)
+    }
+
+    #[test]
+    fn a_walk_racing_an_unmap_does_not_resurrect_the_page() {
+        let (pt, r) = race(|pt| pt.unmap(0x40_0000, 4096).unwrap(), Access::Write);
+        match r {
+            Err(Error::Fault(f)) => assert_eq!(f.cause, FaultCause::NotPresent),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pt.lookup(0x40_0000), None);
+        assert_eq!(pt.table_frames(), vec![pt.root()]);
+    }
+
+    #[test]
+    fn a_walk_racing_a_protect_does_not_undo_it() {
+        let (pt, r) = race(
+            |pt| pt.protect(0x40_0000, 4096, Perm::R).unwrap(),
+            Access::Write,
+        );
+        match r {
+            Err(Error::Fault(f)) => assert_eq!(f.cause, FaultCause::Protection),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pt.lookup(0x40_0000).unwrap().perms, Perm::R);
+        // A read racing a protect keeps the new rights and still sets A.
+        let (pt, r) = race(
+            |pt| pt.protect(0x40_0000, 4096, Perm::R).unwrap(),
+            Access::Read,
+        );
+        assert_eq!(r.unwrap().perms, Perm::R);
+        let leaf = pt.lookup(0x40_0000).unwrap();
+        assert_eq!(
+            (leaf.perms, leaf.accessed, leaf.dirty),
+            (Perm::R, true, false)
+        );
+    }
+
+    #[test]
+    fn walkers_setting_ad_never_undo_a_concurrent_editor() {
+        // Many rounds of an editor thread mapping, protecting and unmapping
+        // pages while walker threads write to them (setting A and D with a
+        // compare-exchange); at the end the table is exactly the editor's model.
+        const PAGES: u64 = 32;
+        let pt = Arc::new(table(64 * MIB, x86()));
+        let done = Arc::new(AtomicBool::new(false));
+        let walkers: Vec<_> = (0..2)
+            .map(|w| {
+                let (pt, done) = (Arc::clone(&pt), Arc::clone(&done));
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !done.load(Ordering::Relaxed) {
+                        let page = (n * 7 + w) % PAGES;
+                        let access = if n % 3 == 0 {
+                            Access::Read
+                        } else {
+                            Access::Write
+                        };
+                        let _ = pt.walk(0x40_0000 + page * 4096, access, false);
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        // The model: page -> (pa, writable).
+        let mut model: Vec<Option<(u64, bool)>> = vec![None; PAGES as usize];
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        for round in 0..20_000u64 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let page = rng % PAGES;
+            let va = 0x40_0000 + page * 4096;
+            match model[page as usize] {
+                None => {
+                    let pa = 0x100_0000 + (round % 1024) * 4096;
+                    pt.map(va, pa, 4096, RW, false, false).unwrap();
+                    model[page as usize] = Some((pa, true));
+                }
+                Some((pa, writable)) if rng & 0x100 == 0 => {
+                    let perms = if writable { Perm::R } else { RW };
+                    pt.protect(va, 4096, perms).unwrap();
+                    model[page as usize] = Some((pa, !writable));
+                }
+                Some(_) => {
+                    pt.unmap(va, 4096).unwrap();
+                    model[page as usize] = None;
+                }
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        for w in walkers {
+            w.join().unwrap();
+        }
+        for (page, want) in model.iter().enumerate() {
+            let got = pt.lookup(0x40_0000 + page as u64 * 4096);
+            let got = got.map(|l| (l.page_pa, l.perms.contains(Perm::W)));
+            assert_eq!(got, *want, "page {page}");
+        }
+        let mapped = model.iter().filter(|m| m.is_some()).count();
+        assert_eq!(pt.leaves().count(), mapped);
+    }
+
+    #[test]
+    fn shootdown_reaches_live_subscribers_before_tables_are_freed() {
+        struct Probe {
+            pt: Weak<PageTable>,
+            seen: Mutex<Vec<(u64, u64, usize)>>,
+        }
+        impl Shootdown for Probe {
+            fn shootdown(&self, va: u64, size: u64) {
+                // The emptied tables are unlinked but not yet freed.
+                let pt = self.pt.upgrade().unwrap();
+                let free = pt.memory().free_bytes() as usize;
+                lock(&self.seen).push((va, size, free));
+            }
+        }
+        let pt = Arc::new(table(64 * MIB, x86()));
+        let probe = Arc::new(Probe {
+            pt: Arc::downgrade(&pt),
+            seen: Mutex::new(Vec::new()),
+        });
+        let weak: Weak<dyn Shootdown> = Arc::downgrade(&probe) as Weak<dyn Shootdown>;
+        pt.subscribe(weak.clone());
+        pt.map(0x1000, 0x8000, 4096, RW, false, false).unwrap();
+        let before = pt.memory().free_bytes() as usize;
+        pt.unmap(0x1000, 4096).unwrap();
+        pt.invalidate(0x5000, 8192);
+        assert_eq!(
+            *lock(&probe.seen),
+            vec![(0x1000, 4096, before), (0x5000, 8192, before + 3 * 4096)]
+        );
+        pt.unsubscribe(&weak);
+        pt.invalidate(0, 4096);
+        assert_eq!(lock(&probe.seen).len(), 2);
+        assert_eq!(pt.generation(), 3);
+    }
+
+    #[test]
+    fn install_fills_maps_and_frees_on_refusal() {
+        let pt = table(
+            64 * MIB,
+            Arc::new(RiscV::new(3, false, false, false).unwrap()),
+        );
+        let (pa, node) = pt
+            .install(0x1000, 4096, &[0], Some(b"hello"), RW, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(node, 0);
+        assert_eq!(pt.read_virt(0x1000, 5, true).unwrap(), b"hello");
+        assert_eq!(pt.lookup(0x1000).unwrap().page_pa, pa);
+        let free = pt.memory().free_bytes();
+        let err = pt.install(0x1000, 4096, &[0], None, RW, true).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot map 0x1000: 4 KiB already mapped there"
+        );
+        assert_eq!(
+            pt.memory().free_bytes(),
+            free,
+            "the refused block went back"
+        );
+        // No room on the node: Ok(None), the caller words the error.
+        let small = table(2 * MIB, x86());
+        assert_eq!(
+            small
+                .install(0x20_0000, 2 * MIB, &[0], None, RW, false)
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn mappings_coalesce_and_leaves_stream_in_va_order() {
+        let pt = table(64 * MIB, x86());
+        for i in 0..4 {
+            pt.map(
+                0x80_0000 + i * 4096,
+                0x10_0000 + i * 4096,
+                4096,
+                RW,
+                true,
+                false,
+            )
+            .unwrap();
+        }
+        pt.map(0x80_4000, 0x10_4000, 4096, Perm::R, true, false)
+            .unwrap();
+        pt.map(0xFFFF_8000_0000_0000, 0, 2 * MIB, RW, false, true)
+            .unwrap();
+        let maps: Vec<Mapping> = pt.mappings().collect();
+        assert_eq!(maps.len(), 3);
+        assert_eq!(
+            (maps[0].va, maps[0].size, maps[0].perms),
+            (0x80_0000, 4 * 4096, RW)
+        );
+        assert_eq!(
+            (maps[1].va, maps[1].size, maps[1].perms),
+            (0x80_4000, 4096, Perm::R)
+        );
+        assert_eq!(
+            (maps[2].va, maps[2].global, maps[2].user),
+            (0xFFFF_8000_0000_0000, true, false)
+        );
+        let vas: Vec<u64> = pt.leaves().map(|e| e.leaf.va).collect();
+        assert!(vas.windows(2).all(|w| w[0] < w[1]));
+        pt.remap(0x80_0000, 0x20_0000, 4096, Some(Perm::R)).unwrap();
+        assert_eq!(pt.lookup(0x80_0000).unwrap().page_pa, 0x20_0000);
+        assert_eq!(pt.mappings().count(), 4);
+        pt.destroy().unwrap();
+    }
+}
