@@ -245,6 +245,18 @@ fn va_of(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
     })
 }
 
+/// A Python truth value (`bool(x)`), as the pure-Python API accepted for its flags.
+struct Truthy(bool);
+
+impl<'py> FromPyObject<'py> for Truthy {
+    fn extract_bound(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        if let Ok(b) = obj.downcast::<PyBool>() {
+            return Ok(Truthy(b.is_true()));
+        }
+        obj.is_truthy().map(Truthy)
+    }
+}
+
 fn perm_of(bits: u8) -> PyResult<Perm> {
     if bits & !7 != 0 {
         return Err(PyTypeError::new_err(format!(
@@ -496,33 +508,33 @@ impl PyPageTable {
     }
 
     /// Translate `va` as the MMU would (a `Translation`), or raise `PageFault`.
-    #[pyo3(signature = (va, access, user=false, update_ad=None))]
+    #[pyo3(signature = (va, access, user=Truthy(false), update_ad=None))]
     fn walk(
         &self,
         py: Python<'_>,
         va: &Bound<'_, PyAny>,
         access: &Bound<'_, PyAny>,
-        user: bool,
-        update_ad: Option<bool>,
+        user: Truthy,
+        update_ad: Option<Truthy>,
     ) -> PyResult<PyObject> {
         let access = access_of(access)?;
         let va = va_of(va)?;
-        let ad = update_ad.unwrap_or(self.inner.update_ad());
+        let (user, ad) = (user.0, update_ad.map_or(self.inner.update_ad(), |t| t.0));
         let t = guarded(|| self.inner.walk_with(va, access, user, ad))?;
         translation_obj(py, &t)
     }
 
     /// The physical address of `va`.
-    #[pyo3(signature = (va, access, user=false))]
+    #[pyo3(signature = (va, access, user=Truthy(false)))]
     fn translate(
         &self,
         va: &Bound<'_, PyAny>,
         access: &Bound<'_, PyAny>,
-        user: bool,
+        user: Truthy,
     ) -> PyResult<u64> {
         let access = access_of(access)?;
         let va = va_of(va)?;
-        Ok(guarded(|| self.inner.walk(va, access, user))?.pa)
+        Ok(guarded(|| self.inner.walk(va, access, user.0))?.pa)
     }
 
     /// The `Leaf` mapping `va`, or None.
@@ -572,11 +584,11 @@ impl PyPageTable {
         pa: u64,
         size: u64,
         perms: u8,
-        user: bool,
-        global_: bool,
+        user: Truthy,
+        global_: Truthy,
     ) -> PyResult<()> {
         let perms = perm_of(perms)?;
-        guarded(|| py.allow_threads(|| self.inner.map(va, pa, size, perms, user, global_)))
+        guarded(|| py.allow_threads(|| self.inner.map(va, pa, size, perms, user.0, global_.0)))
     }
 
     fn map_trusted(
@@ -586,10 +598,10 @@ impl PyPageTable {
         pa: u64,
         size: u64,
         perms: u8,
-        user: bool,
+        user: Truthy,
     ) -> PyResult<()> {
         let perms = perm_of(perms)?;
-        guarded(|| py.allow_threads(|| self.inner.map_trusted(va, pa, size, perms, user)))
+        guarded(|| py.allow_threads(|| self.inner.map_trusted(va, pa, size, perms, user.0)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -602,14 +614,14 @@ impl PyPageTable {
         length: u64,
         page_size: u64,
         perms: u8,
-        user: bool,
-        global_: bool,
+        user: Truthy,
+        global_: Truthy,
     ) -> PyResult<()> {
         let perms = perm_of(perms)?;
         guarded(|| {
             py.allow_threads(|| {
                 self.inner
-                    .map_range(va, pa, length, page_size, perms, user, global_)
+                    .map_range(va, pa, length, page_size, perms, user.0, global_.0)
             })
         })
     }
@@ -645,6 +657,11 @@ impl PyPageTable {
         })
     }
 
+    /// The checks every edit makes on a virtual range (raises `AddressError`).
+    fn check_va(&self, va: u64, size: u64) -> PyResult<()> {
+        guarded(|| self.inner.check_va(va, size))
+    }
+
     /// Allocate a zeroed block on the first of `nodes` with room, fill it, map it: `(pa, node)` or None.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (va, size, nodes, data, perms, user))]
@@ -656,10 +673,10 @@ impl PyPageTable {
         nodes: Vec<u32>,
         data: Option<&[u8]>,
         perms: u8,
-        user: bool,
+        user: Truthy,
     ) -> PyResult<Option<(u64, u32)>> {
         let perms = perm_of(perms)?;
-        guarded(|| py.allow_threads(|| self.inner.install(va, size, &nodes, data, perms, user)))
+        guarded(|| py.allow_threads(|| self.inner.install(va, size, &nodes, data, perms, user.0)))
     }
 
     /// Every leaf in VA order: `(va, Leaf, effective perms, effective user, global)`.
@@ -682,14 +699,14 @@ impl PyPageTable {
         py: Python<'py>,
         va: u64,
         n: u64,
-        user: bool,
+        user: Truthy,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let data = guarded(|| py.allow_threads(|| self.inner.read_virt(va, n, user)))?;
+        let data = guarded(|| py.allow_threads(|| self.inner.read_virt(va, n, user.0)))?;
         Ok(PyBytes::new(py, &data))
     }
 
-    fn write_virt(&self, py: Python<'_>, va: u64, data: &[u8], user: bool) -> PyResult<()> {
-        guarded(|| py.allow_threads(|| self.inner.write_virt(va, data, user)))
+    fn write_virt(&self, py: Python<'_>, va: u64, data: &[u8], user: Truthy) -> PyResult<()> {
+        guarded(|| py.allow_threads(|| self.inner.write_virt(va, data, user.0)))
     }
 
     fn destroy(&self, py: Python<'_>) -> PyResult<()> {

@@ -318,7 +318,9 @@ impl PageTable {
 
     // -- validation -----------------------------------------------------------------
 
-    fn check_va(&self, va: u64, size: u64) -> Result<()> {
+    /// The checks every edit makes on the virtual range `[va, va + size)`: 4 KiB aligned, canonical,
+    /// on one side of the canonical hole.
+    pub fn check_va(&self, va: u64, size: u64) -> Result<()> {
         let fmt = &*self.fmt;
         if va & (FRAME_SIZE - 1) != 0 {
             return Err(Error::Address(format!(
