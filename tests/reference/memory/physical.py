@@ -14,8 +14,8 @@ import struct
 from collections.abc import Iterator
 from typing import Final
 
+from reference.memory.buddy import BuddyAllocator
 from vmopt.errors import AddressError, ConfigError, PhysicalAccessError, ReadOnlyMemoryError
-from vmopt.memory.buddy import BuddyAllocator
 from vmopt.units import format_size
 
 __all__ = ["FRAME_SHIFT", "FRAME_SIZE", "PhysicalMemory"]

@@ -11,9 +11,9 @@ import bisect
 import logging
 import threading
 
+from reference.memory.buddy import BuddyAllocator
+from reference.memory.physical import ALLOC_ORDERS, FRAME_SHIFT, FRAME_SIZE, PhysicalMemory
 from vmopt.errors import ConfigError, OutOfFramesError
-from vmopt.memory.buddy import BuddyAllocator
-from vmopt.memory.physical import ALLOC_ORDERS, FRAME_SHIFT, FRAME_SIZE, PhysicalMemory
 from vmopt.numa.config import NumaConfig
 from vmopt.numa.policy import MemPolicy
 from vmopt.units import format_size
