@@ -1,0 +1,146 @@
+"""Guest physical memory laid out node by node, a buddy allocator per node.
+
+Node 0 holds ``[0, size0)``, node 1 the next ``size1`` bytes, and so on:
+the layout of an ACPI SRAT with one memory range per node. The frames and
+allocators live in the Rust core (``PhysMem.new_numa``); the policy
+decisions stay here: ``alloc`` walks a policy's node order and the core
+takes the block from the first node that has one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from vmopt import _core
+from vmopt.errors import ConfigError, OutOfFramesError
+from vmopt.memory.buddy import BuddyAllocator
+from vmopt.memory.physical import FRAME_SHIFT, FRAME_SIZE, PhysicalMemory, _block_size
+from vmopt.numa.config import NumaConfig
+from vmopt.numa.policy import MemPolicy
+from vmopt.units import format_size
+
+__all__ = ["NumaMemory"]
+
+log = logging.getLogger(__name__)
+
+
+class NumaMemory(PhysicalMemory):
+    """:class:`PhysicalMemory` with one buddy allocator per NUMA node.
+
+    Page-table pages (and :meth:`alloc` without a node) come from node 0,
+    else the nearest node with room.
+    """
+
+    def __init__(self, config: NumaConfig) -> None:
+        try:
+            core = _core.PhysMem.new_numa(list(config.node_sizes))
+        except OverflowError:  # a node past 2**64
+            raise ConfigError(
+                f"frames [0x0, {config.total_memory >> FRAME_SHIFT:#x}) exceed the 64-bit physical space"
+            ) from None
+        self._attach(core)
+        self.config = config
+        n = config.num_nodes
+        #: Per origin node, every node by distance from it (ties by number).
+        self._nearest = [_by_distance(config, origin) for origin in range(n)]
+        core.set_table_order(self._nearest[0])
+        self.node_base: list[int] = core.node_bases()
+        self.nodes: list[BuddyAllocator] = [BuddyAllocator._view(core.allocator(i)) for i in range(n)]
+        self._allocator = self.nodes[0]
+        self._rotation = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(format_size(s) for s in self.config.node_sizes)
+        return f"NumaMemory({self.config.num_nodes} nodes: {sizes})"
+
+    def node_of(self, pa: int) -> int:
+        """The node that holds physical address ``pa``."""
+        if isinstance(pa, int) and pa >= 0:
+            try:
+                node = self.core.node_of(pa)
+            except OverflowError:
+                node = None
+            if node is not None:
+                return node
+        raise ConfigError(f"physical address {pa!r} is outside memory [0, {self.size:#x})")
+
+    @property
+    def allocator(self) -> BuddyAllocator:
+        """Node 0's allocator (what non-NUMA callers such as page-table code get by default)."""
+        return self.nodes[0]
+
+    def used_bytes(self, node: int) -> int:
+        """Bytes allocated on ``node``."""
+        return self.nodes[node].used_pages << FRAME_SHIFT
+
+    def usage(self, node: int) -> float:
+        """Fraction of ``node`` in use, in [0, 1]."""
+        a = self.nodes[node]
+        return a.used_pages / a.total_pages
+
+    def alloc(self, size: int = FRAME_SIZE, node: int | None = None) -> int:
+        """A zeroed block on ``node``, or on the nearest node with room (node 0 when None)."""
+        size = _block_size(size, "block")
+        origin = 0 if node is None else self._check_node(node)
+        return self._alloc_from(self._nearest[origin], size, origin)[0]
+
+    def alloc_policy(self, size: int, policy: MemPolicy, index: int, local: int) -> int:
+        """A zeroed block for page ``index`` of a region under ``policy``, first touched from ``local``."""
+        size = _block_size(size, "block")
+        if policy.mode not in ("bind", "preferred_many"):
+            # Fast path: the policy's own node has room, so no fallback order is needed.
+            first = policy.target(index, local, self.usage, self.config.num_nodes)
+            got = self.core.try_alloc_on([first], size)
+            if got is not None:
+                return got[0]
+        with self._lock:
+            rotation = self._rotation
+        nodes = policy.order(index, local, self.config.distances, self.usage, rotation)  # type: ignore[arg-type]
+        pa, node = self._alloc_from(nodes, size, nodes[0], strict=policy.mode == "bind", policy=policy)
+        if node != nodes[0]:
+            with self._lock:
+                self._rotation += 1  # ties go round-robin across successive fallbacks
+        return pa
+
+    def _alloc_from(
+        self, nodes: list[int], size: int, first: int, *, strict: bool = False,
+        policy: MemPolicy | None = None,
+    ) -> tuple[int, int]:  # fmt: skip
+        """``(pa, node)`` of a zeroed block from the first of ``nodes`` with room."""
+        got = self.core.try_alloc_on(nodes, size)
+        if got is not None:
+            if got[1] != first:
+                log.debug(
+                    "fell back from node %d to node %d for a %s block", first, got[1], format_size(size)
+                )
+            return got
+        where = f"nodes {nodes}" if len(nodes) > 1 else f"node {nodes[0]}"
+        rule = f" (policy {policy})" if policy is not None else ""
+        free = ", ".join(
+            f"node {n}: {format_size(self.nodes[n].free_pages << FRAME_SHIFT)} free" for n in nodes
+        )
+        raise OutOfFramesError(
+            f"out of memory on {where}{rule}: no free {format_size(size)} block ({free})",
+            size=size,
+            node=nodes[0] if strict or len(nodes) == 1 else first,
+        )
+
+    def free(self, pa: int, size: int = FRAME_SIZE) -> None:
+        """Return a block to its node's allocator."""
+        super().free(pa, _block_size(size, "block"))
+
+    def free_blocks(self) -> list[list[int]]:
+        """Per node, the count of free blocks of each order 0..18 (fragmentation, like /proc/buddyinfo)."""
+        return [a.free_blocks() for a in self.nodes]
+
+    def _check_node(self, node: int) -> int:
+        if not isinstance(node, int) or not 0 <= node < self.config.num_nodes:
+            raise ConfigError(f"node {node!r} does not exist (0..{self.config.num_nodes - 1})")
+        return node
+
+
+def _by_distance(config: NumaConfig, origin: int) -> list[int]:
+    """Every node, nearest to ``origin`` first; equal distances by node number."""
+    return sorted(range(config.num_nodes), key=lambda node: (config.distance(origin, node), node))
