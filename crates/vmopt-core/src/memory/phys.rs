@@ -260,7 +260,8 @@ impl PhysMem {
         self.base <= pa && u128::from(pa) + u128::from(n) <= self.end_exact()
     }
 
-    fn check(&self, pa: u64, n: u64) -> Result<()> {
+    /// `Ok` if `[pa, pa + n)` lies inside this memory, else the error naming both ranges.
+    pub fn check(&self, pa: u64, n: u64) -> Result<()> {
         if self.contains(pa, n) {
             return Ok(());
         }
