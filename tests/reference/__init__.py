@@ -1,5 +1,7 @@
-"""The pure-Python implementation vmopt had before its Rust core: the executable specification.
+"""The pure-Python implementations the Rust core replaced: the executable specification.
 
-The product never imports this package; differential tests drive it and the
-core side by side. It may import product value types and configs only.
+Differential tests drive these and the product side by side. The product
+never imports this package; it may import product value types and configs
+(``vmopt.errors``, ``vmopt.units``, ``vmopt.numa.config``...), never product
+classes that wrap the core.
 """
