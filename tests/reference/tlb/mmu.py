@@ -27,9 +27,9 @@ from vmopt.paging.types import PageFault, Perm, Translation
 from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, TlbConfig
 from vmopt.tlb.stats import MmuStats, TlbStats
 
-from .prefetch import make_prefetcher
-from .pwc import PageWalkCache
-from .tlb import GLOBAL_ASID, TlbEntry, TlbLevel
+from reference.tlb.prefetch import make_prefetcher
+from reference.tlb.pwc import PageWalkCache
+from reference.tlb.tlb import GLOBAL_ASID, TlbEntry, TlbLevel
 
 if TYPE_CHECKING:
     from vmopt.batch.concurrency import ConcurrencyConfig
