@@ -159,18 +159,22 @@ impl State {
                 entry.used = true;
                 stats.prefetch_useful += 1;
             }
-            let e = *entry;
-            if e.rights & bit == 0 {
-                return Err(self.hit_fault(va, access, user, e.level));
+            // Field by field, not a copy of the entry: the hit has just
+            // written its stamp, and a wide load over it would stall.
+            let (rights, dirty, level) = (entry.rights, entry.dirty, entry.level);
+            let (page_pa, shift, entry_asid) = (entry.page_pa, entry.shift, entry.asid);
+            if rights & bit == 0 {
+                return Err(self.hit_fault(va, access, user, level));
             }
-            if access == Access::Write && !e.dirty {
+            if access == Access::Write && !dirty {
                 return self.dirty_rewalk(va, user);
             }
-            let size = e.size();
+            let size = 1u64 << shift;
             if i > 0 {
-                self.fill(0..i, e.page_pa, size, &e, va, false);
+                let proto = TlbEntry::new(0, shift, entry_asid, page_pa, rights, dirty, level);
+                self.fill(0..i, page_pa, size, &proto, va, false);
             }
-            return Ok(e.page_pa | (va & (size - 1)));
+            return Ok(page_pa | (va & (size - 1)));
         }
         match self.walk(va, access, user, false) {
             Ok(t) => {

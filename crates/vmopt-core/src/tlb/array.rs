@@ -123,6 +123,8 @@ pub struct TlbArray {
     rng: XorShift64,
     globals: usize,
     serials: u64,
+    /// Bumped by every change of contents (fills and removals).
+    mutations: u64,
 }
 
 impl TlbArray {
@@ -161,6 +163,7 @@ impl TlbArray {
             rng: XorShift64::new(cfg.seed),
             globals: 0,
             serials: 0,
+            mutations: 0,
         }
     }
 
@@ -228,7 +231,7 @@ impl TlbArray {
     }
 
     /// The entry in `slot` (a slot [`lookup`](Self::lookup) returned).
-    #[inline]
+    #[inline(always)]
     pub fn entry_mut(&mut self, slot: usize) -> &mut TlbEntry {
         self.slots[slot]
             .as_mut()
@@ -245,8 +248,9 @@ impl TlbArray {
 
     // -- replacement ----------------------------------------------------------
 
-    #[inline]
-    fn touch(&mut self, slot: usize) {
+    /// Refresh the recency of the entry in `slot` as a hit does.
+    #[inline(always)]
+    pub fn touch(&mut self, slot: usize) {
         match self.cfg.policy {
             Policy::Lru => {
                 self.clock += 1;
@@ -262,6 +266,7 @@ impl TlbArray {
     }
 
     /// Point every tree node on `way`'s path away from it.
+    #[inline]
     fn plru_touch(&mut self, set: usize, way: usize) {
         let (mut node, mut half, mut lo) = (1usize, self.ways >> 1, 0usize);
         while half != 0 {
@@ -349,6 +354,7 @@ impl TlbArray {
             )));
         }
         self.serials += 1;
+        self.mutations += 1;
         entry.serial = self.serials;
         let key = (entry.vpn, entry.asid);
         if let Some(&slot) = self.maps[mi].get(&key) {
@@ -410,6 +416,7 @@ impl TlbArray {
 
     fn remove(&mut self, slot: usize, stats: &mut TlbStats) {
         if let Some(e) = self.slots[slot].take() {
+            self.mutations += 1;
             self.unlink(&e, stats);
             stats.invalidations += 1;
         }
@@ -546,5 +553,11 @@ impl TlbArray {
     /// Valid global entries.
     pub fn globals(&self) -> usize {
         self.globals
+    }
+
+    /// Changes of contents so far: equal counts mean every lookup still finds what it found.
+    #[inline]
+    pub fn mutations(&self) -> u64 {
+        self.mutations
     }
 }

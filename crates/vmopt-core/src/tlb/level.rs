@@ -14,15 +14,33 @@ pub struct Hit {
     pub slot: usize,
 }
 
+/// Slots of the lookup memo.
+const MEMO_SLOTS: usize = 16;
+
+/// A remembered lookup: while no array of the level changed contents, a
+/// lookup of the same 4 KiB page and ASID finds the same entry.
+#[derive(Clone, Copy, Debug, Default)]
+struct Memo {
+    page: u64,
+    asid: u32,
+    array: u32,
+    slot: u32,
+    /// The level's mutation count when it was made (0: empty, counts start at 1).
+    mutations: u64,
+}
+
 /// A TLB level: a lookup counts once here, whichever array answers.
 ///
 /// Split arrays hold disjoint page sizes (as x86's separate 4 KiB / 2 MiB /
-/// 1 GiB L1s). `stats` is shared by the arrays.
+/// 1 GiB L1s). `stats` is shared by the arrays. A small direct-mapped memo
+/// of recent hits skips the hash probes for pages looked up again before
+/// the level changes; it changes no result, only the cost.
 #[derive(Clone, Debug)]
 pub struct TlbLevel {
     name: String,
     latency: u64,
     arrays: Vec<TlbArray>,
+    memo: [Memo; MEMO_SLOTS],
     /// The level's counters.
     pub stats: TlbStats,
 }
@@ -66,6 +84,7 @@ impl TlbLevel {
             name,
             latency: configs.iter().map(|c| c.latency).max().unwrap_or(0),
             arrays: configs.iter().map(TlbArray::new).collect(),
+            memo: [Memo::default(); MEMO_SLOTS],
             stats: TlbStats::default(),
         })
     }
@@ -90,14 +109,41 @@ impl TlbLevel {
         (&mut self.arrays[index], &mut self.stats)
     }
 
+    /// Changes of contents of every array (1 + their sum, so never 0).
+    #[inline]
+    fn mutations(&self) -> u64 {
+        self.arrays
+            .iter()
+            .fold(1u64, |n, a| n.wrapping_add(a.mutations()))
+    }
+
     /// Probe every array, counting one lookup and its latency.
     #[inline]
     pub fn lookup(&mut self, va: u64, asid: u32) -> Option<Hit> {
         self.stats.lookups += 1;
         self.stats.cycles += self.latency;
+        let page = va >> 12;
+        let mutations = self.mutations();
+        let memo = self.memo[page as usize % MEMO_SLOTS];
+        if memo.mutations == mutations && memo.page == page && memo.asid == asid {
+            let hit = Hit {
+                array: memo.array as usize,
+                slot: memo.slot as usize,
+            };
+            self.arrays[hit.array].touch(hit.slot);
+            self.stats.hits += 1;
+            return Some(hit);
+        }
         for (array, arr) in self.arrays.iter_mut().enumerate() {
             if let Some(slot) = arr.lookup(va, asid) {
                 self.stats.hits += 1;
+                self.memo[page as usize % MEMO_SLOTS] = Memo {
+                    page,
+                    asid,
+                    array: array as u32,
+                    slot: slot as u32,
+                    mutations,
+                };
                 return Some(Hit { array, slot });
             }
         }
