@@ -217,7 +217,7 @@ impl PyTlbLevel {
                 .expect("an entry just inserted is cached");
             Ok((
                 entry_tuple(arr.entry(slot), slot),
-                victim.map(|v| entry_tuple(&v, usize::MAX)),
+                victim.map(|v| entry_tuple(&v, slot)), // the way it left
             ))
         })
     }

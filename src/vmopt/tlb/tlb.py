@@ -257,6 +257,7 @@ class Tlb:
         if victim is not None:
             old = TlbEntry(victim[0], victim[1], victim[2], victim[3], victim[4], victim[5], victim[6])
             old._prefetched, old._used, old._stamp = victim[7], victim[8], victim[9]
+            old.set, old.way = divmod(victim[10], self.ways)
         self._sync()
         return old
 
