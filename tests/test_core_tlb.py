@@ -28,13 +28,13 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
 from reference.memory.physical import PhysicalMemory as RefMemory
 from reference.paging.pagetable import PageTable as RefPageTable
 from reference.tlb.mmu import Mmu as RefMmu
 from reference.tlb.tlb import Tlb as RefTlb
 from reference.tlb.tlb import TlbEntry as RefEntry
 from tlb_state import array_state, assert_same, entry_state, mmu_state, outcome
-
 from vmopt import Mmu, PageTable, PhysicalMemory, PrefetchConfig, PwcConfig, TlbConfig
 from vmopt.tlb.mmu import DEFAULT_TLB_LEVELS
 from vmopt.tlb.tlb import GLOBAL_ASID, Tlb, TlbEntry
@@ -94,7 +94,15 @@ class ArrayMachine(RuleBasedStateMachine):
         used=st.booleans(), dirty=st.booleans(), rights=st.integers(0, 63),
     )  # fmt: skip
     def insert(
-        self, va: int, k: int, asid: int, global_: bool, prefetched: bool, used: bool, dirty: bool, rights: int
+        self,
+        va: int,
+        k: int,
+        asid: int,
+        global_: bool,
+        prefetched: bool,
+        used: bool,
+        dirty: bool,
+        rights: int,
     ) -> None:
         shift = self.shifts[k % len(self.shifts)]
         code = GLOBAL_ASID if global_ else asid
@@ -163,7 +171,10 @@ def hierarchy(layout: str, policy: str, seed: int) -> Any:
         ]
     if layout == "split":
         return [
-            [TlbConfig(8, 4, policy, (PAGE,), 1, "l1", seed), TlbConfig(4, 2, policy, (big, GiB), 1, "l1b", seed)],
+            [
+                TlbConfig(8, 4, policy, (PAGE,), 1, "l1", seed),
+                TlbConfig(4, 2, policy, (big, GiB), 1, "l1b", seed),
+            ],
             TlbConfig(16, 4, policy, (PAGE, big), 6, "l2", seed + 2),
             TlbConfig(64, 8, policy, (PAGE, big, GiB), 20, "l3", seed + 3),
         ]
@@ -183,7 +194,9 @@ class Guest:
         a, b = self.tables
         for region, i, perms, user, global_ in sc["pages"]:
             size = {"small": PAGE, "big": 2 * MiB, "huge": GiB, "upper": PAGE}[region]
-            base = upper_base(fmt) if region == "upper" else {"small": SMALL, "big": BIG, "huge": HUGE}[region]
+            base = (
+                upper_base(fmt) if region == "upper" else {"small": SMALL, "big": BIG, "huge": HUGE}[region]
+            )
             a.map(base + i * size, self.mem.alloc(size), size, perms, user=user, global_=global_)
         for i, perms in sc["b_pages"]:
             b.map(SMALL + i * PAGE, self.mem.alloc(), PAGE, perms, user=True)
@@ -238,8 +251,9 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     for i in range(draw(st.integers(0, 2))):
         pages.append(("upper", i, draw(perms), False, True))
     b_pages = [(i, draw(perms)) for i in range(0, SMALL_PAGES, draw(st.integers(2, 6)))]
+    policy = "lru" if layout == "default" else draw(st.sampled_from(POLICIES))
     return {
-        "fmt": fmt, "layout": layout, "policy": "lru" if layout == "default" else draw(st.sampled_from(POLICIES)),
+        "fmt": fmt, "layout": layout, "policy": policy,
         "seed": draw(st.integers(0, 3)), "prefetch": prefetch,
         "pwc": draw(st.sampled_from([None, PwcConfig(), PwcConfig(entries=2, latency=3)])),
         "asid": draw(st.integers(0, 3)), "update_ad": draw(st.integers(0, 4)) > 0,
@@ -339,7 +353,11 @@ class MmuMachine(RuleBasedStateMachine):
     def flush_asid(self, asid: int) -> None:
         self.both(lambda g: g.mmu.flush_asid(asid))
 
-    @rule(va=small_page_st, size=st.sampled_from([1, PAGE, 3 * PAGE, 80 * PAGE, 4 * MiB]), asid=st.none() | st.integers(0, 3))
+    @rule(
+        va=small_page_st,
+        size=st.sampled_from([1, PAGE, 3 * PAGE, 80 * PAGE, 4 * MiB]),
+        asid=st.none() | st.integers(0, 3),
+    )
     def flush_range(self, va: int, size: int, asid: int | None) -> None:
         self.both(lambda g: g.mmu.flush_range(va, size, asid))
 

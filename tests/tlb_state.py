@@ -114,4 +114,10 @@ def outcome(fn: Any) -> Any:
     try:
         return ("ok", fn())
     except Exception as exc:  # every error is compared, class and message
-        return ("error", type(exc).__name__, str(exc), getattr(exc, "cause", None), getattr(exc, "level", None))
+        return (
+            "error",
+            type(exc).__name__,
+            str(exc),
+            getattr(exc, "cause", None),
+            getattr(exc, "level", None),
+        )

@@ -22,14 +22,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from reference.tlb.prefetch import make_prefetcher
+from reference.tlb.pwc import PageWalkCache
+from reference.tlb.tlb import GLOBAL_ASID, TlbEntry, TlbLevel
 from vmopt.errors import ConfigError
 from vmopt.paging.types import PageFault, Perm, Translation
 from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, TlbConfig
 from vmopt.tlb.stats import MmuStats, TlbStats
-
-from reference.tlb.prefetch import make_prefetcher
-from reference.tlb.pwc import PageWalkCache
-from reference.tlb.tlb import GLOBAL_ASID, TlbEntry, TlbLevel
 
 if TYPE_CHECKING:
     from vmopt.batch.concurrency import ConcurrencyConfig
