@@ -54,9 +54,7 @@ class PageFault(VmoptError):
     was read, as for a non-canonical address).
     """
 
-    def __init__(
-        self, va: int, access: str, cause: str, level: int | None, *, user: bool = False
-    ) -> None:
+    def __init__(self, va: int, access: str, cause: str, level: int | None, *, user: bool = False) -> None:
         super().__init__(va, access, cause, level)
         self.va = va
         self.access = access

@@ -21,12 +21,12 @@ from typing import Any
 from vmopt.batch.concurrency import ConcurrencyConfig
 from vmopt.batch.engine import (
     Addrs,
+    ArrayPath,
     as_addresses,
     check_errors_mode,
     finish,
     record_failure,
     run_sequential,
-    vectorized_op,
 )
 from vmopt.batch.limiter import AimdLimit
 from vmopt.batch.scheduler import FairFetchScheduler
@@ -38,7 +38,7 @@ from vmopt.paging.format import PagingFormat
 from vmopt.paging.pagetable import PageTable
 from vmopt.paging.types import Perm
 from vmopt.tlb.config import PrefetchConfig, PwcConfig
-from vmopt.tlb.mmu import Mmu, TlbSpec
+from vmopt.tlb.mmu import RIGHTS_BIT, Mmu, TlbSpec
 from vmopt.tlb.stats import TlbStats
 from vmopt.units import format_size
 
@@ -368,21 +368,33 @@ class MemoryOptimizer:
         """Translate a batch in order; same results and statistics as ``translate`` in a loop.
 
         A list gives a list; a NumPy integer array gives a uint64 array and
-        goes through the compiled kernel where its pages are resident.
+        goes through the core's translate loop (faults, demand paging
+        included, are finished one by one as ``translate`` finishes them).
         Faults on store-backed regions are served one after another.
         """
         mmu = self._check_cpu(cpu)
-        array_op = self._array_op(mmu, access, cpu)
         return run_sequential(
             lambda va: self.translate(va, access, cpu), addrs, errors,
-            chunk_size=self.concurrency.chunk_size, array_op=array_op,
+            chunk_size=self.concurrency.chunk_size, array_path=self._array_path(mmu, access, cpu),
         )  # fmt: skip
 
-    def _array_op(self, mmu: Mmu, access: str, cpu: int) -> Any:
-        """The vectorized prefix translator for this vCPU, or None when it cannot apply."""
-        if self.numa_balancing:
-            return None  # sampling is per access
-        return vectorized_op(mmu, access, True, lambda pas: self._account_array(pas, cpu))
+    def _array_path(self, mmu: Mmu, access: str, cpu: int) -> ArrayPath | None:
+        """The core's array loop for this vCPU, with NUMA accounting, or None when it cannot apply."""
+        if self.numa_balancing or (access, True) not in RIGHTS_BIT:
+            return None  # balancing samples per access; bad arguments fail per index
+
+        def translate(vas: Any, out: Any) -> tuple[int, BaseException | None]:
+            done, error = mmu.translate_into(vas, out, access, True)
+            if done:
+                self._account_array(out[:done], cpu)
+            return done, error
+
+        def resume(va: int, error: BaseException) -> int:
+            pa = mmu.handle_fault(va, access, True, error)
+            self._account(pa, cpu, va)
+            return pa
+
+        return ArrayPath(translate, resume)
 
     def _account_array(self, pas: Any, cpu: int) -> None:
         import numpy as np

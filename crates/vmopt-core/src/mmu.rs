@@ -1,1 +1,737 @@
-//! The MMU of one vCPU. Being written.
+//! The MMU of one virtual CPU: TLB hierarchy, then page walk, then fill.
+//!
+//! Lookups go L1 first. An L(n) hit fills the levels above it; a miss
+//! everywhere walks the page table and fills every level (non-inclusive,
+//! as on most x86 cores: evictions are not propagated). A prefetched
+//! translation is installed in the last level only, marked prefetched until
+//! its first demand hit. Rights are checked on hits too, from a mask the
+//! paging format computes at fill time; a hit that faults drops the entry,
+//! and a write hit on a clean entry re-walks to set D.
+//!
+//! Every MMU with `shootdown` subscribes (weakly) to each table it has used,
+//! so unmap/protect/remap remove stale entries (TLB, page-walk cache,
+//! queued prefetches), every ASID, before they return: the shootdown an OS
+//! does with IPIs. Without it, invalidation is left to the caller, as on
+//! real hardware.
+//!
+//! Locking: all state sits behind one mutex, and a miss walks with it held,
+//! so the lock order is MMU -> `PageTable` frees (read). A shootdown arrives
+//! with the table's edit lock held and takes the MMU lock (edit -> MMU);
+//! subscribing happens outside the MMU lock. Demand faults are resolved by
+//! the caller with no MMU lock held: [`Mmu::translate`] reports a
+//! restartable not-present fault, the caller maps the page, then
+//! [`Mmu::translate_restart`] re-walks (the same miss, not a new one).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use crate::error::{Error, Result};
+use crate::paging::{Access, Fault, FaultCause, PageTable, Perm, Shootdown, Translation};
+use crate::tlb::{
+    MmuStats, PageWalkCache, PrefetchConfig, PrefetchMode, Prefetcher, PwcConfig, TlbConfig,
+    TlbEntry, TlbLevel, TlbStats, GLOBAL_ASID,
+};
+
+/// Addresses translated per lock hold in a batch (shootdowns wait at most this long).
+const BATCH_LOCK_SPAN: usize = 1024;
+
+/// The bit of an entry's rights mask for an access in a mode.
+///
+/// Supervisor read/write/fetch are bits 0-2, user ones bits 3-5 (Python's
+/// `RIGHTS_BIT`). A probe has no bit.
+pub fn rights_bit(access: Access, user: bool) -> Option<u8> {
+    let index = match access {
+        Access::Read => 0,
+        Access::Write => 1,
+        Access::Exec => 2,
+        Access::Probe => return None,
+    };
+    Some(1 << (index + if user { 3 } else { 0 }))
+}
+
+/// Why a translation did not produce an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stop {
+    /// The error, a [`Error::Fault`] for faults.
+    pub error: Error,
+    /// A not-present fault of a demand walk: a fault handler may map the
+    /// page and call [`Mmu::translate_restart`].
+    pub restartable: bool,
+}
+
+impl From<Error> for Stop {
+    fn from(error: Error) -> Self {
+        Stop {
+            error,
+            restartable: false,
+        }
+    }
+}
+
+/// How an [`Mmu`] is built.
+#[derive(Clone, Debug)]
+pub struct MmuConfig {
+    /// TLB levels, L1 first; each one array or split arrays.
+    pub levels: Vec<Vec<TlbConfig>>,
+    /// The prefetcher.
+    pub prefetch: PrefetchConfig,
+    /// The page-walk cache, if any.
+    pub pwc: Option<PwcConfig>,
+    /// The initial ASID (0..=65535).
+    pub asid: u32,
+    /// Subscribe to page tables for shootdowns.
+    pub shootdown: bool,
+    /// Modelled cycles per PTE read.
+    pub walk_ref_cycles: u64,
+}
+
+fn check_asid(asid: u32) -> Result<()> {
+    if asid < GLOBAL_ASID {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "asid must be an integer in [0, 65535], got {asid}"
+        )))
+    }
+}
+
+/// The 16 rights masks of a format, indexed `perms * 2 + page_user`.
+fn rights_table(table: &PageTable) -> [u8; 16] {
+    let fmt = table.format();
+    let mut out = [0u8; 16];
+    for (code, mask) in out.iter_mut().enumerate() {
+        let perms = Perm((code >> 1) as u8);
+        let page_user = code & 1 == 1;
+        for access in [Access::Read, Access::Write, Access::Exec] {
+            for user in [false, true] {
+                if fmt.allows(perms, page_user, access, user) {
+                    *mask |= rights_bit(access, user).unwrap_or(0);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Everything behind the MMU's lock.
+struct State {
+    table: Arc<PageTable>,
+    asid: u32,
+    levels: Vec<TlbLevel>,
+    pwc: Option<PageWalkCache>,
+    prefetcher: Option<Box<dyn Prefetcher>>,
+    prefetch: PrefetchConfig,
+    queue: VecDeque<u64>,
+    stats: MmuStats,
+    walk_ref_cycles: u64,
+    /// Rights masks of the current table's format.
+    rights: [u8; 16],
+    /// Top level of the current table's format.
+    top: u8,
+    /// Prefetch targets of the miss being handled.
+    targets: Vec<u64>,
+}
+
+impl State {
+    fn set_table(&mut self, table: Arc<PageTable>) {
+        self.rights = rights_table(&table);
+        self.top = table.format().levels() - 1;
+        self.table = table;
+    }
+
+    fn rights_of(&self, t: &Translation) -> u8 {
+        self.rights[(t.perms.0 as usize & 7) * 2 + t.user as usize]
+    }
+
+    #[inline]
+    fn translate(&mut self, va: u64, access: Access, user: bool) -> std::result::Result<u64, Stop> {
+        let Some(bit) = rights_bit(access, user) else {
+            return Err(Error::Config("access must be 'r', 'w' or 'x', got 'p'".into()).into());
+        };
+        self.stats.translations += 1;
+        let asid = self.asid;
+        for i in 0..self.levels.len() {
+            let Some(hit) = self.levels[i].lookup(va, asid) else {
+                continue;
+            };
+            let (entry, stats) = self.levels[i].entry_mut(hit);
+            if entry.prefetched && !entry.used {
+                entry.used = true;
+                stats.prefetch_useful += 1;
+            }
+            // Field by field, not a copy of the entry: the hit has just
+            // written its stamp, and a wide load over it would stall.
+            let (rights, dirty, level) = (entry.rights, entry.dirty, entry.level);
+            let (page_pa, shift, entry_asid) = (entry.page_pa, entry.shift, entry.asid);
+            if rights & bit == 0 {
+                return Err(self.hit_fault(va, access, user, level));
+            }
+            if access == Access::Write && !dirty {
+                return self.dirty_rewalk(va, user);
+            }
+            let size = 1u64 << shift;
+            if i > 0 {
+                let proto = TlbEntry::new(0, shift, entry_asid, page_pa, rights, dirty, level);
+                self.fill(0..i, page_pa, size, &proto, va, false);
+            }
+            return Ok(page_pa | (va & (size - 1)));
+        }
+        match self.walk(va, access, user, false) {
+            Ok(t) => {
+                self.after_walk(&t, va)?;
+                Ok(t.pa)
+            }
+            Err(Error::Fault(f)) => Err(Stop {
+                restartable: f.cause == FaultCause::NotPresent,
+                error: Error::Fault(f),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// x86 and RISC-V both drop the entry that caused a fault.
+    fn hit_fault(&mut self, va: u64, access: Access, user: bool, level: u8) -> Stop {
+        self.stats.faults += 1;
+        let asid = self.asid;
+        for lv in &mut self.levels {
+            lv.flush_va(va, Some(asid));
+        }
+        Error::Fault(Fault {
+            va,
+            access,
+            cause: FaultCause::Protection,
+            level: Some(level),
+            user,
+        })
+        .into()
+    }
+
+    /// Not a TLB miss: counted in `dirty_walks` only, so walks == misses.
+    fn dirty_rewalk(&mut self, va: u64, user: bool) -> std::result::Result<u64, Stop> {
+        self.stats.dirty_walks += 1;
+        let t = self.walk(va, Access::Write, user, true)?;
+        self.fill_all(&t, va);
+        Ok(t.pa)
+    }
+
+    /// A demand walk, with its PTE reads and the page-walk cache counted.
+    fn walk(&mut self, va: u64, access: Access, user: bool, restart: bool) -> Result<Translation> {
+        if !restart {
+            self.stats.walks += 1;
+        }
+        let top = self.top as u64;
+        match self.table.walk(va, access, user) {
+            Ok(t) => {
+                let refs = (t.memory_refs as u64).saturating_sub(self.pwc_skip(va, t.level));
+                self.stats.walk_memory_refs += refs;
+                self.stats.cycles += refs * self.walk_ref_cycles;
+                Ok(t)
+            }
+            Err(Error::Fault(f)) => {
+                self.stats.faults += 1;
+                if let Some(level) = f.level {
+                    let refs = (top + 1 - level as u64).saturating_sub(self.pwc_skip(va, level));
+                    self.stats.walk_memory_refs += refs;
+                    self.stats.cycles += refs * self.walk_ref_cycles;
+                }
+                Err(Error::Fault(f))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn pwc_skip(&mut self, va: u64, stop_level: u8) -> u64 {
+        let Some(pwc) = self.pwc.as_mut() else {
+            return 0;
+        };
+        self.stats.pwc_lookups += 1;
+        let skip = pwc.skipped_refs(va, self.asid, stop_level) as u64;
+        if skip != 0 {
+            self.stats.pwc_hits += 1;
+        }
+        self.stats.cycles += pwc.config().latency;
+        skip
+    }
+
+    /// Fill the hierarchy with a demand walk's result and let the prefetcher react.
+    fn after_walk(&mut self, t: &Translation, va: u64) -> Result<()> {
+        self.fill_all(t, va);
+        if let Some(p) = self.prefetcher.as_mut() {
+            self.targets.clear();
+            p.on_miss(va, t.page_size, &mut self.targets);
+            if !self.targets.is_empty() {
+                let targets = std::mem::take(&mut self.targets);
+                let done = self.request_prefetch(&targets);
+                self.targets = targets;
+                done?;
+            }
+        }
+        Ok(())
+    }
+
+    fn proto(&self, t: &Translation) -> TlbEntry {
+        let asid = if t.global { GLOBAL_ASID } else { self.asid };
+        TlbEntry::new(
+            0,
+            12,
+            asid,
+            t.page_pa(),
+            self.rights_of(t),
+            t.dirty,
+            t.level,
+        )
+    }
+
+    fn fill_all(&mut self, t: &Translation, va: u64) {
+        let proto = self.proto(t);
+        let n = self.levels.len();
+        self.fill(0..n, t.page_pa(), t.page_size, &proto, va, false);
+    }
+
+    /// Install a translation of `va`'s page in `levels`, splintering as each level needs.
+    fn fill(
+        &mut self,
+        levels: std::ops::Range<usize>,
+        page_pa: u64,
+        page_size: u64,
+        proto: &TlbEntry,
+        va: u64,
+        prefetched: bool,
+    ) {
+        for level in &mut self.levels[levels] {
+            let Some((array, shift)) = level.array_for(page_size) else {
+                continue;
+            };
+            let size = 1u64 << shift;
+            let pa = page_pa + (va & (page_size - 1) & !(size - 1));
+            let mut e = TlbEntry::new(
+                va >> shift,
+                shift,
+                proto.asid,
+                pa,
+                proto.rights,
+                proto.dirty,
+                proto.level,
+            );
+            e.prefetched = prefetched;
+            level
+                .insert(array, e)
+                .expect("array_for names an array that holds the shift");
+        }
+    }
+
+    fn request_prefetch(&mut self, targets: &[u64]) -> Result<()> {
+        self.stats.prefetch.requested += targets.len() as u64;
+        if self.prefetch.mode == PrefetchMode::Immediate {
+            for &target in targets {
+                self.prefetch_one(target)?;
+            }
+            return Ok(());
+        }
+        for &target in targets {
+            if self.queue.len() >= self.prefetch.queue_limit {
+                self.queue.pop_front();
+                self.stats.prefetch.overflowed += 1;
+            }
+            self.queue.push_back(target);
+        }
+        Ok(())
+    }
+
+    /// Probe-walk `va` and install it in the last level; true if installed.
+    fn prefetch_one(&mut self, va: u64) -> Result<bool> {
+        let last = self.levels.len() - 1;
+        if self.levels[last].peek(va, self.asid).is_some() {
+            self.stats.prefetch.redundant += 1;
+            return Ok(false);
+        }
+        self.stats.prefetch.issued += 1;
+        let top = self.top as u64;
+        match self.table.walk(va, Access::Probe, false) {
+            Ok(t) => {
+                self.stats.prefetch.walk_memory_refs += t.memory_refs as u64;
+                let proto = self.proto(&t);
+                self.fill(last..last + 1, t.page_pa(), t.page_size, &proto, va, true);
+                self.stats.prefetch.installed += 1;
+                Ok(true)
+            }
+            Err(Error::Fault(f)) => {
+                self.stats.prefetch.dropped += 1;
+                if let Some(level) = f.level {
+                    self.stats.prefetch.walk_memory_refs += top + 1 - level as u64;
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn flush_asid(&mut self, asid: u32) {
+        for level in &mut self.levels {
+            level.flush_asid(asid);
+        }
+        if let Some(pwc) = self.pwc.as_mut() {
+            pwc.flush(Some(asid));
+        }
+    }
+}
+
+/// Address translation for one vCPU over a [`PageTable`].
+pub struct Mmu {
+    state: Mutex<State>,
+    shootdown: bool,
+    me: Weak<Mmu>,
+    /// Tables subscribed to (never held with `state`).
+    subscribed: Mutex<Vec<Weak<PageTable>>>,
+}
+
+impl std::fmt::Debug for Mmu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.lock();
+        let names: Vec<&str> = st.levels.iter().map(|l| l.name()).collect();
+        write!(f, "Mmu(asid={}, levels={names:?})", st.asid)
+    }
+}
+
+impl Mmu {
+    /// An MMU over `table` (subscribed to it when `config.shootdown`).
+    pub fn new(table: Arc<PageTable>, config: MmuConfig) -> Result<Arc<Mmu>> {
+        check_asid(config.asid)?;
+        if config.levels.is_empty() {
+            return Err(Error::Config("an MMU needs at least one TLB level".into()));
+        }
+        let levels = config
+            .levels
+            .iter()
+            .map(|cfgs| TlbLevel::new(cfgs))
+            .collect::<Result<Vec<_>>>()?;
+        let names: Vec<&str> = levels.iter().map(TlbLevel::name).collect();
+        if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
+            let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+            return Err(Error::Config(format!(
+                "TLB level names must be distinct, got [{}]",
+                quoted.join(", ")
+            )));
+        }
+        let top = table.format().levels();
+        let state = State {
+            rights: rights_table(&table),
+            top: top - 1,
+            pwc: config.pwc.map(|c| PageWalkCache::new(c, top)),
+            table: table.clone(),
+            asid: config.asid,
+            levels,
+            prefetcher: config.prefetch.build(),
+            prefetch: config.prefetch,
+            queue: VecDeque::new(),
+            stats: MmuStats::default(),
+            walk_ref_cycles: config.walk_ref_cycles,
+            targets: Vec::new(),
+        };
+        let mmu = Arc::new_cyclic(|me| Mmu {
+            state: Mutex::new(state),
+            shootdown: config.shootdown,
+            me: me.clone(),
+            subscribed: Mutex::new(Vec::new()),
+        });
+        if mmu.shootdown {
+            mmu.subscribe(&table);
+        }
+        Ok(mmu)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tables stay subscribed after a switch away: their ASID's entries stay
+    /// cached, so their unmaps must still shoot this MMU down.
+    fn subscribe(&self, table: &Arc<PageTable>) {
+        let mut subscribed = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+        subscribed.retain(|w| w.strong_count() > 0);
+        if subscribed
+            .iter()
+            .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(table)))
+        {
+            return;
+        }
+        subscribed.push(Arc::downgrade(table));
+        let me: Weak<dyn Shootdown> = self.me.clone();
+        table.subscribe(me);
+    }
+
+    /// Whether this MMU subscribes to its tables.
+    pub fn shootdown_enabled(&self) -> bool {
+        self.shootdown
+    }
+
+    // -- translation ------------------------------------------------------
+
+    /// The physical address of `va`, or why not.
+    #[inline]
+    pub fn translate(&self, va: u64, access: Access, user: bool) -> std::result::Result<u64, Stop> {
+        self.lock().translate(va, access, user)
+    }
+
+    /// After a restartable fault was resolved by mapping the page: count a
+    /// demand fault and walk again (the same TLB miss, counted once).
+    pub fn translate_restart(&self, va: u64, access: Access, user: bool) -> Result<u64> {
+        if rights_bit(access, user).is_none() {
+            return Err(Error::Config(
+                "access must be 'r', 'w' or 'x', got 'p'".into(),
+            ));
+        }
+        let mut st = self.lock();
+        st.stats.demand_faults += 1;
+        let t = st.walk(va, access, user, true)?;
+        st.after_walk(&t, va)?;
+        Ok(t.pa)
+    }
+
+    /// Translate `vas` in order into `out` with exactly the scalar semantics,
+    /// stopping at the first address whose translation stops: returns how
+    /// many were done and, if it stopped, why (that address has already
+    /// counted what a stopping translate counts).
+    pub fn translate_batch(
+        &self,
+        vas: &[u64],
+        out: &mut [u64],
+        access: Access,
+        user: bool,
+    ) -> (usize, Option<Stop>) {
+        let n = vas.len().min(out.len());
+        let mut i = 0;
+        while i < n {
+            let end = (i + BATCH_LOCK_SPAN).min(n);
+            let mut st = self.lock();
+            while i < end {
+                match st.translate(vas[i], access, user) {
+                    Ok(pa) => out[i] = pa,
+                    Err(stop) => return (i, Some(stop)),
+                }
+                i += 1;
+            }
+        }
+        (n, None)
+    }
+
+    /// Count what a translation of an address outside `[0, 2^64)` counts
+    /// before its walk refuses it: a lookup missing in every level and a walk.
+    pub fn count_unwalkable(&self) {
+        let mut st = self.lock();
+        st.stats.translations += 1;
+        for level in &mut st.levels {
+            let latency = level.latency();
+            level.stats.lookups += 1;
+            level.stats.cycles += latency;
+            level.stats.misses += 1;
+        }
+        st.stats.walks += 1;
+    }
+
+    // -- prefetching ------------------------------------------------------
+
+    /// Drain the deferred prefetch queue; how many translations were installed.
+    pub fn process_prefetch(&self) -> Result<u64> {
+        let mut st = self.lock();
+        let mut installed = 0;
+        while let Some(va) = st.queue.pop_front() {
+            if st.prefetch_one(va)? {
+                installed += 1;
+            }
+        }
+        Ok(installed)
+    }
+
+    /// Requests waiting in the deferred queue.
+    pub fn pending_prefetches(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// The deferred queue, oldest first.
+    pub fn queue(&self) -> Vec<u64> {
+        self.lock().queue.iter().copied().collect()
+    }
+
+    /// The prefetcher's history (see [`Prefetcher::history`]).
+    pub fn prefetcher_history(&self) -> Option<(Option<u64>, i64)> {
+        self.lock().prefetcher.as_ref().and_then(|p| p.history())
+    }
+
+    // -- context switch and invalidation ----------------------------------
+
+    /// Load a new address space (a CR3 or satp write).
+    ///
+    /// Entries of other ASIDs stay cached, as with PCIDs; `flush` (or
+    /// reusing the current ASID) drops the new ASID's old ones.
+    pub fn switch(&self, table: Arc<PageTable>, asid: Option<u32>, flush: bool) -> Result<()> {
+        let current = self.lock().asid;
+        check_asid(asid.unwrap_or(current))?;
+        if self.shootdown {
+            self.subscribe(&table);
+        }
+        let mut st = self.lock();
+        if let Some(pwc) = &st.pwc {
+            let levels = table.format().levels();
+            if pwc.levels() != levels {
+                return Err(Error::Config(format!(
+                    "the page-walk cache caches {}-level tables; cannot switch to {} levels",
+                    pwc.levels(),
+                    levels
+                )));
+            }
+        }
+        let new_asid = asid.unwrap_or(st.asid);
+        if flush || new_asid == st.asid {
+            st.flush_asid(new_asid);
+        }
+        st.set_table(table);
+        st.asid = new_asid;
+        st.queue.clear();
+        if let Some(p) = st.prefetcher.as_mut() {
+            p.reset();
+        }
+        Ok(())
+    }
+
+    /// Invalidate every TLB and PWC entry (a CR3 write without PCIDs).
+    pub fn flush(&self) {
+        let mut st = self.lock();
+        for level in &mut st.levels {
+            level.flush();
+        }
+        if let Some(pwc) = st.pwc.as_mut() {
+            pwc.flush(None);
+        }
+    }
+
+    /// Invalidate one ASID's non-global entries (INVPCID single-context).
+    pub fn flush_asid(&self, asid: u32) {
+        self.lock().flush_asid(asid);
+    }
+
+    /// Invalidate `va`'s translations for the current ASID, and global ones (INVLPG).
+    pub fn invlpg(&self, va: u64) {
+        let mut st = self.lock();
+        let asid = st.asid;
+        for level in &mut st.levels {
+            level.flush_va(va, Some(asid));
+        }
+        if let Some(pwc) = st.pwc.as_mut() {
+            pwc.flush(Some(asid));
+        }
+    }
+
+    /// Invalidate `[va, va + size)` for `asid` (`None`: every ASID), like sfence.vma per page.
+    pub fn flush_range(&self, va: u64, size: u64, asid: Option<u32>) {
+        let mut st = self.lock();
+        for level in &mut st.levels {
+            level.flush_range(va, size, asid);
+        }
+        if let Some(pwc) = st.pwc.as_mut() {
+            pwc.flush(asid);
+        }
+    }
+
+    /// True if any level holds a translation of `va` for the current ASID.
+    pub fn cached(&self, va: u64) -> bool {
+        let st = self.lock();
+        st.levels.iter().any(|l| l.peek(va, st.asid).is_some())
+    }
+
+    // -- inspection -------------------------------------------------------
+
+    /// The current page table.
+    pub fn page_table(&self) -> Arc<PageTable> {
+        self.lock().table.clone()
+    }
+
+    /// The current ASID.
+    pub fn asid(&self) -> u32 {
+        self.lock().asid
+    }
+
+    /// Number of TLB levels.
+    pub fn level_count(&self) -> usize {
+        self.lock().levels.len()
+    }
+
+    /// Run `f` on level `index` with the MMU's lock held.
+    pub fn with_level<R>(&self, index: usize, f: impl FnOnce(&mut TlbLevel) -> R) -> R {
+        f(&mut self.lock().levels[index])
+    }
+
+    /// Run `f` on the page-walk cache (None without one) with the MMU's lock held.
+    pub fn with_pwc<R>(&self, f: impl FnOnce(Option<&mut PageWalkCache>) -> R) -> R {
+        f(self.lock().pwc.as_mut())
+    }
+
+    /// Run `f` on the prefetcher (None without one) with the MMU's lock held.
+    pub fn with_prefetcher<R>(&self, f: impl FnOnce(Option<&mut dyn Prefetcher>) -> R) -> R {
+        let mut st = self.lock();
+        match st.prefetcher.as_mut() {
+            Some(p) => f(Some(p.as_mut())),
+            None => f(None),
+        }
+    }
+
+    /// Every counter: the MMU's (prefetch useful/useless summed over the levels).
+    pub fn stats(&self) -> MmuStats {
+        let st = self.lock();
+        let mut s = st.stats;
+        s.prefetch = st.stats.prefetch_with(st.levels.iter().map(|l| &l.stats));
+        s
+    }
+
+    /// Each level's counters, L1 first.
+    pub fn level_stats(&self) -> Vec<TlbStats> {
+        self.lock().levels.iter().map(|l| l.stats).collect()
+    }
+
+    /// Zero every counter (TLB contents stay).
+    pub fn reset_stats(&self) {
+        let mut st = self.lock();
+        st.stats = MmuStats::default();
+        for level in &mut st.levels {
+            level.stats = TlbStats::default();
+        }
+    }
+
+    /// Modelled cycles per PTE read.
+    pub fn walk_ref_cycles(&self) -> u64 {
+        self.lock().walk_ref_cycles
+    }
+
+    /// Change the modelled cost of a PTE read.
+    pub fn set_walk_ref_cycles(&self, cycles: u64) {
+        self.lock().walk_ref_cycles = cycles;
+    }
+
+    /// The page-walk cache's configuration, lifetime counters and per-level
+    /// LRU order (level 1 first), if there is one.
+    pub fn pwc_state(&self) -> Option<(PwcConfig, u64, u64, Vec<Vec<(u32, u64)>>)> {
+        let st = self.lock();
+        st.pwc.as_ref().map(|p| {
+            let order = (1..p.levels()).map(|k| p.order(k)).collect();
+            (p.config(), p.lookups, p.hits, order)
+        })
+    }
+}
+
+impl Shootdown for Mmu {
+    /// Drop every trace of `[va, va + size)`, every ASID.
+    fn shootdown(&self, va: u64, size: u64) {
+        let mut st = self.lock();
+        st.stats.shootdowns += 1;
+        for level in &mut st.levels {
+            level.flush_range(va, size, None);
+        }
+        if let Some(pwc) = st.pwc.as_mut() {
+            pwc.flush(None);
+        }
+        if !st.queue.is_empty() {
+            let end = va as u128 + size as u128;
+            st.queue.retain(|&t| !(va <= t && (t as u128) < end));
+        }
+    }
+}

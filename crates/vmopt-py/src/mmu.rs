@@ -1,7 +1,340 @@
-//! Binding of vmopt-core's `mmu` layer.
+//! Binding of vmopt-core's `mmu` layer as `vmopt._core.Mmu`.
+//!
+//! A fault that a demand-paging handler may resolve (a not-present fault of
+//! the miss walk) is raised as a `PageFault` whose `_restart` attribute is
+//! True; the Python wrapper then runs the handler with no core lock held
+//! and calls `translate_restart`.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use numpy::{PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyString};
+use vmopt_core::error::{Error, Result};
+use vmopt_core::mmu::{Mmu, MmuConfig, Stop};
+use vmopt_core::paging::Access;
+use vmopt_core::tlb::{PrefetchConfig, PrefetchKind, PrefetchMode, PwcConfig};
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::errors::{guarded, panic_to_py, to_py};
+use crate::paging::PyPageTable;
+use crate::tlb::{config_from, ConfigTuple, PyPageWalkCache, PyPrefetcher, PyTlbLevel};
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyMmu>()?;
     Ok(())
+}
+
+/// `'r'`, `'w'` or `'x'`; anything else is the reference's ConfigError.
+fn access_of(access: &Bound<'_, PyAny>) -> PyResult<Access> {
+    if let Ok(s) = access.downcast::<PyString>() {
+        match s.to_str()? {
+            "r" => return Ok(Access::Read),
+            "w" => return Ok(Access::Write),
+            "x" => return Ok(Access::Exec),
+            _ => {}
+        }
+    }
+    let text = access.repr()?.to_string();
+    Err(to_py(Error::Config(format!(
+        "access must be 'r', 'w' or 'x', got {text}"
+    ))))
+}
+
+/// A bool, or anything equal to one the way the reference's dict lookup sees it (0, 1, 1.0).
+fn user_of(user: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if let Ok(b) = user.downcast::<PyBool>() {
+        return Ok(b.is_true());
+    }
+    if let Ok(v) = user.extract::<f64>() {
+        if v == 0.0 || v == 1.0 {
+            return Ok(v == 1.0);
+        }
+    }
+    let text = user.repr()?.to_string();
+    Err(to_py(Error::Config(format!(
+        "user must be a bool, got {text}"
+    ))))
+}
+
+/// The exception of a stopped translation, marked restartable when it is.
+fn stop_to_py(py: Python<'_>, stop: Stop) -> PyErr {
+    let err = to_py(stop.error);
+    if stop.restartable {
+        // Best effort: without the mark the fault is simply not demand-paged.
+        let _ = err.value(py).setattr("_restart", true);
+    }
+    err
+}
+
+fn prefetch_from(t: &(String, u32, String, usize)) -> Result<PrefetchConfig> {
+    let kind = PrefetchKind::parse(&t.0)
+        .ok_or_else(|| Error::Config(format!("unknown prefetcher '{}'", t.0)))?;
+    let mode = PrefetchMode::parse(&t.2).ok_or_else(|| {
+        Error::Config(format!(
+            "prefetch mode must be 'immediate' or 'deferred', got '{}'",
+            t.2
+        ))
+    })?;
+    PrefetchConfig::new(kind, t.1, mode, t.3)
+}
+
+/// The MMU of one vCPU (a core `Mmu`).
+#[pyclass(name = "Mmu", module = "vmopt._core", frozen)]
+pub struct PyMmu {
+    inner: Arc<Mmu>,
+}
+
+impl PyMmu {
+    fn va_of(&self, va: &Bound<'_, PyAny>) -> PyResult<u64> {
+        if let Ok(v) = va.extract::<u64>() {
+            return Ok(v);
+        }
+        if va.downcast::<pyo3::types::PyInt>().is_ok() {
+            // An int outside [0, 2^64): it misses everywhere, then the walk refuses it.
+            self.inner.count_unwalkable();
+        }
+        let text = va.repr()?.to_string();
+        Err(to_py(Error::Address(format!(
+            "virtual address must be a 64-bit unsigned int, got {text}"
+        ))))
+    }
+}
+
+#[pymethods]
+impl PyMmu {
+    /// An MMU over `table`; see `vmopt.Mmu` for the arguments.
+    #[new]
+    #[pyo3(signature = (table, levels, prefetch, pwc, asid, shootdown, walk_ref_cycles))]
+    fn new(
+        table: PyRef<'_, PyPageTable>,
+        levels: Vec<Vec<ConfigTuple>>,
+        prefetch: (String, u32, String, usize),
+        pwc: Option<(usize, u64)>,
+        asid: u32,
+        shootdown: bool,
+        walk_ref_cycles: u64,
+    ) -> PyResult<Self> {
+        let table = table.inner.clone();
+        guarded(|| {
+            let levels = levels
+                .iter()
+                .map(|lv| lv.iter().map(config_from).collect::<Result<Vec<_>>>())
+                .collect::<Result<Vec<_>>>()?;
+            let pwc = pwc.map(|(e, l)| PwcConfig::new(e, l)).transpose()?;
+            let config = MmuConfig {
+                levels,
+                prefetch: prefetch_from(&prefetch)?,
+                pwc,
+                asid,
+                shootdown,
+                walk_ref_cycles,
+            };
+            Ok(PyMmu {
+                inner: Mmu::new(table, config)?,
+            })
+        })
+    }
+
+    /// The physical address of `va`; raises `PageFault` (or the walk's error).
+    fn translate(
+        &self,
+        py: Python<'_>,
+        va: &Bound<'_, PyAny>,
+        access: &Bound<'_, PyAny>,
+        user: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let access = access_of(access)?;
+        let user = user_of(user)?;
+        let va = self.va_of(va)?;
+        match catch_unwind(AssertUnwindSafe(|| self.inner.translate(va, access, user))) {
+            Ok(Ok(pa)) => Ok(pa),
+            Ok(Err(stop)) => Err(stop_to_py(py, stop)),
+            Err(panic) => Err(panic_to_py(panic)),
+        }
+    }
+
+    /// Re-walk after a fault handler mapped the page (counts a demand fault).
+    fn translate_restart(
+        &self,
+        va: u64,
+        access: &Bound<'_, PyAny>,
+        user: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let access = access_of(access)?;
+        let user = user_of(user)?;
+        guarded(|| self.inner.translate_restart(va, access, user))
+    }
+
+    /// Translate `vas` into `out` in order, without the GIL; `(done, exception or None)`.
+    fn translate_batch(
+        &self,
+        py: Python<'_>,
+        vas: PyReadonlyArray1<'_, u64>,
+        mut out: PyReadwriteArray1<'_, u64>,
+        access: &Bound<'_, PyAny>,
+        user: &Bound<'_, PyAny>,
+    ) -> PyResult<(usize, Option<PyObject>)> {
+        let access = access_of(access)?;
+        let user = user_of(user)?;
+        let vas = vas.as_slice()?;
+        let out = out.as_slice_mut()?;
+        let inner = &self.inner;
+        let result = py.allow_threads(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                inner.translate_batch(vas, out, access, user)
+            }))
+        });
+        match result {
+            Ok((done, None)) => Ok((done, None)),
+            Ok((done, Some(stop))) => {
+                Ok((done, Some(stop_to_py(py, stop).into_value(py).into_any())))
+            }
+            Err(panic) => Err(panic_to_py(panic)),
+        }
+    }
+
+    /// Drain the deferred prefetch queue; translations installed.
+    fn process_prefetch(&self) -> PyResult<u64> {
+        guarded(|| self.inner.process_prefetch())
+    }
+
+    /// Requests waiting in the deferred queue.
+    #[getter]
+    fn pending_prefetches(&self) -> PyResult<usize> {
+        guarded(|| Ok(self.inner.pending_prefetches()))
+    }
+
+    /// The deferred queue, oldest first.
+    fn queue(&self) -> PyResult<Vec<u64>> {
+        guarded(|| Ok(self.inner.queue()))
+    }
+
+    /// `(last vpn or None, stride)` of a stride prefetcher, else None.
+    fn prefetcher_history(&self) -> PyResult<Option<(Option<u64>, i64)>> {
+        guarded(|| Ok(self.inner.prefetcher_history()))
+    }
+
+    /// Load a new address space.
+    #[pyo3(signature = (table, asid=None, flush=false))]
+    fn switch(
+        &self,
+        table: PyRef<'_, PyPageTable>,
+        asid: Option<u32>,
+        flush: bool,
+    ) -> PyResult<()> {
+        let table = table.inner.clone();
+        guarded(|| self.inner.switch(table, asid, flush))
+    }
+
+    /// Invalidate every TLB and PWC entry.
+    fn flush(&self) -> PyResult<()> {
+        guarded(|| {
+            self.inner.flush();
+            Ok(())
+        })
+    }
+
+    /// Invalidate one ASID's non-global entries.
+    fn flush_asid(&self, asid: u32) -> PyResult<()> {
+        guarded(|| {
+            self.inner.flush_asid(asid);
+            Ok(())
+        })
+    }
+
+    /// INVLPG for the current ASID.
+    fn invlpg(&self, va: u64) -> PyResult<()> {
+        guarded(|| {
+            self.inner.invlpg(va);
+            Ok(())
+        })
+    }
+
+    /// Invalidate a range for one ASID or all.
+    #[pyo3(signature = (va, size, asid=None))]
+    fn flush_range(&self, va: u64, size: u64, asid: Option<u32>) -> PyResult<()> {
+        guarded(|| {
+            self.inner.flush_range(va, size, asid);
+            Ok(())
+        })
+    }
+
+    /// True if any level caches `va` for the current ASID.
+    fn cached(&self, va: u64) -> PyResult<bool> {
+        guarded(|| Ok(self.inner.cached(va)))
+    }
+
+    /// `(MMU counters, prefetch counters)` in the dataclasses' field order.
+    fn stats(&self) -> PyResult<([u64; 10], [u64; 9])> {
+        guarded(|| {
+            let s = self.inner.stats();
+            Ok((s.to_array(), s.prefetch.to_array()))
+        })
+    }
+
+    /// Zero every counter.
+    fn reset_stats(&self) -> PyResult<()> {
+        guarded(|| {
+            self.inner.reset_stats();
+            Ok(())
+        })
+    }
+
+    /// Level `index` as a `TlbLevel` view.
+    fn level(&self, index: usize) -> PyResult<PyTlbLevel> {
+        guarded(|| {
+            if index >= self.inner.level_count() {
+                return Err(Error::Config(format!("the MMU has no TLB level {index}")));
+            }
+            Ok(PyTlbLevel::of_mmu(self.inner.clone(), index))
+        })
+    }
+
+    /// A view of the page-walk cache.
+    fn pwc(&self) -> PyResult<PyPageWalkCache> {
+        guarded(|| Ok(PyPageWalkCache::of_mmu(self.inner.clone())))
+    }
+
+    /// A view of the prefetcher.
+    fn prefetcher(&self) -> PyResult<PyPrefetcher> {
+        guarded(|| Ok(PyPrefetcher::of_mmu(self.inner.clone())))
+    }
+
+    /// Number of TLB levels.
+    #[getter]
+    fn level_count(&self) -> PyResult<usize> {
+        guarded(|| Ok(self.inner.level_count()))
+    }
+
+    /// The current ASID.
+    #[getter]
+    fn asid(&self) -> PyResult<u32> {
+        guarded(|| Ok(self.inner.asid()))
+    }
+
+    /// Modelled cycles per PTE read.
+    #[getter]
+    fn get_walk_ref_cycles(&self) -> PyResult<u64> {
+        guarded(|| Ok(self.inner.walk_ref_cycles()))
+    }
+
+    #[setter]
+    fn set_walk_ref_cycles(&self, cycles: u64) -> PyResult<()> {
+        guarded(|| {
+            self.inner.set_walk_ref_cycles(cycles);
+            Ok(())
+        })
+    }
+
+    /// `((entries, latency), lookups, hits, per-level LRU order)` of the PWC, or None.
+    #[allow(clippy::type_complexity)]
+    fn pwc_state(&self) -> PyResult<Option<((usize, u64), u64, u64, Vec<Vec<(u32, u64)>>)>> {
+        guarded(|| {
+            Ok(self
+                .inner
+                .pwc_state()
+                .map(|(c, l, h, o)| ((c.entries, c.latency), l, h, o)))
+        })
+    }
 }

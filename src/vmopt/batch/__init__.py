@@ -1,4 +1,4 @@
-"""Batch translation: sequential, concurrent (asyncio) and vectorized paths."""
+"""Batch translation: sequential, concurrent (asyncio) and array (the Rust core's loop) paths."""
 
 from vmopt.batch.concurrency import ConcurrencyConfig
 from vmopt.batch.engine import BatchOperationFailed, BatchResult

@@ -3,10 +3,12 @@
 Three ways through a batch, with identical results:
 
 - **sequential**: ``translate`` in a loop; the reference.
-- **vectorized**: NumPy arrays of resident pages go through the compiled
-  kernel (:mod:`vmopt.batch.vectorized`), which stops at the first address
-  it cannot finish (a fault); the scalar path handles that one address and
-  the kernel resumes after it.
+- **array**: NumPy arrays go through the Rust core's translate loop
+  (:meth:`vmopt.Mmu.translate_into`: uint64 in, uint64 out, no copies, no
+  GIL), which has exactly the scalar semantics and stops at the first
+  address whose translation raises; that address is finished as the scalar
+  ``translate`` would finish it (demand paging and a restart, or a recorded
+  failure), and the loop resumes after it.
 - **concurrent** (asyncio): only pays when translations wait on I/O. Pages
   of store-backed regions that the batch will fault on are fetched ahead,
   at most ``max_concurrent`` at a time, while the batch is replayed in
@@ -26,7 +28,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +37,7 @@ from vmopt.errors import ConfigError, VmoptError
 
 __all__ = [
     "Addrs",
+    "ArrayPath",
     "BatchOperationFailed",
     "BatchResult",
     "as_addresses",
@@ -46,6 +49,21 @@ log = logging.getLogger(__name__)
 
 Addrs = Sequence[int] | npt.NDArray[np.integer[Any]]
 ErrorMode = Literal["raise", "collect"]
+U64 = npt.NDArray[np.uint64]
+
+
+class ArrayPath(NamedTuple):
+    """How ``run_sequential`` translates arrays.
+
+    ``translate(vas, out)`` translates a prefix of ``vas`` into ``out`` and
+    returns ``(done, error)``: ``error`` is the exception of address
+    ``done`` (or None when all were done). ``resume(va, error)`` finishes
+    that address as the scalar operation would: it returns the value or
+    raises (a :class:`VmoptError` is recorded as that index's failure).
+    """
+
+    translate: Callable[[U64, U64], tuple[int, BaseException | None]]
+    resume: Callable[[int, BaseException], Any]
 
 
 class BatchOperationFailed(VmoptError):
@@ -147,13 +165,12 @@ def run_sequential(
     errors: str = "raise",
     *,
     chunk_size: int = 10_000,
-    array_op: Callable[[npt.NDArray[np.uint64], npt.NDArray[np.uint64]], int] | None = None,
+    array_path: ArrayPath | None = None,
 ) -> Any:
     """Apply ``op`` to every address in order.
 
-    For array input, ``array_op(chunk, out)`` (when given) translates a
-    prefix of ``chunk`` into ``out`` in compiled code and returns how many it
-    finished; the address it stopped at goes through ``op``, then it resumes.
+    Array input goes through ``array_path`` when given (see
+    :class:`ArrayPath`), ``chunk_size`` addresses per call.
     """
     mode = check_errors_mode(errors)
     values, is_array = as_addresses(addrs)
@@ -167,50 +184,31 @@ def run_sequential(
             except VmoptError as exc:
                 record_failure(failures, i, va, exc)
         return finish(results, failures, mode, total)
-    arr = values
-    assert isinstance(arr, np.ndarray)
+    arr = np.ascontiguousarray(values, dtype=np.uint64)
     out = np.zeros(total, dtype=np.uint64)
     for start in range(0, total, chunk_size):
-        chunk = arr[start : start + chunk_size]
-        pos = 0
-        while pos < len(chunk):
-            if array_op is not None:
-                done = array_op(chunk[pos:], out[start + pos : start + len(chunk)])
-                pos += done
-                if pos >= len(chunk):
-                    break
-            i = start + pos
-            va = int(chunk[pos])
+        end = min(start + chunk_size, total)
+        pos = start
+        while pos < end:
+            if array_path is None:
+                error: BaseException | None = None
+                try:
+                    out[pos] = op(int(arr[pos]))
+                except VmoptError as exc:
+                    record_failure(failures, pos, int(arr[pos]), exc)
+                pos += 1
+                continue
+            done, error = array_path.translate(arr[pos:end], out[pos:end])
+            pos += done
+            if error is None:
+                break
+            va = int(arr[pos])
             try:
-                out[i] = op(va)
+                out[pos] = array_path.resume(va, error)
             except VmoptError as exc:
-                record_failure(failures, i, va, exc)
+                record_failure(failures, pos, va, exc)
             pos += 1
     return finish(out, failures, mode, total)
-
-
-def vectorized_op(
-    mmu: Any, access: str, user: bool, after: Callable[[npt.NDArray[np.uint64]], None] | None = None
-) -> Callable[[npt.NDArray[np.uint64], npt.NDArray[np.uint64]], int] | None:
-    """The compiled prefix translator for ``mmu``, as ``run_sequential`` takes it.
-
-    ``after(pas)`` sees each run of physical addresses the kernel produced
-    (the facade counts NUMA traffic with it).
-    """
-    try:
-        from vmopt.batch.vectorized import translate_array
-    except ImportError:
-        return None
-
-    def op(chunk: npt.NDArray[np.uint64], out: npt.NDArray[np.uint64]) -> int:
-        res, done = translate_array(mmu, chunk, access, user)
-        if done:
-            out[:done] = res[:done]
-            if after is not None:
-                after(res[:done])
-        return int(done)
-
-    return op
 
 
 async def run_chunked_async(op: Callable[[int], Any], addrs: Addrs, errors: str, *, chunk_size: int) -> Any:

@@ -1,6 +1,6 @@
-"""Guest physical memory and its frame allocator."""
+"""Guest physical memory and its frame allocator (wrappers over the Rust core)."""
 
-from vmopt.memory.buddy import BuddyAllocator
-from vmopt.memory.physical import FRAME_SIZE, PhysicalMemory
+from vmopt.memory.buddy import MAX_ORDER_LIMIT, BuddyAllocator
+from vmopt.memory.physical import ALLOC_ORDERS, FRAME_SHIFT, FRAME_SIZE, PhysicalMemory
 
-__all__ = ["FRAME_SIZE", "BuddyAllocator", "PhysicalMemory"]
+__all__ = ["ALLOC_ORDERS", "FRAME_SHIFT", "FRAME_SIZE", "MAX_ORDER_LIMIT", "BuddyAllocator", "PhysicalMemory"]

@@ -1,19 +1,21 @@
 """Guest physical memory laid out node by node, a buddy allocator per node.
 
 Node 0 holds ``[0, size0)``, node 1 the next ``size1`` bytes, and so on:
-the layout of an ACPI SRAT with one memory range per node. ``alloc`` walks
-a policy's node order until one node has a free block.
+the layout of an ACPI SRAT with one memory range per node. The frames and
+allocators live in the Rust core (``PhysMem.new_numa``); the policy
+decisions stay here: ``alloc`` walks a policy's node order and the core
+takes the block from the first node that has one.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 
+from vmopt import _core
 from vmopt.errors import ConfigError, OutOfFramesError
 from vmopt.memory.buddy import BuddyAllocator
-from vmopt.memory.physical import ALLOC_ORDERS, FRAME_SHIFT, FRAME_SIZE, PhysicalMemory
+from vmopt.memory.physical import FRAME_SHIFT, FRAME_SIZE, PhysicalMemory, _block_size
 from vmopt.numa.config import NumaConfig
 from vmopt.numa.policy import MemPolicy
 from vmopt.units import format_size
@@ -24,19 +26,28 @@ log = logging.getLogger(__name__)
 
 
 class NumaMemory(PhysicalMemory):
-    """:class:`PhysicalMemory` with one buddy allocator per NUMA node."""
+    """:class:`PhysicalMemory` with one buddy allocator per NUMA node.
+
+    Page-table pages (and :meth:`alloc` without a node) come from node 0,
+    else the nearest node with room.
+    """
 
     def __init__(self, config: NumaConfig) -> None:
-        super().__init__(config.total_memory)
+        try:
+            core = _core.PhysMem.new_numa(list(config.node_sizes))
+        except OverflowError:  # a node past 2**64
+            raise ConfigError(
+                f"frames [0x0, {config.total_memory >> FRAME_SHIFT:#x}) exceed the 64-bit physical space"
+            ) from None
+        self._attach(core)
         self.config = config
-        self._allocator = None
-        self.node_base: list[int] = []
-        self.nodes: list[BuddyAllocator] = []
-        base = 0
-        for node, size in enumerate(config.node_sizes):
-            self.node_base.append(base)
-            self.nodes.append(BuddyAllocator(base >> FRAME_SHIFT, size >> FRAME_SHIFT, node=node))
-            base += size
+        n = config.num_nodes
+        #: Per origin node, every node by distance from it (ties by number).
+        self._nearest = [_by_distance(config, origin) for origin in range(n)]
+        core.set_table_order(self._nearest[0])
+        self.node_base: list[int] = core.node_bases()
+        self.nodes: list[BuddyAllocator] = [BuddyAllocator._view(core.allocator(i)) for i in range(n)]
+        self._allocator = self.nodes[0]
         self._rotation = 0
         self._lock = threading.Lock()
 
@@ -46,9 +57,14 @@ class NumaMemory(PhysicalMemory):
 
     def node_of(self, pa: int) -> int:
         """The node that holds physical address ``pa``."""
-        if not isinstance(pa, int) or not 0 <= pa < self.size:
-            raise ConfigError(f"physical address {pa!r} is outside memory [0, {self.size:#x})")
-        return bisect.bisect_right(self.node_base, pa) - 1
+        if isinstance(pa, int) and pa >= 0:
+            try:
+                node = self.core.node_of(pa)
+            except OverflowError:
+                node = None
+            if node is not None:
+                return node
+        raise ConfigError(f"physical address {pa!r} is outside memory [0, {self.size:#x})")
 
     @property
     def allocator(self) -> BuddyAllocator:
@@ -64,60 +80,42 @@ class NumaMemory(PhysicalMemory):
         a = self.nodes[node]
         return a.used_pages / a.total_pages
 
-    @property
-    def free_bytes(self) -> int:
-        """Bytes free over all nodes."""
-        return sum(a.free_pages for a in self.nodes) << FRAME_SHIFT
-
     def alloc(self, size: int = FRAME_SIZE, node: int | None = None) -> int:
         """A zeroed block on ``node``, or on the nearest node with room (node 0 when None)."""
-        order = self._order(size)
+        size = _block_size(size, "block")
         origin = 0 if node is None else self._check_node(node)
-        dist = self.config.distances
-        nodes = sorted(range(self.config.num_nodes), key=lambda n: (dist[origin][n], n))  # type: ignore[index]
-        return self._alloc_from(nodes, order, size, origin)
+        return self._alloc_from(self._nearest[origin], size, origin)[0]
 
     def alloc_policy(self, size: int, policy: MemPolicy, index: int, local: int) -> int:
         """A zeroed block for page ``index`` of a region under ``policy``, first touched from ``local``."""
-        order = self._order(size)
+        size = _block_size(size, "block")
         if policy.mode not in ("bind", "preferred_many"):
             # Fast path: the policy's own node has room, so no fallback order is needed.
             first = policy.target(index, local, self.usage, self.config.num_nodes)
-            allocator = self.nodes[first]
-            if allocator.free_pages >= 1 << order:
-                try:
-                    pa = allocator.alloc(order) << FRAME_SHIFT
-                except OutOfFramesError:
-                    pass
-                else:
-                    self.zero(pa, size)
-                    return pa
+            got = self.core.try_alloc_on([first], size)
+            if got is not None:
+                return got[0]
         with self._lock:
             rotation = self._rotation
         nodes = policy.order(index, local, self.config.distances, self.usage, rotation)  # type: ignore[arg-type]
-        pa = self._alloc_from(nodes, order, size, nodes[0], strict=policy.mode == "bind", policy=policy)
-        if self.node_of(pa) != nodes[0]:
+        pa, node = self._alloc_from(nodes, size, nodes[0], strict=policy.mode == "bind", policy=policy)
+        if node != nodes[0]:
             with self._lock:
                 self._rotation += 1  # ties go round-robin across successive fallbacks
         return pa
 
     def _alloc_from(
-        self, nodes: list[int], order: int, size: int, first: int, *, strict: bool = False,
+        self, nodes: list[int], size: int, first: int, *, strict: bool = False,
         policy: MemPolicy | None = None,
-    ) -> int:  # fmt: skip
-        for node in nodes:
-            allocator = self.nodes[node]
-            if allocator.free_pages < 1 << order:
-                continue
-            try:
-                pfn = allocator.alloc(order)
-            except OutOfFramesError:
-                continue
-            pa = pfn << FRAME_SHIFT
-            self.zero(pa, size)
-            if node != first:
-                log.debug("fell back from node %d to node %d for a %s block", first, node, format_size(size))
-            return pa
+    ) -> tuple[int, int]:  # fmt: skip
+        """``(pa, node)`` of a zeroed block from the first of ``nodes`` with room."""
+        got = self.core.try_alloc_on(nodes, size)
+        if got is not None:
+            if got[1] != first:
+                log.debug(
+                    "fell back from node %d to node %d for a %s block", first, got[1], format_size(size)
+                )
+            return got
         where = f"nodes {nodes}" if len(nodes) > 1 else f"node {nodes[0]}"
         rule = f" (policy {policy})" if policy is not None else ""
         free = ", ".join(
@@ -131,22 +129,18 @@ class NumaMemory(PhysicalMemory):
 
     def free(self, pa: int, size: int = FRAME_SIZE) -> None:
         """Return a block to its node's allocator."""
-        order = self._order(size)
-        self._check(pa, size)
-        self.nodes[self.node_of(pa)].free(pa >> FRAME_SHIFT, order)
-        self.zero(pa, size)
+        super().free(pa, _block_size(size, "block"))
 
     def free_blocks(self) -> list[list[int]]:
         """Per node, the count of free blocks of each order 0..18 (fragmentation, like /proc/buddyinfo)."""
         return [a.free_blocks() for a in self.nodes]
 
-    def _order(self, size: int) -> int:
-        order = ALLOC_ORDERS.get(size)
-        if order is None:
-            raise ConfigError(f"block size must be 4 KiB, 2 MiB or 1 GiB, got {size!r}")
-        return order
-
     def _check_node(self, node: int) -> int:
         if not isinstance(node, int) or not 0 <= node < self.config.num_nodes:
             raise ConfigError(f"node {node!r} does not exist (0..{self.config.num_nodes - 1})")
         return node
+
+
+def _by_distance(config: NumaConfig, origin: int) -> list[int]:
+    """Every node, nearest to ``origin`` first; equal distances by node number."""
+    return sorted(range(config.num_nodes), key=lambda node: (config.distance(origin, node), node))

@@ -1,9 +1,9 @@
-"""Page tables in real formats: x86-64 (4/5-level) and RISC-V Sv39/Sv48."""
+"""Page tables in real formats: x86-64 (4/5-level) and RISC-V Sv39/Sv48/Sv57, run by the Rust core."""
 
 from vmopt.paging.format import PagingFormat
-from vmopt.paging.pagetable import FORMATS, Leaf, PageTable, make_format
+from vmopt.paging.pagetable import FORMATS, PageTable, make_format
 from vmopt.paging.riscv import RiscV
-from vmopt.paging.types import Mapping, PageFault, Perm, Translation
+from vmopt.paging.types import Leaf, Mapping, PageFault, Perm, Translation
 from vmopt.paging.x86 import X86_64
 
 __all__ = [

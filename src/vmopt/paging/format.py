@@ -1,23 +1,29 @@
-"""What every paging format provides to the generic page-table code.
+"""What every paging format provides, and the formats whose bits and walks are the core's.
 
-A format knows its PTE bit layout and its walk. ``PageTable`` builds and
-edits trees through the small encode/decode interface below; ``walk`` is
-written per format because the permission rules differ (x86 ANDs rights
-across levels, RISC-V looks only at the leaf).
+:class:`PagingFormat` is the interface: geometry, PTE encode/decode, the
+rights rule and the walk. :class:`CoreFormat` implements it by delegating to
+a ``vmopt._core.Format`` held in its public attribute ``core``; ``X86_64``
+and ``RiscV`` are core formats, and ``PageTable`` accepts only those, since
+its edits and walks run in the core.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
-from vmopt.memory.physical import PhysicalMemory
 from vmopt.paging.types import Perm, Translation
 
-__all__ = ["PTES_PER_TABLE", "LeafInfo", "PagingFormat"]
+if TYPE_CHECKING:
+    from vmopt.memory.physical import PhysicalMemory
+
+__all__ = ["PTES_PER_TABLE", "CoreFormat", "LeafInfo", "PagingFormat"]
 
 PTES_PER_TABLE: Final = 512
+
+#: Perm for each value of its bits (R=4, W=2, X=1).
+PERMS: Final = tuple(Perm(bits) for bits in range(8))
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,3 +148,66 @@ class PagingFormat(abc.ABC):
         ``access`` is ``'r'``, ``'w'``, ``'x'``, or ``'p'`` for a probe: a
         structural walk without the rights check, as a TLB prefetcher does.
         """
+
+
+class CoreFormat(PagingFormat):
+    """A format whose encoding, rights rule and walk are the core's (``core``, a ``_core.Format``)."""
+
+    core: Any
+
+    def _bind(self, core: Any) -> None:
+        """Take the geometry from ``core`` and keep it."""
+        self.core = core
+        self.name = core.name
+        self.levels = core.levels
+        self.va_bits = core.va_bits
+        self.pa_bits = core.pa_bits
+        self.leaf_sizes = dict(core.leaf_sizes)
+
+    def check_perms(self, perm: Perm) -> str | None:
+        result: str | None = self.core.check_perms(int(perm))
+        return result
+
+    def is_valid(self, pte: int) -> bool:
+        return bool(self.core.is_valid(pte))
+
+    def is_leaf(self, pte: int, level: int) -> bool:
+        return bool(self.core.is_leaf(pte, level))
+
+    def table_pa(self, pte: int) -> int:
+        return int(self.core.table_pa(pte))
+
+    def make_table(self, table_pa: int, level: int) -> int:
+        return int(self.core.make_table(table_pa, level))
+
+    def make_leaf(self, page_pa: int, level: int, perms: Perm, user: bool, global_: bool) -> int:
+        return int(self.core.make_leaf(page_pa, level, int(perms), bool(user), bool(global_)))
+
+    def decode_leaf(self, pte: int, level: int) -> LeafInfo:
+        page_pa, perms, user, global_, accessed, dirty = self.core.decode_leaf(pte, level)
+        return LeafInfo(page_pa, PERMS[perms], user, global_, accessed, dirty)
+
+    def set_perms(self, pte: int, level: int, perms: Perm) -> int:
+        return int(self.core.set_perms(pte, level, int(perms)))
+
+    def table_rights(self, pte: int) -> tuple[Perm, bool, bool]:
+        perms, user, global_ = self.core.table_rights(pte)
+        return PERMS[perms], user, global_
+
+    def describe(self, pte: int, level: int) -> str:
+        return str(self.core.describe(pte, level))
+
+    def allows(self, perms: Perm, page_user: bool, access: str, user: bool) -> bool:
+        return bool(self.core.allows(int(perms), bool(page_user), access, bool(user)))
+
+    def walk(
+        self,
+        mem: PhysicalMemory,
+        root: int,
+        va: int,
+        access: str,
+        user: bool,
+        update_ad: bool,
+    ) -> Translation:
+        t: Translation = self.core.walk(mem.core, root, va, access, bool(user), bool(update_ad))
+        return t

@@ -1,4 +1,4 @@
-"""Plain values the paging layer hands out: permissions, translations, faults."""
+"""Plain values the paging layer hands out: permissions, translations, leaves, mappings, faults."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ __all__ = [
     "FAULT_CAUSES",
     "Access",
     "FaultCause",
+    "Leaf",
     "Mapping",
     "PageFault",
     "Perm",
@@ -101,6 +102,23 @@ class Translation:
     def page_pa(self) -> int:
         """Physical address of the first byte of the page."""
         return self.pa - (self.va & (self.page_size - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """A leaf PTE found by ``PageTable.lookup`` (no rights check, no A/D update)."""
+
+    va: int
+    page_pa: int
+    page_size: int
+    level: int
+    pte: int
+    pte_pa: int
+    perms: Perm
+    user: bool
+    global_: bool
+    accessed: bool
+    dirty: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,14 +12,15 @@ Per chunk:
    Pages inside regions reserved with ``MemoryOptimizer.allocate`` are left
    to the optimizer's own fault handler.
 2. **Translation.** Each vCPU's accesses go through its own MMU with the
-   compiled kernel (:func:`vmopt.batch.vectorized.translate_array`); vCPUs
-   share no TLB state and nothing is unmapped during a run, so translating
-   one vCPU's accesses of a chunk together gives the same counters as
-   interleaving them. Because every page is ``rwx`` and already dirty, a
-   read, a write and a fetch take the same path through TLBs and walker,
-   so all are translated as reads; the kinds are counted separately.
-   Where the kernel stops (a fault: a non-canonical address), the scalar
-   ``Mmu.translate`` handles that access and the fault is counted.
+   core's array loop (:meth:`vmopt.Mmu.translate_into`); vCPUs share no TLB
+   state and nothing is unmapped during a run, so translating one vCPU's
+   accesses of a chunk together gives the same counters as interleaving
+   them. Because every page is ``rwx`` and already dirty, a read, a write
+   and a fetch take the same path through TLBs and walker, so all are
+   translated as reads; the kinds are counted separately. Where the loop
+   stops (a fault: a non-canonical address, or a first touch of a region
+   the optimizer demand-pages), the access is finished as ``translate``
+   would finish it and a failure is counted.
 3. **Accounting.** Each physical address's NUMA node gives local/remote
    traffic; counter deltas give one point of the windowed miss-rate series.
 """
@@ -48,8 +49,6 @@ log = logging.getLogger(__name__)
 
 #: The miss-rate series keeps at most this many windows (adjacent ones merge).
 MAX_WINDOWS = 2000
-#: After the kernel stops this early, this many accesses go through the scalar path.
-_SCALAR_STRETCH = 64
 
 Progress = Callable[[int], None]
 U64 = npt.NDArray[np.uint64]
@@ -151,19 +150,10 @@ class Simulator:
         self.remote = [0] * nodes
         self.windows = Windows()
         self.elapsed = 0.0
-        self._kernel = self._load_kernel()
-
-    def _load_kernel(self) -> Any:
-        try:
-            from vmopt.batch.vectorized import translate_array, unsupported_reason
-        except ImportError as exc:  # pragma: no cover - numba missing
-            log.warning("compiled kernel unavailable (%s); using the scalar path", exc)
-            return None
-        why = unsupported_reason(self.opt.mmus[0], "r", True)
-        if why is not None:
-            log.warning("compiled kernel cannot model this configuration (%s); using the scalar path", why)
-            return None
-        return translate_array
+        #: The array translator (None: ``Mmu.translate`` per access, the reference).
+        self._kernel: Callable[[Mmu, U64, U64], tuple[int, BaseException | None]] | None = (
+            lambda mmu, vas, out: mmu.translate_into(vas, out, "r", True)
+        )
 
     # -- demand paging ------------------------------------------------------------------------
 
@@ -203,26 +193,32 @@ class Simulator:
         out = np.zeros(n, dtype=np.uint64)
         bad: list[int] = []
         kernel = self._kernel
+        vas = np.ascontiguousarray(vas, dtype=np.uint64)
         pos = 0
         while pos < n:
-            if kernel is not None:
-                res, done = kernel(mmu, vas[pos:], "r", True)
-                if done:
-                    out[pos : pos + done] = res[:done]
-                    pos += done
-                if pos >= n:
-                    break
-                stop = pos + 1 if done >= _SCALAR_STRETCH else min(n, pos + _SCALAR_STRETCH)
-            else:
-                stop = n
-            for i in range(pos, stop):
+            error: BaseException | None = None
+            va = int(vas[pos])
+            if kernel is None:
                 try:
-                    out[i] = mmu.translate(int(vas[i]), "r", True)
+                    out[pos] = mmu.translate(va, "r", True)
                 except VmoptError as exc:
-                    if not isinstance(exc, PageFault):
-                        log.debug("access %#x failed: %s", int(vas[i]), exc)
-                    bad.append(i)
-            pos = stop
+                    error = exc
+            else:
+                done, error = kernel(mmu, vas[pos:], out[pos:])
+                pos += done
+                if error is None:
+                    break
+                va = int(vas[pos])
+                try:
+                    out[pos] = mmu.handle_fault(va, "r", True, error)
+                    error = None
+                except VmoptError as exc:
+                    error = exc
+            if error is not None:
+                if not isinstance(error, PageFault):
+                    log.debug("access %#x failed: %s", va, error)
+                bad.append(pos)
+            pos += 1
         self.failed += len(bad)
         return out, bad
 

@@ -11,30 +11,36 @@ Every MMU subscribes to its page table, so unmap/protect/remap remove
 stale entries (TLB, page-walk cache, queued prefetches) from every vCPU
 before they return: the shootdown an OS does with IPIs. With
 ``shootdown=False`` that is left to the caller, as on real hardware.
+
+The state and the translate loop live in the Rust core (``vmopt._core.Mmu``);
+this class keeps the configuration objects and the fault handler. A
+not-present fault of a miss walk comes back from the core with no lock
+held; the handler runs, and if it mapped the page the core re-walks (the
+same TLB miss, counted once).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import weakref
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from vmopt.errors import ConfigError
-from vmopt.paging.pagetable import PageTable
-from vmopt.paging.types import PageFault, Perm, Translation
+import numpy as np
+import numpy.typing as npt
+
+from vmopt import _core
+from vmopt.errors import ConfigError, PageFault, VmoptError
+from vmopt.tlb._live import LiveMmuStats
 from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, TlbConfig
-from vmopt.tlb.prefetch import make_prefetcher
 from vmopt.tlb.pwc import PageWalkCache
 from vmopt.tlb.stats import MmuStats, TlbStats
-from vmopt.tlb.tlb import GLOBAL_ASID, TlbEntry, TlbLevel
+from vmopt.tlb.tlb import GLOBAL_ASID, TlbLevel, config_tuple
 
 if TYPE_CHECKING:
     from vmopt.batch.concurrency import ConcurrencyConfig
+    from vmopt.paging.pagetable import PageTable
 
-__all__ = ["RIGHTS_BIT", "AsyncPrefetchingTlb", "Mmu", "TlbSpec"]
+__all__ = ["DEFAULT_TLB_LEVELS", "RIGHTS_BIT", "AsyncPrefetchingTlb", "Mmu", "TlbSpec"]
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +56,32 @@ TlbSpec = TlbConfig | Sequence[TlbConfig | Sequence[TlbConfig]] | None
 #: if it mapped the page (demand paging), so the walk is retried once.
 FaultHandler = Callable[[int, str, bool], bool]
 
-
-def _levels(spec: TlbSpec) -> list[TlbLevel]:
-    if spec is None:
-        spec = DEFAULT_TLB_LEVELS
-    if isinstance(spec, TlbConfig):
-        return [TlbLevel(spec)]
-    levels = [TlbLevel(item) for item in spec]
-    names = [lv.name for lv in levels]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"TLB level names must be distinct, got {names}")
-    return levels
-
+U64 = npt.NDArray[np.uint64]
 
 #: Default hierarchy: split L1 (4 KiB / 2 MiB / 1 GiB) and a unified L2.
 DEFAULT_TLB_LEVELS: Final = [
     [DEFAULT_TLB[0], DEFAULT_TLB[1], TlbConfig(4, 4, "lru", (1 << 30,), 1, "l1_1g")],
     [DEFAULT_TLB[2], TlbConfig(16, 4, "lru", (1 << 30,), 8, "l2_1g")],
 ]
+
+
+def _level_configs(spec: TlbSpec) -> list[list[TlbConfig]]:
+    if spec is None:
+        spec = DEFAULT_TLB_LEVELS
+    if isinstance(spec, TlbConfig):
+        return [[spec]]
+    levels = []
+    for item in spec:
+        cfgs = [item] if isinstance(item, TlbConfig) else list(item)
+        if not cfgs:
+            raise ConfigError("a TLB level needs at least one TlbConfig")
+        levels.append(cfgs)
+    return levels
+
+
+def _check_asid(asid: int) -> None:
+    if not isinstance(asid, int) or not 0 <= asid < GLOBAL_ASID:
+        raise ConfigError(f"asid must be an integer in [0, 65535], got {asid!r}")
 
 
 class Mmu:
@@ -91,49 +105,58 @@ class Mmu:
         walk_ref_cycles: int = 20,
         fault_handler: FaultHandler | None = None,
     ) -> None:
-        self._check_asid(asid)
+        _check_asid(asid)
         if isinstance(prefetch, str):
             prefetch = PrefetchConfig(prefetch)
         self.prefetch_config = prefetch or PrefetchConfig()
-        self.levels = _levels(tlb)
-        self.pwc = PageWalkCache(PwcConfig() if pwc is True else pwc, page_table.fmt.levels) if pwc else None
-        if not isinstance(walk_ref_cycles, int) or walk_ref_cycles < 0:
+        configs = _level_configs(tlb)
+        pwc_config = (PwcConfig() if pwc is True else pwc) if pwc else None
+        bad_cycles = not isinstance(walk_ref_cycles, int) or walk_ref_cycles < 0
+        pf = self.prefetch_config
+        self._core = _core.Mmu(
+            page_table.core,
+            [[config_tuple(c) for c in level] for level in configs],
+            (pf.kind, pf.degree, pf.mode, pf.queue_limit),
+            None if pwc_config is None else (pwc_config.entries, pwc_config.latency),
+            asid,
+            bool(shootdown),
+            0 if bad_cycles else walk_ref_cycles,
+        )
+        if bad_cycles:
             raise ConfigError(f"walk_ref_cycles must be a non-negative integer, got {walk_ref_cycles!r}")
-        self.walk_ref_cycles = walk_ref_cycles
-        self.stats = MmuStats()
-        self._share_prefetch_stats()
+        #: The core's translate, bound once: the hit path is this one call.
+        self._translate = self._core.translate
+        self.levels = [TlbLevel._view(self._core.level(i), cfgs) for i, cfgs in enumerate(configs)]
+        self.stats: MmuStats = LiveMmuStats(self._core.stats)
+        self.pwc = (
+            None
+            if pwc_config is None
+            else PageWalkCache._view(self._core.pwc(), pwc_config, page_table.fmt.levels)
+        )
         self.fault_handler = fault_handler
         self.shootdown = shootdown
-        self._lock = threading.RLock()
-        self._prefetcher = make_prefetcher(self.prefetch_config)
-        self._queue: deque[int] = deque()
-        self._rights_cache: dict[tuple[int, bool], int] = {}
         self.page_table = page_table
-        self.asid = asid
-        self._last = self.levels[-1]
-        self._subscribed: weakref.WeakSet[PageTable] = weakref.WeakSet()
-        if shootdown:
-            self._subscribe(page_table)
-
-    def _subscribe(self, page_table: PageTable) -> None:
-        # Tables stay subscribed after a switch away: their ASID's entries stay
-        # cached, so their unmaps must still shoot this MMU down.
-        if page_table not in self._subscribed:
-            self._subscribed.add(page_table)
-            page_table.subscribe(self._on_invalidate)
-
-    def _share_prefetch_stats(self) -> None:
-        for level in self.levels:
-            for arr in level.arrays:
-                arr.prefetch_stats = self.stats.prefetch
-
-    @staticmethod
-    def _check_asid(asid: int) -> None:
-        if not isinstance(asid, int) or not 0 <= asid < GLOBAL_ASID:
-            raise ConfigError(f"asid must be an integer in [0, 65535], got {asid!r}")
 
     def __repr__(self) -> str:
         return f"Mmu({self.page_table!r}, asid={self.asid}, levels={[lv.name for lv in self.levels]})"
+
+    @property
+    def asid(self) -> int:
+        """The current ASID (PCID / satp.ASID)."""
+        asid: int = self._core.asid
+        return asid
+
+    @property
+    def walk_ref_cycles(self) -> int:
+        """Modelled cycles of one PTE read."""
+        cycles: int = self._core.walk_ref_cycles
+        return cycles
+
+    @walk_ref_cycles.setter
+    def walk_ref_cycles(self, cycles: int) -> None:
+        if not isinstance(cycles, int) or cycles < 0:
+            raise ConfigError(f"walk_ref_cycles must be a non-negative integer, got {cycles!r}")
+        self._core.walk_ref_cycles = cycles
 
     # -- context switch -----------------------------------------------------------
 
@@ -143,174 +166,65 @@ class Mmu:
         Entries of other ASIDs stay cached, as with PCIDs; pass ``flush=True``
         (or reuse an ASID) to drop the old ones.
         """
-        self._check_asid(self.asid if asid is None else asid)
-        if self.shootdown:
-            # Outside self._lock: PageTable.unmap holds the table's lock while it
-            # calls _on_invalidate, which takes ours.
-            self._subscribe(page_table)
-        with self._lock:
-            new_asid = self.asid if asid is None else asid
-            if flush or new_asid == self.asid:
-                self.flush_asid(new_asid)
-            self.page_table = page_table
-            self.asid = new_asid
-            self._queue.clear()
-            if self._prefetcher is not None:
-                self._prefetcher.reset()
+        _check_asid(self.asid if asid is None else asid)
+        self._core.switch(page_table.core, asid, bool(flush))
+        self.page_table = page_table
 
     # -- translation ----------------------------------------------------------------
 
     def translate(self, va: int, access: str = "r", user: bool = False) -> int:
         """The physical address of ``va``; raises :class:`PageFault`."""
-        bit = RIGHTS_BIT.get((access, user))
-        if bit is None:
-            from vmopt.paging.types import parse_access
-
-            parse_access(access)
-            raise ConfigError(f"user must be a bool, got {user!r}")
-        with self._lock:
-            stats = self.stats
-            stats.translations += 1
-            asid = self.asid
-            i = 0
-            for level in self.levels:
-                e = level.lookup(va, asid)
-                if e is None:
-                    i += 1
-                    continue
-                if e.prefetched and not e.used:
-                    e.used = True
-                    level.stats.prefetch_useful += 1
-                    stats.prefetch.useful += 1
-                if not e.rights & bit:
-                    self._hit_fault(va, access, user, e)
-                if access == "w" and not e.dirty:
-                    return self._dirty_rewalk(va, user)
-                if i:
-                    self._fill(self.levels[:i], e.page_pa, 1 << e.shift, e, va)
-                return e.page_pa | (va & ((1 << e.shift) - 1))
-            try:
-                return self._miss(va, access, user).pa
-            except PageFault as exc:
-                handler = self.fault_handler
-                if exc.cause != "not_present" or handler is None:
-                    raise
-                fault = exc
-        # Demand paging: the OS's handler runs without this MMU's lock, as a
-        # kernel's fault path runs with interrupts on, so a shootdown from a
-        # thread that holds the OS's locks can still reach this vCPU.
-        if not handler(va, access, user):
-            raise fault
-        with self._lock:
-            # The access restarts: it walks again (the same TLB miss, counted once).
-            self.stats.demand_faults += 1
-            t = self._walk(va, access, user, restart=True)
-            self._after_walk(t, va)
-            return t.pa
-
-    def _hit_fault(self, va: int, access: str, user: bool, e: TlbEntry) -> None:
-        # x86 and RISC-V both drop the entry that caused a fault.
-        self.stats.faults += 1
-        for level in self.levels:
-            level.flush_va(va, self.asid)
-        raise PageFault(va, access, "protection", e.level, user=user)
-
-    def _dirty_rewalk(self, va: int, user: bool) -> int:
-        self.stats.dirty_walks += 1
-        # Not a TLB miss: counted in dirty_walks only, so walks == misses.
-        t = self._walk(va, "w", user, restart=True)
-        self._fill_all(t, va)
-        return t.pa
-
-    def _miss(self, va: int, access: str, user: bool) -> Translation:
-        t = self._walk(va, access, user)
-        self._after_walk(t, va)
-        return t
-
-    def _after_walk(self, t: Translation, va: int) -> None:
-        """Fill the hierarchy with a demand walk's result and let the prefetcher react."""
-        self._fill_all(t, va)
-        if self._prefetcher is not None:
-            targets = self._prefetcher.on_miss(va, t.page_size)
-            if targets:
-                self._request_prefetch(targets)
-
-    def _walk(self, va: int, access: str, user: bool, *, restart: bool = False) -> Translation:
-        stats = self.stats
-        if not restart:
-            stats.walks += 1
-        top = self.page_table.fmt.levels - 1
         try:
-            t = self.page_table.walk(va, access, user)
+            pa: int = self._translate(va, access, user)
+            return pa
         except PageFault as fault:
-            stats.faults += 1
-            if fault.level is not None:
-                refs = top - fault.level + 1 - self._pwc_skip(va, fault.level)
-                stats.walk_memory_refs += refs
-                stats.cycles += refs * self.walk_ref_cycles
-            raise
-        refs = t.memory_refs - self._pwc_skip(va, t.level)
-        stats.walk_memory_refs += refs
-        stats.cycles += refs * self.walk_ref_cycles
-        return t
+            return self.handle_fault(va, access, user, fault)
 
-    def _pwc_skip(self, va: int, stop_level: int) -> int:
-        pwc = self.pwc
-        if pwc is None:
-            return 0
-        self.stats.pwc_lookups += 1
-        skip = pwc.skipped_refs(va, self.asid, stop_level)
-        if skip:
-            self.stats.pwc_hits += 1
-        self.stats.cycles += pwc.config.latency
-        return skip
+    def handle_fault(self, va: int, access: str, user: bool, error: BaseException) -> int:
+        """What :meth:`translate` does with an error of the core's translate of ``va``.
 
-    def _rights(self, t: Translation | tuple[Perm, bool]) -> int:
-        perms, page_user = (t.perms, t.user) if isinstance(t, Translation) else t
-        key = (int(perms), page_user)
-        mask = self._rights_cache.get(key)
-        if mask is None:
-            allows = self.page_table.fmt.allows
-            mask = 0
-            for (access, user), bit in RIGHTS_BIT.items():
-                if allows(perms, page_user, access, user):
-                    mask |= bit
-            self._rights_cache[key] = mask
-        return mask
+        A not-present fault of a miss walk goes to the fault handler (with no
+        lock held, as a kernel's fault path runs with interrupts on, so a
+        shootdown from a thread that holds the OS's locks can still reach this
+        vCPU); if it mapped the page, the access restarts: the walk runs
+        again, the same TLB miss, counted once. Anything else is raised.
+        """
+        handler = self.fault_handler
+        if handler is None or not getattr(error, "_restart", False) or not handler(va, access, user):
+            raise error
+        pa: int = self._core.translate_restart(va, access, user)
+        return pa
 
-    def _fill_all(self, t: Translation, va: int) -> None:
-        entry = TlbEntry(0, 12, 0, t.page_pa, self._rights(t), t.dirty, t.level)
-        entry.asid = GLOBAL_ASID if t.global_ else self.asid
-        self._fill(self.levels, t.page_pa, t.page_size, entry, va)
+    def translate_into(
+        self, vas: U64, out: U64, access: str = "r", user: bool = False
+    ) -> tuple[int, VmoptError | None]:
+        """Translate a uint64 array in order into ``out``, without the GIL, in the core.
 
-    def _fill(
-        self, levels: Sequence[TlbLevel], page_pa: int, page_size: int, proto: TlbEntry, va: int,
-        *, prefetched: bool = False,
-    ) -> None:  # fmt: skip
-        """Install a translation of ``va``'s page in ``levels`` (splintering as each level needs)."""
-        for level in levels:
-            found = level.array_for(page_size)
-            if found is None:
-                continue
-            arr, shift = found
-            size = 1 << shift
-            pa = page_pa + (va & (page_size - 1) & ~(size - 1))
-            e = TlbEntry(va >> shift, shift, proto.asid, pa, proto.rights, proto.dirty, proto.level)
-            e.prefetched = prefetched
-            arr.insert(e)
+        Stops at the first address whose translation raises: returns how many
+        were done and that address's error (already counted as a faulting
+        ``translate`` counts it; :meth:`handle_fault` finishes it as
+        ``translate`` would). ``vas`` and ``out`` must be contiguous.
+        """
+        done: int
+        stop: VmoptError | None
+        done, stop = self._core.translate_batch(vas, out, access, user)
+        return done, stop
 
     # -- batches ---------------------------------------------------------------------
 
     def translate_batch(
         self, addrs: Any, access: str = "r", user: bool = False, errors: str = "raise"
     ) -> Any:
-        """Translate a batch in order (see :mod:`vmopt.batch.engine`); arrays use the compiled kernel."""
-        from vmopt.batch.engine import run_sequential, vectorized_op
+        """Translate a batch in order (see :mod:`vmopt.batch.engine`); arrays go through the core's loop."""
+        from vmopt.batch.engine import ArrayPath, run_sequential
 
-        return run_sequential(
-            lambda va: self.translate(va, access, user), addrs, errors,
-            array_op=vectorized_op(self, access, user),
-        )  # fmt: skip
+        path = None
+        if (access, user) in RIGHTS_BIT:
+            path = ArrayPath(
+                lambda vas, out: self.translate_into(vas, out, access, user),
+                lambda va, error: self.handle_fault(va, access, user, error),
+            )
+        return run_sequential(lambda va: self.translate(va, access, user), addrs, errors, array_path=path)
 
     async def translate_batch_concurrent(
         self, addrs: Any, access: str = "r", user: bool = False, errors: str = "raise",
@@ -330,107 +244,39 @@ class Mmu:
 
     # -- prefetching ---------------------------------------------------------------
 
-    def _request_prefetch(self, targets: list[int]) -> None:
-        pf = self.stats.prefetch
-        pf.requested += len(targets)
-        if self.prefetch_config.mode == "immediate":
-            for target in targets:
-                self._prefetch(target)
-            return
-        limit = self.prefetch_config.queue_limit
-        for target in targets:
-            if len(self._queue) >= limit:
-                self._queue.popleft()
-                pf.overflowed += 1
-            self._queue.append(target)
-
-    def _prefetch(self, va: int) -> bool:
-        pf = self.stats.prefetch
-        asid = self.asid
-        if self._last.peek(va, asid) is not None:
-            pf.redundant += 1
-            return False
-        pf.issued += 1
-        top = self.page_table.fmt.levels - 1
-        try:
-            t = self.page_table.walk(va, "p")
-        except PageFault as fault:
-            pf.dropped += 1
-            if fault.level is not None:
-                pf.walk_memory_refs += top - fault.level + 1
-            return False
-        pf.walk_memory_refs += t.memory_refs
-        entry = TlbEntry(
-            0, 12, GLOBAL_ASID if t.global_ else asid, t.page_pa, self._rights(t), t.dirty, t.level
-        )
-        self._fill([self._last], t.page_pa, t.page_size, entry, va, prefetched=True)
-        pf.installed += 1
-        return True
-
     def process_prefetch(self) -> int:
         """Drain the deferred prefetch queue; return how many translations were installed."""
-        with self._lock:
-            installed = 0
-            while self._queue:
-                if self._prefetch(self._queue.popleft()):
-                    installed += 1
-            return installed
+        n: int = self._core.process_prefetch()
+        return n
 
     @property
     def pending_prefetches(self) -> int:
         """Requests waiting in the deferred queue."""
-        return len(self._queue)
+        n: int = self._core.pending_prefetches
+        return n
 
     # -- invalidation ---------------------------------------------------------------
 
-    def _on_invalidate(self, va: int, size: int) -> None:
-        """Shootdown from the page table: drop every trace of the range, every ASID."""
-        with self._lock:
-            self.stats.shootdowns += 1
-            for level in self.levels:
-                level.flush_range(va, size, None)
-            if self.pwc is not None:
-                self.pwc.flush()
-            if self._queue:
-                end = va + size
-                self._queue = deque(t for t in self._queue if not va <= t < end)
-
     def flush(self) -> None:
         """Invalidate every TLB and PWC entry (a CR3 write without PCIDs)."""
-        with self._lock:
-            for level in self.levels:
-                level.flush()
-            if self.pwc is not None:
-                self.pwc.flush()
+        self._core.flush()
 
     def flush_asid(self, asid: int) -> None:
         """Invalidate one ASID's non-global entries (INVPCID single-context)."""
-        with self._lock:
-            for level in self.levels:
-                level.flush_asid(asid)
-            if self.pwc is not None:
-                self.pwc.flush(asid)
+        self._core.flush_asid(asid)
 
     def invlpg(self, va: int) -> None:
         """Invalidate the translations of ``va`` for the current ASID, and global ones (INVLPG)."""
-        with self._lock:
-            for level in self.levels:
-                level.flush_va(va, self.asid)
-            if self.pwc is not None:
-                self.pwc.flush(self.asid)
+        self._core.invlpg(va)
 
     def flush_range(self, va: int, size: int, asid: int | None = None) -> None:
         """Invalidate ``[va, va+size)`` for ``asid`` (None: every ASID), like sfence.vma per page."""
-        with self._lock:
-            for level in self.levels:
-                level.flush_range(va, size, asid)
-            if self.pwc is not None:
-                self.pwc.flush(asid)
+        self._core.flush_range(va, size, asid)
 
     def cached(self, va: int) -> bool:
         """True if any level holds a translation of ``va`` for the current ASID."""
-        with self._lock:
-            return any(level.peek(va, self.asid) is not None for level in self.levels)
+        hit: bool = self._core.cached(va)
+        return hit
 
     # -- statistics -----------------------------------------------------------------
 
@@ -444,28 +290,52 @@ class Mmu:
         Dirty re-walks are hits (the TLB had the entry); they show in
         ``stats.dirty_walks``. ``cycles`` includes lookups, walks and the PWC.
         """
-        s = self.stats
-        levels = self.tlb_stats()
-        misses = levels[-1].misses
-        total = TlbStats(name="total", lookups=s.translations, hits=s.translations - misses, misses=misses)
-        total.evictions = sum(lv.evictions for lv in levels)
-        total.invalidations = sum(lv.invalidations for lv in levels)
-        total.cycles = sum(lv.cycles for lv in levels) + s.cycles
-        total.prefetch_fills = sum(lv.prefetch_fills for lv in levels)
-        total.prefetch_useful = sum(lv.prefetch_useful for lv in levels)
-        total.prefetch_useless = sum(lv.prefetch_useless for lv in levels)
-        return total
+        mmu, _ = self._core.stats()
+        names = _MMU_FIELDS
+        translations, cycles = mmu[names["translations"]], mmu[names["cycles"]]
+        levels = [level._core.stats() for level in self.levels]
+        misses = levels[-1][_TLB_FIELDS["misses"]]
+
+        def total(field: str) -> int:
+            return sum(lv[_TLB_FIELDS[field]] for lv in levels)
+
+        return TlbStats(
+            name="total", lookups=translations, hits=translations - misses, misses=misses,
+            evictions=total("evictions"), invalidations=total("invalidations"),
+            cycles=total("cycles") + cycles, prefetch_fills=total("prefetch_fills"),
+            prefetch_useful=total("prefetch_useful"), prefetch_useless=total("prefetch_useless"),
+        )  # fmt: skip
 
     def reset_stats(self) -> None:
-        """Zero every counter (TLB contents stay)."""
-        with self._lock:
-            self.stats = MmuStats()
-            for level in self.levels:
-                fresh = TlbStats(name=level.name)
-                level.stats = fresh
-                for arr in level.arrays:
-                    arr.stats = fresh
-            self._share_prefetch_stats()
+        """Zero every counter (TLB contents stay).
+
+        The statistics objects handed out before keep the values they had.
+        """
+        old = self.stats
+        if isinstance(old, LiveMmuStats):
+            old.freeze()
+        for level in self.levels:
+            level._freeze_stats()
+        self._core.reset_stats()
+        self.stats = LiveMmuStats(self._core.stats)
+        for level in self.levels:
+            level._renew_stats()
+
+
+_TLB_FIELDS: Final = {
+    name: i
+    for i, name in enumerate(
+        ("lookups", "hits", "misses", "evictions", "invalidations", "cycles", "prefetch_fills",
+         "prefetch_useful", "prefetch_useless")  # fmt: skip
+    )
+}
+_MMU_FIELDS: Final = {
+    name: i
+    for i, name in enumerate(
+        ("translations", "walks", "dirty_walks", "faults", "demand_faults", "walk_memory_refs",
+         "pwc_lookups", "pwc_hits", "shootdowns", "cycles")  # fmt: skip
+    )
+}
 
 
 class AsyncPrefetchingTlb(Mmu):

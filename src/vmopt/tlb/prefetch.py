@@ -2,17 +2,19 @@
 
 A prefetcher only predicts; the MMU walks, drops what is unmapped and
 installs what it finds. Predictions are page-aligned virtual addresses.
+The predictors run in the Rust core (an :class:`~vmopt.tlb.mmu.Mmu` builds
+its own from its :class:`PrefetchConfig`); these classes are standalone
+instances of the same code.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from vmopt import _core
 from vmopt.tlb.config import PrefetchConfig
 
 __all__ = ["NextPagePrefetcher", "Prefetcher", "StridePrefetcher", "make_prefetcher"]
-
-_VA_LIMIT = 1 << 64
 
 
 class Prefetcher(Protocol):
@@ -27,26 +29,30 @@ class Prefetcher(Protocol):
         ...
 
 
-class NextPagePrefetcher:
-    """The design report's prefetcher: the next ``degree`` pages after a miss."""
+class _CorePrefetcher:
+    _kind = ""
 
     def __init__(self, degree: int) -> None:
         self.degree = degree
+        self._core = _core.Prefetcher(self._kind, degree)
 
     def on_miss(self, va: int, page_size: int) -> list[int]:
-        base = va & ~(page_size - 1)
-        out = []
-        for k in range(1, self.degree + 1):
-            target = base + k * page_size
-            if target < _VA_LIMIT:
-                out.append(target)
+        """The pages to prefetch after a demand miss at ``va`` on a page of ``page_size``."""
+        out: list[int] = self._core.on_miss(va, page_size)
         return out
 
     def reset(self) -> None:
-        pass
+        """Forget the history."""
+        self._core.reset()
 
 
-class StridePrefetcher:
+class NextPagePrefetcher(_CorePrefetcher):
+    """The design report's prefetcher: the next ``degree`` pages after a miss."""
+
+    _kind = "next_page"
+
+
+class StridePrefetcher(_CorePrefetcher):
     """Detects a constant stride (in 4 KiB pages) in the miss stream.
 
     After two consecutive misses with the same non-zero stride, prefetches
@@ -54,28 +60,12 @@ class StridePrefetcher:
     since a TLB sees no program counter.
     """
 
-    def __init__(self, degree: int) -> None:
-        self.degree = degree
-        self._last_vpn: int | None = None
-        self._stride = 0
+    _kind = "stride"
 
-    def on_miss(self, va: int, page_size: int) -> list[int]:
-        vpn = va >> 12
-        out: list[int] = []
-        if self._last_vpn is not None:
-            stride = vpn - self._last_vpn
-            if stride and stride == self._stride:
-                for k in range(1, self.degree + 1):
-                    target = (vpn + k * stride) << 12
-                    if 0 <= target < _VA_LIMIT:
-                        out.append(target)
-            self._stride = stride
-        self._last_vpn = vpn
-        return out
-
-    def reset(self) -> None:
-        self._last_vpn = None
-        self._stride = 0
+    def history(self) -> tuple[int | None, int]:
+        """``(last 4 KiB page number seen or None, last stride)``."""
+        state: tuple[int | None, int] = self._core.history()
+        return state
 
 
 def make_prefetcher(config: PrefetchConfig) -> Prefetcher | None:

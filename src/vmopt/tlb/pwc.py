@@ -4,13 +4,15 @@ The walk itself always reads the real tables (so it stays exact); the PWC
 decides how many of those reads a hardware walker would have skipped. That
 is sound because the PWC is flushed whenever its ASID's tables change
 (shootdown or explicit invalidation), so a PWC hit always holds the value
-memory holds.
+memory holds. The cache lives in the Rust core: standalone here, or as a
+view of an :class:`~vmopt.tlb.mmu.Mmu`'s own (``Mmu.pwc``).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from typing import Any
 
+from vmopt import _core
 from vmopt.tlb.config import PwcConfig
 
 __all__ = ["PageWalkCache"]
@@ -20,13 +22,30 @@ class PageWalkCache:
     """Per level (1 .. top), an LRU set of ``(asid, va prefix)`` tags."""
 
     def __init__(self, config: PwcConfig, levels: int) -> None:
+        self._setup(_core.PageWalkCache(config.entries, config.latency, levels), config, levels)
+
+    @classmethod
+    def _view(cls, core: Any, config: PwcConfig, levels: int) -> PageWalkCache:
+        pwc = cls.__new__(cls)
+        pwc._setup(core, config, levels)
+        return pwc
+
+    def _setup(self, core: Any, config: PwcConfig, levels: int) -> None:
+        self._core = core
         self.config = config
         self.levels = levels
-        self._caches: dict[int, OrderedDict[tuple[int, int], None]] = {
-            lvl: OrderedDict() for lvl in range(1, levels)
-        }
-        self.lookups = 0
-        self.hits = 0
+
+    @property
+    def lookups(self) -> int:
+        """Lookups since the cache was built (``reset_stats`` leaves it)."""
+        n: int = self._core.counters()[0]
+        return n
+
+    @property
+    def hits(self) -> int:
+        """Lookups that let the walker skip reads."""
+        n: int = self._core.counters()[1]
+        return n
 
     def skipped_refs(self, va: int, asid: int, stop_level: int) -> int:
         """Table reads a walk of ``va`` ending at ``stop_level`` can skip, then fill.
@@ -34,32 +53,14 @@ class PageWalkCache:
         The deepest cached non-leaf entry at level k > ``stop_level`` lets the
         walker start at level k-1, skipping the reads of levels top..k.
         """
-        top = self.levels - 1
-        self.lookups += 1
-        skip = 0
-        for k in range(stop_level + 1, top + 1):
-            cache = self._caches[k]
-            tag = (asid, va >> (12 + 9 * k))
-            if tag in cache:
-                cache.move_to_end(tag)
-                skip = top - k + 1
-                break
-        if skip:
-            self.hits += 1
-        for k in range(stop_level + 1, top + 1):
-            cache = self._caches[k]
-            tag = (asid, va >> (12 + 9 * k))
-            cache[tag] = None
-            cache.move_to_end(tag)
-            if len(cache) > self.config.entries:
-                cache.popitem(last=False)
-        return skip
+        n: int = self._core.skipped_refs(va, asid, stop_level)
+        return n
 
     def flush(self, asid: int | None = None) -> None:
         """Drop every entry (of one ASID, or all)."""
-        for cache in self._caches.values():
-            if asid is None:
-                cache.clear()
-            else:
-                for tag in [t for t in cache if t[0] == asid]:
-                    del cache[tag]
+        self._core.flush(asid)
+
+    def order(self, level: int) -> list[tuple[int, int]]:
+        """Level ``level``'s ``(asid, prefix)`` tags, least recently used first."""
+        tags: list[tuple[int, int]] = self._core.order(level)
+        return tags

@@ -1,32 +1,44 @@
 """A set-associative TLB array, and a TLB level made of one or more arrays.
 
-This is the reference implementation: plain Python, one dict probe per
-page size on a hit. Replacement state is kept in forms that map one-to-one
-onto arrays (a stamp per way for LRU/FIFO, tree bits per set for PLRU, an
-xorshift64 state for random), so a compiled path can take it over exactly.
+Both wrap the Rust core (``vmopt._core.TlbLevel``): a standalone ``Tlb`` is
+a level of one array, and the levels of an :class:`~vmopt.tlb.mmu.Mmu` are
+views of the MMU's own. Replacement state lives in the core in the forms
+of the reference implementation (a stamp per way and a clock for LRU/FIFO,
+tree bits per set for PLRU, an xorshift64 state for random), so both pick
+the same victims.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
-from typing import Final
+from typing import Any, Final
 
+from vmopt import _core
+from vmopt.errors import ConfigError
+from vmopt.tlb._live import LiveTlbStats
 from vmopt.tlb.config import TlbConfig
 from vmopt.tlb.stats import PrefetchStats, TlbStats
 
 __all__ = ["GLOBAL_ASID", "Tlb", "TlbEntry", "TlbLevel", "XorShift64"]
-
-log = logging.getLogger(__name__)
 
 #: ASID code under which global entries are stored; they match every ASID.
 GLOBAL_ASID: Final = 1 << 16
 _KEY_SHIFT: Final = 17
 _MASK64: Final = (1 << 64) - 1
 
+EntryTuple = tuple[int, int, int, int, int, bool, int, bool, bool, int, int, int]
+
+
+def config_tuple(c: TlbConfig) -> tuple[int, int, str, list[int], int, str, int]:
+    """A config as the core takes it (the seed modulo 2^64, as the generator uses it)."""
+    return (c.entries, c.ways, c.policy, list(c.page_sizes), c.latency, c.name, c.seed & _MASK64)
+
 
 class XorShift64:
-    """Marsaglia's xorshift64 (13, 7, 17): the seeded generator of the random policy."""
+    """Marsaglia's xorshift64 (13, 7, 17): the seeded generator of the random policy.
+
+    The core runs the same generator; this copy lets callers predict its draws.
+    """
 
     __slots__ = ("state",)
 
@@ -54,11 +66,15 @@ class TlbEntry:
     ``1 << shift`` bytes). ``rights`` is a bitmask of the (access, mode)
     pairs the page allows, computed at fill time by the paging format.
     ``level`` is the leaf level the walk found (for fault reports).
+
+    An entry read from a TLB is a snapshot of its way, except ``prefetched``,
+    ``used`` and ``stamp``, which follow the way for as long as it holds this
+    entry. A new entry (built here) is plain data until :meth:`Tlb.insert`.
     """
 
     __slots__ = (
-        "asid", "dirty", "key", "level", "page_pa", "prefetched", "rights", "set", "shift",
-        "stamp", "used", "vpn", "way",
+        "_home", "_prefetched", "_serial", "_stamp", "_used", "asid", "dirty", "level", "page_pa",
+        "rights", "set", "shift", "vpn", "way",
     )  # fmt: skip
 
     def __init__(
@@ -67,16 +83,77 @@ class TlbEntry:
         self.vpn = vpn
         self.shift = shift
         self.asid = asid
-        self.key = (vpn << _KEY_SHIFT) | asid
         self.page_pa = page_pa
         self.rights = rights
         self.dirty = dirty
         self.level = level
-        self.prefetched = False
-        self.used = False
-        self.stamp = 0
+        self._prefetched = False
+        self._used = False
+        self._stamp = 0
         self.set = 0
         self.way = 0
+        self._home: tuple[Any, int, int] | None = None  # (core level, array, slot)
+        self._serial = 0
+
+    @classmethod
+    def _from_core(cls, t: EntryTuple, core: Any, array: int, ways: int) -> TlbEntry:
+        e = cls(t[0], t[1], t[2], t[3], t[4], t[5], t[6])
+        e._attach(t, core, array, ways)
+        return e
+
+    def _attach(self, t: EntryTuple, core: Any, array: int, ways: int) -> None:
+        self._prefetched, self._used, self._stamp = t[7], t[8], t[9]
+        slot = t[10]
+        self.set, self.way = divmod(slot, ways)
+        self._home = (core, array, slot)
+        self._serial = t[11]
+
+    def _flags(self) -> tuple[bool, bool, int]:
+        home = self._home
+        if home is not None:
+            live = home[0].entry_flags(home[1], home[2], self._serial)
+            if live is not None:
+                self._prefetched, self._used, self._stamp = live
+                return live  # type: ignore[no-any-return]
+            self._home = None  # the way holds another entry now: keep the last values seen
+        return self._prefetched, self._used, self._stamp
+
+    @property
+    def prefetched(self) -> bool:
+        """Installed by a prefetcher."""
+        return self._flags()[0]
+
+    @prefetched.setter
+    def prefetched(self, value: bool) -> None:
+        self._set_flag("_prefetched", value)
+
+    @property
+    def used(self) -> bool:
+        """Hit by a demand lookup since it was prefetched."""
+        return self._flags()[1]
+
+    @used.setter
+    def used(self, value: bool) -> None:
+        self._set_flag("_used", value)
+
+    @property
+    def stamp(self) -> int:
+        """The LRU/FIFO stamp (the array's clock at the last touch or fill)."""
+        return self._flags()[2]
+
+    @stamp.setter
+    def stamp(self, value: int) -> None:
+        self._set_flag("_stamp", value)
+
+    def _set_flag(self, name: str, value: Any) -> None:
+        if self._home is not None:
+            raise AttributeError("an entry cached in a TLB is read-only; insert a new one")
+        object.__setattr__(self, name, value)
+
+    @property
+    def key(self) -> int:
+        """The lookup key: ``(vpn << 17) | asid``."""
+        return (self.vpn << _KEY_SHIFT) | self.asid
 
     @property
     def global_(self) -> bool:
@@ -101,210 +178,109 @@ class TlbEntry:
 class Tlb:
     """One set-associative array (see :class:`TlbConfig`).
 
-    ``lookup`` and ``insert`` do not count statistics by themselves except
-    evictions and prefetch outcomes; :class:`TlbLevel` counts lookups, so
-    split arrays of one level count a lookup once.
+    ``lookup`` and ``insert`` count no lookups (a :class:`TlbLevel` does, so
+    split arrays count a lookup once); fills and invalidations count
+    evictions, invalidations and prefetch outcomes in ``stats``. ``stats``
+    given here is kept up to date after each call instead of the live one.
     """
 
     def __init__(self, config: TlbConfig, stats: TlbStats | None = None) -> None:
+        core = _core.TlbLevel([config_tuple(config)])
+        self._setup(config, core, 0, LiveTlbStats(config.name, core.stats))
+        self._given = stats
+        if stats is not None:
+            self.stats = stats
+            self._sync()
+
+    @classmethod
+    def _view(cls, config: TlbConfig, core: Any, array: int, stats: TlbStats) -> Tlb:
+        tlb = cls.__new__(cls)
+        tlb._setup(config, core, array, stats)
+        tlb._given = None
+        return tlb
+
+    def _setup(self, config: TlbConfig, core: Any, array: int, stats: TlbStats) -> None:
         self.config = config
-        self.stats = stats if stats is not None else TlbStats(name=config.name)
+        self.stats = stats
         self.sets = config.sets
         self.ways = config.ways
-        self._set_mask = self.sets - 1
-        self._shifts = tuple(size.bit_length() - 1 for size in config.page_sizes)
-        self._maps: dict[int, dict[int, TlbEntry]] = {s: {} for s in self._shifts}
-        self._table: list[list[TlbEntry | None]] = [[None] * self.ways for _ in range(self.sets)]
-        self._policy = config.policy
-        self._lru = config.policy == "lru"
-        self._plru_on = config.policy == "plru"
-        self._probe = tuple(self._maps.items())
-        self._clock = 0
-        self._plru = [0] * self.sets
-        self._rng = XorShift64(config.seed)
-        self._globals = 0
-        #: The MMU's PrefetchStats, to count prefetched entries dropped unused there too.
+        self._core = core
+        self._array = array
+        #: Kept for compatibility: a :class:`PrefetchStats` also told of unused
+        #: prefetched entries dropped here (an MMU's arrays count them itself).
         self.prefetch_stats: PrefetchStats | None = None
+
+    def _sync(self) -> None:
+        """Copy the core's counters into a caller's ``stats`` / ``prefetch_stats``."""
+        values = self._core.stats()
+        given = self._given
+        if given is not None:
+            useless = given.prefetch_useless
+            (given.lookups, given.hits, given.misses, given.evictions, given.invalidations, given.cycles,
+             given.prefetch_fills, given.prefetch_useful, given.prefetch_useless) = values  # fmt: skip
+            if self.prefetch_stats is not None:
+                self.prefetch_stats.useless += given.prefetch_useless - useless
+
+    def _entry(self, t: EntryTuple | None) -> TlbEntry | None:
+        return None if t is None else TlbEntry._from_core(t, self._core, self._array, self.ways)
 
     # -- lookup -------------------------------------------------------------------
 
     def lookup(self, va: int, asid: int) -> TlbEntry | None:
         """The entry covering ``va`` for ``asid`` (or a global one), updating recency."""
-        # The hot path of every translation: one dict probe per page size.
-        for shift, entries in self._probe:
-            vpn_key = (va >> shift) << _KEY_SHIFT
-            e = entries.get(vpn_key | asid)
-            if e is None:
-                if not self._globals:
-                    continue
-                e = entries.get(vpn_key | GLOBAL_ASID)
-                if e is None:
-                    continue
-            if self._lru:
-                self._clock += 1
-                e.stamp = self._clock
-            elif self._plru_on:
-                self._plru_touch(e.set, e.way)
-            return e
-        return None
+        return self._entry(self._core.array_lookup(self._array, va, asid))
 
     def peek(self, va: int, asid: int) -> TlbEntry | None:
         """Like :meth:`lookup` but without touching replacement state."""
-        for shift, entries in self._maps.items():
-            vpn = va >> shift
-            e = entries.get((vpn << _KEY_SHIFT) | asid) or entries.get((vpn << _KEY_SHIFT) | GLOBAL_ASID)
-            if e is not None:
-                return e
-        return None
-
-    def _touch(self, e: TlbEntry) -> None:
-        policy = self._policy
-        if policy == "lru":
-            self._clock += 1
-            e.stamp = self._clock
-        elif policy == "plru":
-            self._plru_touch(e.set, e.way)
-
-    # -- replacement ----------------------------------------------------------------
-
-    def _plru_touch(self, s: int, way: int) -> None:
-        """Point every tree node on ``way``'s path away from it."""
-        bits = self._plru[s]
-        node = 1
-        half = self.ways >> 1
-        lo = 0
-        while half:
-            right = way >= lo + half
-            if right:
-                bits &= ~(1 << node)  # point left, away from the right half
-                lo += half
-                node = 2 * node + 1
-            else:
-                bits |= 1 << node  # point right
-                node = 2 * node
-            half >>= 1
-        self._plru[s] = bits
-
-    def _victim(self, s: int) -> int:
-        row = self._table[s]
-        policy = self._policy
-        if policy == "lru" or policy == "fifo":
-            best = 0
-            stamp = row[0].stamp  # type: ignore[union-attr]
-            for w in range(1, self.ways):
-                st = row[w].stamp  # type: ignore[union-attr]
-                if st < stamp:
-                    best, stamp = w, st
-            return best
-        if policy == "random":
-            return self._rng.next() % self.ways
-        bits = self._plru[s]
-        node = 1
-        half = self.ways >> 1
-        lo = 0
-        while half:
-            if bits >> node & 1:
-                lo += half
-                node = 2 * node + 1
-            else:
-                node = 2 * node
-            half >>= 1
-        return lo
+        return self._entry(self._core.array_peek(self._array, va, asid))
 
     # -- fill -----------------------------------------------------------------------
 
     def fits(self, page_size: int) -> int | None:
         """The shift this array would cache a page of ``page_size`` at, or None."""
-        best = None
-        for shift in self._shifts:
-            if 1 << shift <= page_size:
-                best = shift
-        return best
+        shift: int | None = self._core.array_fits(self._array, page_size)
+        return shift
 
     def insert(self, entry: TlbEntry) -> TlbEntry | None:
         """Install ``entry``; return the entry it evicted, if any.
 
         An entry already cached under the same key is replaced in place.
         """
-        entries = self._maps[entry.shift]
-        old = entries.get(entry.key)
-        if old is not None:
-            entry.set, entry.way = old.set, old.way
-            self._table[old.set][old.way] = entry
-            entries[entry.key] = entry
-            entry.prefetched, entry.used = old.prefetched, old.used
-            # An update in place (a dirty re-walk) is a use, not a new allocation:
-            # LRU and PLRU count it as a touch; FIFO keeps the way's fill order.
-            entry.stamp = old.stamp
-            self._touch(entry)
-            return None
-        s = entry.vpn & self._set_mask
-        row = self._table[s]
-        victim = None
-        try:
-            way = row.index(None)
-        except ValueError:
-            way = self._victim(s)
-            victim = row[way]
-            assert victim is not None
-            self._drop(victim)
-            self.stats.evictions += 1
-        entry.set, entry.way = s, way
-        row[way] = entry
-        entries[entry.key] = entry
-        if entry.asid == GLOBAL_ASID:
-            self._globals += 1
-        if entry.prefetched:
-            self.stats.prefetch_fills += 1
-        self._fill_stamp(entry)
-        return victim
-
-    def _fill_stamp(self, e: TlbEntry) -> None:
-        if self._policy in ("lru", "fifo"):
-            self._clock += 1
-            e.stamp = self._clock
-        elif self._policy == "plru":
-            self._plru_touch(e.set, e.way)
-
-    def _drop(self, e: TlbEntry) -> None:
-        """Remove ``e`` from the lookup maps (its way is overwritten or cleared by the caller)."""
-        del self._maps[e.shift][e.key]
-        if e.asid == GLOBAL_ASID:
-            self._globals -= 1
-        if e.prefetched and not e.used:
-            self.stats.prefetch_useless += 1
-            if self.prefetch_stats is not None:
-                self.prefetch_stats.useless += 1
-
-    def _remove(self, e: TlbEntry) -> None:
-        self._drop(e)
-        self._table[e.set][e.way] = None
-        self.stats.invalidations += 1
+        if entry.shift not in (s.bit_length() - 1 for s in self.config.page_sizes):
+            raise KeyError(entry.shift)
+        stored, victim = self._core.array_insert(
+            self._array, entry.vpn, entry.shift, entry.asid, entry.page_pa, entry.rights, entry.dirty,
+            entry.level, entry._prefetched, entry._used, entry._stamp,
+        )  # fmt: skip
+        entry._attach(stored, self._core, self._array, self.ways)
+        old = None
+        if victim is not None:
+            old = TlbEntry(victim[0], victim[1], victim[2], victim[3], victim[4], victim[5], victim[6])
+            old._prefetched, old._used, old._stamp = victim[7], victim[8], victim[9]
+            old.set, old.way = divmod(victim[10], self.ways)
+        self._sync()
+        return old
 
     # -- invalidation -----------------------------------------------------------------
 
     def __iter__(self) -> Iterator[TlbEntry]:
-        for entries in self._maps.values():
-            yield from list(entries.values())
+        core, array, ways = self._core, self._array, self.ways
+        return iter([TlbEntry._from_core(t, core, array, ways) for t in core.entries(array)])
 
     def __len__(self) -> int:
-        return sum(len(m) for m in self._maps.values())
+        n: int = self._core.len(self._array)
+        return n
 
     def flush(self) -> int:
         """Invalidate everything (a CR3 write without PCID, or sfence.vma x0, x0)."""
-        n = 0
-        for e in list(self):
-            self._remove(e)
-            n += 1
+        n: int = self._core.flush(self._array)
+        self._sync()
         return n
 
     def flush_asid(self, asid: int) -> int:
         """Invalidate the non-global entries of ``asid`` (INVPCID type 1, sfence.vma x0, asid)."""
-        n = 0
-        for e in list(self):
-            if e.asid == asid:
-                self._remove(e)
-                n += 1
+        n: int = self._core.flush_asid(asid, self._array)
+        self._sync()
         return n
 
     def flush_va(self, va: int, asid: int | None = None) -> int:
@@ -313,40 +289,26 @@ class Tlb:
         With ``asid``, only that ASID's entries and global ones go, as INVLPG
         does for the current PCID; ``None`` means every ASID.
         """
-        n = 0
-        for shift, entries in self._maps.items():
-            vpn = va >> shift
-            if asid is None:
-                victims = [e for e in entries.values() if e.vpn == vpn] if entries else []
-            else:
-                victims = [
-                    e
-                    for key in ((vpn << _KEY_SHIFT) | asid, (vpn << _KEY_SHIFT) | GLOBAL_ASID)
-                    if (e := entries.get(key)) is not None
-                ]
-            for e in victims:
-                self._remove(e)
-                n += 1
+        n: int = self._core.flush_va(va, asid, self._array)
+        self._sync()
         return n
 
     def flush_range(self, va: int, size: int, asid: int | None = None) -> int:
         """Invalidate every entry overlapping ``[va, va+size)``."""
-        end = va + size
-        if size >> 12 <= 64:
-            n = 0
-            for page in range(va & ~0xFFF, end, 4096):
-                n += self.flush_va(page, asid)
-            return n
-        n = 0
-        for e in list(self):
-            if e.va < end and va < e.va + e.size and (asid is None or e.asid in (asid, GLOBAL_ASID)):
-                self._remove(e)
-                n += 1
+        n: int = self._core.flush_range(va, size, asid, self._array)
+        self._sync()
         return n
 
     def state(self) -> list[list[TlbEntry | None]]:
         """The ways of every set (a copy), for inspection and tests."""
-        return [list(row) for row in self._table]
+        ways = [self._entry(t) for t in self._core.ways(self._array)]
+        return [ways[s * self.ways : (s + 1) * self.ways] for s in range(self.sets)]
+
+    def replacement_state(self) -> tuple[int, list[int], int, int]:
+        """``(clock, PLRU bits per set, random generator state, global entries)``, for tests."""
+        clock, words, rng, globals_ = self._core.replacement(self._array)
+        plru = [sum(w << (64 * k) for k, w in enumerate(ws)) for ws in words]
+        return clock, plru, rng, globals_
 
 
 class TlbLevel:
@@ -359,71 +321,73 @@ class TlbLevel:
     def __init__(self, configs: TlbConfig | Sequence[TlbConfig]) -> None:
         cfgs = [configs] if isinstance(configs, TlbConfig) else list(configs)
         if not cfgs:
-            from vmopt.errors import ConfigError
-
             raise ConfigError("a TLB level needs at least one TlbConfig")
-        seen: set[int] = set()
-        for c in cfgs:
-            overlap = seen.intersection(c.page_sizes)
-            if overlap:
-                from vmopt.errors import ConfigError
+        self._setup(_core.TlbLevel([config_tuple(c) for c in cfgs]), cfgs)
 
-                raise ConfigError(
-                    f"split arrays of one TLB level must hold disjoint page sizes; {sorted(overlap)}"
-                    f" appears twice (arrays {', '.join(x.name for x in cfgs)})"
-                )
-            seen.update(c.page_sizes)
-        self.name = cfgs[0].name if len(cfgs) == 1 else "+".join(c.name for c in cfgs)
-        self.latency = max(c.latency for c in cfgs)
-        self.stats = TlbStats(name=self.name)
-        self.arrays = [Tlb(c, self.stats) for c in cfgs]
+    @classmethod
+    def _view(cls, core: Any, configs: Sequence[TlbConfig]) -> TlbLevel:
+        level = cls.__new__(cls)
+        level._setup(core, list(configs))
+        return level
+
+    def _setup(self, core: Any, cfgs: list[TlbConfig]) -> None:
+        self._core = core
+        self.name: str = core.name
+        self.latency: int = core.latency
+        self.stats: TlbStats = LiveTlbStats(self.name, core.stats)
+        self.arrays = [Tlb._view(c, core, i, self.stats) for i, c in enumerate(cfgs)]
         self.configs = tuple(cfgs)
+
+    def _freeze_stats(self) -> None:
+        """Pin the current stats object's values (before a reset)."""
+        if isinstance(self.stats, LiveTlbStats):
+            self.stats.freeze()
+
+    def _renew_stats(self) -> None:
+        """Hand out a fresh live stats object (after a reset)."""
+        self.stats = LiveTlbStats(self.name, self._core.stats)
+        for arr in self.arrays:
+            arr.stats = self.stats
+
+    def _entry(self, found: tuple[int, EntryTuple] | None) -> TlbEntry | None:
+        if found is None:
+            return None
+        array, t = found
+        return TlbEntry._from_core(t, self._core, array, self.arrays[array].ways)
 
     def lookup(self, va: int, asid: int) -> TlbEntry | None:
         """Probe every array, counting one lookup and its latency."""
-        stats = self.stats
-        stats.lookups += 1
-        stats.cycles += self.latency
-        for arr in self.arrays:
-            e = arr.lookup(va, asid)
-            if e is not None:
-                stats.hits += 1
-                return e
-        stats.misses += 1
-        return None
+        return self._entry(self._core.lookup(va, asid))
 
     def peek(self, va: int, asid: int) -> TlbEntry | None:
         """Probe without counting or touching replacement state."""
-        for arr in self.arrays:
-            e = arr.peek(va, asid)
-            if e is not None:
-                return e
-        return None
+        return self._entry(self._core.peek(va, asid))
 
     def array_for(self, page_size: int) -> tuple[Tlb, int] | None:
         """The array that caches a page of ``page_size``, and the shift it uses."""
-        best: tuple[Tlb, int] | None = None
-        for arr in self.arrays:
-            shift = arr.fits(page_size)
-            if shift is not None and (best is None or shift > best[1]):
-                best = (arr, shift)
-        return best
+        found = self._core.array_for(page_size)
+        return None if found is None else (self.arrays[found[0]], found[1])
 
     def flush(self) -> int:
         """Invalidate everything."""
-        return sum(a.flush() for a in self.arrays)
+        n: int = self._core.flush()
+        return n
 
     def flush_asid(self, asid: int) -> int:
         """Invalidate one ASID's non-global entries."""
-        return sum(a.flush_asid(asid) for a in self.arrays)
+        n: int = self._core.flush_asid(asid)
+        return n
 
     def flush_va(self, va: int, asid: int | None = None) -> int:
         """Invalidate the entries covering ``va``."""
-        return sum(a.flush_va(va, asid) for a in self.arrays)
+        n: int = self._core.flush_va(va, asid)
+        return n
 
     def flush_range(self, va: int, size: int, asid: int | None = None) -> int:
         """Invalidate the entries overlapping a range."""
-        return sum(a.flush_range(va, size, asid) for a in self.arrays)
+        n: int = self._core.flush_range(va, size, asid)
+        return n
 
     def __len__(self) -> int:
-        return sum(len(a) for a in self.arrays)
+        n: int = self._core.len()
+        return n

@@ -10,7 +10,7 @@
 pub mod buddy;
 pub mod phys;
 
-pub use buddy::BuddyAllocator;
+pub use buddy::{BuddyAllocator, MAX_ORDER_LIMIT};
 pub use phys::{ImageMode, PhysMem, FRAME_SHIFT, FRAME_SIZE};
 
 use crate::error::Result;

@@ -32,8 +32,7 @@ struct Frame([AtomicU64; WORDS]);
 
 impl Frame {
     fn zeroed() -> Box<Frame> {
-        // SAFETY: a Frame is 512 AtomicU64s, for which all-zero bytes are a valid value (0).
-        unsafe { Box::<Frame>::new_zeroed().assume_init() }
+        Box::new(Frame(std::array::from_fn(|_| AtomicU64::new(0))))
     }
 }
 
@@ -122,12 +121,7 @@ fn check_geometry(size: u64, base: u64) -> Result<()> {
             "memory base must be a non-negative multiple of 4096, got {base}"
         )));
     }
-    if base.checked_add(size).is_none() {
-        return Err(Error::Config(format!(
-            "memory [{base:#x}, {:#x}) exceeds the 64-bit physical space",
-            base as u128 + size as u128
-        )));
-    }
+    // A range past the 64-bit space is refused by the allocator, in its words.
     Ok(())
 }
 
@@ -157,11 +151,21 @@ impl PhysMem {
         if node_sizes.is_empty() {
             return Err(Error::Config("NUMA memory needs at least one node".into()));
         }
+        for &size in node_sizes {
+            check_geometry(size, 0)?;
+        }
+        let total: u128 = node_sizes.iter().map(|&s| u128::from(s)).sum();
+        if total > u128::from(u64::MAX) {
+            // As the allocator of the whole range would say it.
+            return Err(Error::Config(format!(
+                "frames [0x0, {:#x}) exceed the 64-bit physical space",
+                total >> FRAME_SHIFT
+            )));
+        }
         let mut allocators = Vec::with_capacity(node_sizes.len());
         let mut bases = Vec::with_capacity(node_sizes.len());
         let mut base = 0u64;
         for (node, &size) in node_sizes.iter().enumerate() {
-            check_geometry(size, base)?;
             let buddy = BuddyAllocator::new(
                 base >> FRAME_SHIFT,
                 size >> FRAME_SHIFT,
@@ -196,7 +200,10 @@ impl PhysMem {
         let shown = py_repr(&path.to_string_lossy());
         let open = |write: bool| OpenOptions::new().read(true).write(write).open(path);
         let file = open(mode == ImageMode::Writable).map_err(|e| {
-            Error::Config(format!("cannot open memory image {shown}: {}", io_text(&e)))
+            Error::Config(format!(
+                "cannot open memory image {shown}: {}: {shown}",
+                io_text(&e)
+            ))
         })?;
         let len = file
             .metadata()
@@ -210,18 +217,7 @@ impl PhysMem {
         let map_err = |e: std::io::Error| {
             Error::Config(format!("cannot map memory image {shown}: {}", io_text(&e)))
         };
-        // SAFETY (all three maps): the mapping's bytes may change if another process
-        // writes the file; vmopt reads them as plain integers, never as references to
-        // typed data, so a concurrent change gives different values, not undefined behaviour.
-        let store = match mode {
-            ImageMode::ReadOnly => Store::ReadOnly(unsafe { Mmap::map(&file) }.map_err(map_err)?),
-            ImageMode::Writable => {
-                Store::Mapped(unsafe { MmapMut::map_mut(&file) }.map_err(map_err)?)
-            }
-            ImageMode::CopyOnWrite => {
-                Store::Mapped(unsafe { MmapOptions::new().map_copy(&file) }.map_err(map_err)?)
-            }
-        };
+        let store = map_image(&file, mode).map_err(map_err)?;
         Ok(PhysMem {
             base: 0,
             size: len,
@@ -239,9 +235,14 @@ impl PhysMem {
     pub fn size(&self) -> u64 {
         self.size
     }
-    /// One past the last physical address.
+    /// One past the last physical address (saturating: memory may end at 2^64).
     pub fn end(&self) -> u64 {
-        self.base + self.size
+        self.base.saturating_add(self.size)
+    }
+
+    /// One past the last physical address, exactly.
+    fn end_exact(&self) -> u128 {
+        u128::from(self.base) + u128::from(self.size)
     }
     /// False for a read-only image.
     pub fn writable(&self) -> bool {
@@ -256,18 +257,19 @@ impl PhysMem {
 
     /// True if `[pa, pa + n)` lies inside this memory.
     pub fn contains(&self, pa: u64, n: u64) -> bool {
-        self.base <= pa && (pa as u128 + n as u128) <= self.end() as u128
+        self.base <= pa && u128::from(pa) + u128::from(n) <= self.end_exact()
     }
 
-    fn check(&self, pa: u64, n: u64) -> Result<()> {
+    /// `Ok` if `[pa, pa + n)` lies inside this memory, else the error naming both ranges.
+    pub fn check(&self, pa: u64, n: u64) -> Result<()> {
         if self.contains(pa, n) {
             return Ok(());
         }
         Err(Error::PhysicalAccess(format!(
             "physical access [{pa:#x}, {:#x}) is outside memory [{:#x}, {:#x})",
-            pa as u128 + n as u128,
+            u128::from(pa) + u128::from(n),
             self.base,
-            self.end()
+            self.end_exact()
         )))
     }
 
@@ -467,7 +469,7 @@ impl PhysMem {
             Store::Sparse(frames) => {
                 let map = frames.read().unwrap_or_else(|e| e.into_inner());
                 map.get(&(start >> FRAME_SHIFT))
-                    .is_none_or(|f| f.0.iter().all(|w| w.load(Ordering::Acquire) == 0))
+                    .map_or(true, |f| f.0.iter().all(|w| w.load(Ordering::Acquire) == 0))
             }
             Store::ReadOnly(map) => {
                 let off = (start - self.base) as usize;
@@ -485,22 +487,27 @@ impl PhysMem {
         self.refuse_write(|| {
             format!("memory is read-only; write of {n} bytes at {pa:#x} refused")
         })?;
-        let end = pa + n;
+        // Exact arithmetic: memory may end at 2^64.
+        let end = u128::from(pa) + u128::from(n);
         let Store::Sparse(frames) = &self.store else {
             let zeros = vec![0u8; FRAME_SIZE as usize];
-            let mut cur = pa;
+            let mut cur = u128::from(pa);
             while cur < end {
-                let k = (end - cur).min(FRAME_SIZE - (cur & FRAME_MASK));
-                self.write(cur, &zeros[..k as usize])?;
+                let k = (end - cur).min(u128::from(FRAME_SIZE - (cur as u64 & FRAME_MASK)));
+                self.write(cur as u64, &zeros[..k as usize])?;
                 cur += k;
             }
             return Ok(());
         };
-        let head_end = end.min((pa + FRAME_MASK) & !FRAME_MASK);
-        if head_end > pa {
-            self.write(pa, &vec![0u8; (head_end - pa) as usize])?;
+        let mask = u128::from(FRAME_MASK);
+        let head_end = end.min((u128::from(pa) + mask) & !mask);
+        if head_end > u128::from(pa) {
+            self.write(pa, &vec![0u8; (head_end - u128::from(pa)) as usize])?;
         }
-        let (first, last) = (head_end >> FRAME_SHIFT, end >> FRAME_SHIFT);
+        let (first, last) = (
+            (head_end >> FRAME_SHIFT) as u64,
+            (end >> FRAME_SHIFT) as u64,
+        );
         if last > first {
             let mut map = frames.write().unwrap_or_else(|e| e.into_inner());
             if last - first > map.len() as u64 {
@@ -511,9 +518,9 @@ impl PhysMem {
                 }
             }
         }
-        let tail = last << FRAME_SHIFT;
+        let tail = u128::from(last) << FRAME_SHIFT;
         if end > tail && tail >= head_end {
-            self.write(tail, &vec![0u8; (end - tail) as usize])?;
+            self.write(tail as u64, &vec![0u8; (end - tail) as usize])?;
         }
         Ok(())
     }
@@ -650,7 +657,8 @@ impl PhysMem {
         Ok(())
     }
 
-    fn size_order(size: u64, what: &str) -> Result<u8> {
+    /// The buddy order of a block of `size` (4 KiB, 2 MiB or 1 GiB), for an operation named `what`.
+    pub fn block_order(size: u64, what: &str) -> Result<u8> {
         order_of_size(size).ok_or_else(|| {
             Error::Config(format!(
                 "{what} size must be 4 KiB, 2 MiB or 1 GiB, got {size}"
@@ -662,7 +670,7 @@ impl PhysMem {
     ///
     /// `None` if none has: the caller words the error, since it knows the policy.
     pub fn try_alloc_on(&self, nodes: &[u32], size: u64) -> Result<Option<(u64, u32)>> {
-        let order = Self::size_order(size, "block")?;
+        let order = Self::block_order(size, "block")?;
         for &node in nodes {
             let node_idx = node as usize;
             if node_idx >= self.num_nodes() {
@@ -696,7 +704,7 @@ impl PhysMem {
     /// Plain memory takes it from its allocator; NUMA memory from the nodes
     /// in table order (nearest to node 0 first).
     pub fn alloc(&self, size: u64) -> Result<u64> {
-        let order = Self::size_order(size, "alloc")?;
+        let order = Self::block_order(size, "alloc")?;
         let nodes = self.nodes();
         if !nodes.numa {
             let pa = self.lock_node(0).alloc(order)? << FRAME_SHIFT;
@@ -740,7 +748,7 @@ impl PhysMem {
 
     /// Return a block to the allocator of the node holding it (and zero it, unless an image).
     pub fn free(&self, pa: u64, size: u64) -> Result<()> {
-        let order = Self::size_order(size, "free")?;
+        let order = Self::block_order(size, "free")?;
         self.check(pa, size)?;
         let node = self.node_of(pa).expect("checked inside memory");
         self.lock_node(node).free(pa >> FRAME_SHIFT, order)?;
@@ -771,7 +779,8 @@ impl PteMemory for PhysMem {
     fn cas_u64(&self, pa: u64, old: u64, new: u64) -> Result<bool> {
         self.check_word(pa)?;
         self.refuse_write(|| format!("memory is read-only; 8-byte write at {pa:#x} refused"))?;
-        Ok(self.with_word(pa, new != 0, |w| match w {
+        // An absent frame reads as zero: only a swap of 0 for non-zero needs one.
+        Ok(self.with_word(pa, old == 0 && new != 0, |w| match w {
             Some(w) => w
                 .compare_exchange(
                     old.to_le(),
@@ -783,6 +792,22 @@ impl PteMemory for PhysMem {
             None => old == 0, // an absent frame reads as zero; swapping 0 for 0 succeeds
         }))
     }
+}
+
+/// Map an opened image file as `mode` says.
+///
+/// A mapping's bytes may change if another process writes the file; vmopt
+/// reads them as plain integers (writable maps only through atomics), never
+/// as references to typed data, so such a change gives different values.
+fn map_image(file: &File, mode: ImageMode) -> std::io::Result<Store> {
+    Ok(match mode {
+        // SAFETY: see above; the map lives in the Store, so it outlives every read.
+        ImageMode::ReadOnly => Store::ReadOnly(unsafe { Mmap::map(file) }?),
+        // SAFETY: as above; writes go through `mapped_word`'s atomics only.
+        ImageMode::Writable => Store::Mapped(unsafe { MmapMut::map_mut(file) }?),
+        // SAFETY: as above; a private mapping, so the file itself never changes through it.
+        ImageMode::CopyOnWrite => Store::Mapped(unsafe { MmapOptions::new().map_copy(file) }?),
+    })
 }
 
 /// Store `data` at `pa` word by word: whole words with a store, partial ones merged by compare-exchange.
@@ -934,5 +959,119 @@ mod tests {
             mem.read_u64(0).unwrap().to_le_bytes(),
             [1, 2, 3, 4, 5, 6, 7, 8]
         );
+    }
+
+    #[test]
+    fn memory_may_end_at_the_top_of_the_physical_space() {
+        let base = u64::MAX - 2 * FRAME_SIZE + 1;
+        let mem = PhysMem::new(2 * FRAME_SIZE, base, None).unwrap();
+        assert!(mem.contains(base, 2 * FRAME_SIZE) && !mem.contains(base, 2 * FRAME_SIZE + 1));
+        mem.write(u64::MAX - 3, &[1, 2, 3, 4]).unwrap();
+        mem.write_u64(base + FRAME_SIZE - 8, 9).unwrap();
+        mem.zero(base + 100, 2 * FRAME_SIZE - 100).unwrap();
+        assert_eq!(
+            mem.resident_frames(),
+            1,
+            "the partly zeroed head frame stays"
+        );
+        assert_eq!(mem.read_u64(u64::MAX - 7).unwrap(), 0);
+        let err = mem.read(u64::MAX - 3, &mut [0u8; 8]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "physical access [0xfffffffffffffffc, 0x10000000000000004) is outside memory \
+             [0xffffffffffffe000, 0x10000000000000000)"
+        );
+        let err = PhysMem::new(2 * FRAME_SIZE, u64::MAX - FRAME_SIZE + 1, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "frames [0xfffffffffffff, 0x10000000000001) exceed the 64-bit physical space"
+        );
+        let err = PhysMem::new_numa(&[u64::MAX - FRAME_MASK, 2 * FRAME_SIZE]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "frames [0x0, 0x10000000000001) exceed the 64-bit physical space"
+        );
+    }
+
+    #[test]
+    fn a_failing_compare_exchange_creates_no_frame() {
+        let mem = PhysMem::new(FRAME_SIZE, 0, None).unwrap();
+        assert!(!mem.cas_u64(8, 5, 6).unwrap());
+        assert!(mem.cas_u64(8, 0, 0).unwrap());
+        assert_eq!(mem.resident_frames(), 0);
+        assert!(mem.cas_u64(8, 0, 6).unwrap());
+        assert_eq!(mem.read_u64(8).unwrap(), 6);
+    }
+
+    #[test]
+    fn a_missing_image_is_named_as_python_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.raw");
+        let shown = py_repr(&path.to_string_lossy());
+        let err = PhysMem::from_file(&path, ImageMode::ReadOnly).unwrap_err();
+        assert_eq!(
+            err,
+            Error::Config(format!(
+                "cannot open memory image {shown}: [Errno 2] No such file or directory: {shown}"
+            ))
+        );
+    }
+
+    #[test]
+    fn numa_nodes_allocate_in_table_order_and_free_home() {
+        let mem = PhysMem::new_numa(&[4 * FRAME_SIZE, 2 * FRAME_SIZE, 2 * FRAME_SIZE]).unwrap();
+        assert_eq!(mem.node_bases(), [0, 4 * FRAME_SIZE, 6 * FRAME_SIZE]);
+        assert_eq!(mem.node_of(5 * FRAME_SIZE), Some(1));
+        assert_eq!(mem.node_of(8 * FRAME_SIZE), None);
+        mem.set_table_order(vec![2, 0]).unwrap();
+        let pas: Vec<u64> = (0..6).map(|_| mem.alloc(FRAME_SIZE).unwrap()).collect();
+        assert_eq!(pas, [0x6000, 0x7000, 0, 0x1000, 0x2000, 0x3000]);
+        let err = mem.alloc(FRAME_SIZE).unwrap_err();
+        assert_eq!(
+            err,
+            Error::OutOfFrames {
+                message: "out of memory on nodes [2, 0]: no free 4 KiB block \
+                          (node 2: 0 B free, node 0: 0 B free)"
+                    .into(),
+                size: FRAME_SIZE,
+                node: Some(2)
+            }
+        );
+        assert_eq!(
+            mem.try_alloc_on(&[0, 1], FRAME_SIZE).unwrap(),
+            Some((4 * FRAME_SIZE, 1))
+        );
+        mem.write(0x1000, b"x").unwrap();
+        mem.free(0x1000, FRAME_SIZE).unwrap();
+        assert_eq!(mem.resident_frames(), 0, "a freed block is zeroed");
+        assert_eq!(mem.free_bytes(), 2 * FRAME_SIZE);
+        assert!(matches!(
+            mem.set_table_order(vec![3]),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            mem.try_alloc_on(&[5], FRAME_SIZE),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[test]
+    fn an_image_allocator_starts_full_and_takes_donations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.raw");
+        std::fs::write(&path, vec![7u8; 3 * FRAME_SIZE as usize]).unwrap();
+        let mem = PhysMem::from_file(&path, ImageMode::CopyOnWrite).unwrap();
+        assert_eq!(mem.free_bytes(), 0);
+        assert!(matches!(
+            mem.alloc(FRAME_SIZE),
+            Err(Error::OutOfFrames { .. })
+        ));
+        mem.free(FRAME_SIZE, FRAME_SIZE).unwrap();
+        assert_eq!(mem.alloc(FRAME_SIZE).unwrap(), FRAME_SIZE);
+        assert!(
+            mem.frame_is_zero(FRAME_SIZE).unwrap(),
+            "allocated frames are zeroed"
+        );
+        assert!(!mem.frame_is_zero(0).unwrap());
     }
 }

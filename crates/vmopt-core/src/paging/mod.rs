@@ -20,6 +20,8 @@ use crate::memory::PteMemory;
 
 pub mod riscv;
 pub mod table;
+#[cfg(test)]
+mod testmem;
 pub mod x86;
 
 pub use riscv::RiscV;

@@ -1,0 +1,563 @@
+//! One set-associative TLB array.
+//!
+//! A hit is one hash probe per page size the array holds, keyed by the
+//! virtual page number and the ASID (global entries under [`GLOBAL_ASID`]).
+//! Replacement state has the forms of the Python reference so both choose
+//! the same victims: a stamp per way and a clock for LRU and FIFO (LRU
+//! refreshes it on hits and in-place updates, FIFO only on fills), tree bits
+//! per set for PLRU, an xorshift64 state for random. Invalid ways fill
+//! first, lowest way first, whatever the policy; invalidations clear a way
+//! and leave the replacement state alone, as hardware does.
+
+use rustc_hash::FxHashMap;
+
+use crate::error::{Error, Result};
+use crate::tlb::config::{Policy, TlbConfig};
+use crate::tlb::rng::XorShift64;
+use crate::tlb::stats::TlbStats;
+
+/// ASID code under which global entries are stored; they match every ASID.
+pub const GLOBAL_ASID: u32 = 1 << 16;
+
+/// One cached translation.
+///
+/// `page_pa` is the physical address of the entry's page of `1 << shift`
+/// bytes; `rights` the mask of (access, mode) pairs the page allows,
+/// computed at fill time; `level` the leaf level the walk found (for fault
+/// reports). `serial` is unique per fill of an array, so a handle to an entry
+/// can tell whether its way still holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlbEntry {
+    /// Virtual page number in units of the entry's size.
+    pub vpn: u64,
+    /// log2 of the entry's size.
+    pub shift: u8,
+    /// The ASID, or [`GLOBAL_ASID`].
+    pub asid: u32,
+    /// Physical address of the entry's page.
+    pub page_pa: u64,
+    /// Rights mask (see `mmu::rights_bit`).
+    pub rights: u8,
+    /// The leaf's D bit when the entry was filled.
+    pub dirty: bool,
+    /// Leaf level of the walk that produced it.
+    pub level: u8,
+    /// Installed by a prefetcher.
+    pub prefetched: bool,
+    /// A demand lookup hit it since it was prefetched.
+    pub used: bool,
+    /// LRU/FIFO stamp (the array clock at the last touch or fill).
+    pub stamp: u64,
+    /// Unique per fill; set by [`TlbArray::insert`].
+    pub serial: u64,
+}
+
+impl TlbEntry {
+    /// A fresh, unprefetched entry.
+    pub fn new(
+        vpn: u64,
+        shift: u8,
+        asid: u32,
+        page_pa: u64,
+        rights: u8,
+        dirty: bool,
+        level: u8,
+    ) -> TlbEntry {
+        TlbEntry {
+            vpn,
+            shift,
+            asid,
+            page_pa,
+            rights,
+            dirty,
+            level,
+            prefetched: false,
+            used: false,
+            stamp: 0,
+            serial: 0,
+        }
+    }
+
+    /// True for an entry that matches every ASID.
+    pub fn is_global(&self) -> bool {
+        self.asid == GLOBAL_ASID
+    }
+
+    /// First virtual address the entry covers.
+    pub fn va(&self) -> u64 {
+        self.vpn << self.shift
+    }
+
+    /// Bytes the entry covers.
+    pub fn size(&self) -> u64 {
+        1 << self.shift
+    }
+
+    /// True if the entry covers part of `[start, end)` (`end` may exceed 2^64).
+    fn overlaps(&self, start: u64, end: u128) -> bool {
+        let va = self.va() as u128;
+        va < end && (start as u128) < va + self.size() as u128
+    }
+}
+
+/// One set-associative array (see [`TlbConfig`]).
+///
+/// Lookups here do not count statistics: [`TlbLevel`](super::TlbLevel)
+/// does, so split arrays count a lookup once. Fills and invalidations count
+/// evictions, invalidations and prefetch outcomes into the `stats` passed in.
+#[derive(Clone, Debug)]
+pub struct TlbArray {
+    cfg: TlbConfig,
+    ways: usize,
+    set_mask: u64,
+    /// Shifts of the page sizes held, ascending.
+    shifts: Vec<u8>,
+    /// Per shift: (vpn, asid) -> slot.
+    maps: Vec<FxHashMap<(u64, u32), u32>>,
+    /// `sets * ways` ways, set-major.
+    slots: Vec<Option<TlbEntry>>,
+    clock: u64,
+    /// PLRU node bits, `plru_words` words per set; node `n` is bit `n` (root 1).
+    plru: Vec<u64>,
+    plru_words: usize,
+    rng: XorShift64,
+    globals: usize,
+    serials: u64,
+    /// Bumped by every change of contents (fills and removals).
+    mutations: u64,
+}
+
+impl TlbArray {
+    /// An empty array.
+    pub fn new(cfg: &TlbConfig) -> TlbArray {
+        let sets = cfg.sets() as usize;
+        let ways = cfg.ways as usize;
+        let shifts: Vec<u8> = cfg
+            .page_sizes
+            .iter()
+            .map(|s| s.trailing_zeros() as u8)
+            .collect();
+        let maps = shifts
+            .iter()
+            .map(|_| {
+                let mut m = FxHashMap::default();
+                m.reserve(cfg.entries as usize);
+                m
+            })
+            .collect();
+        let plru_words = if cfg.policy == Policy::Plru {
+            ways.div_ceil(64)
+        } else {
+            0
+        };
+        TlbArray {
+            cfg: cfg.clone(),
+            ways,
+            set_mask: sets as u64 - 1,
+            shifts,
+            maps,
+            slots: vec![None; sets * ways],
+            clock: 0,
+            plru: vec![0; sets * plru_words],
+            plru_words,
+            rng: XorShift64::new(cfg.seed),
+            globals: 0,
+            serials: 0,
+            mutations: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TlbConfig {
+        &self.cfg
+    }
+
+    /// Number of sets.
+    pub fn sets(&self) -> usize {
+        self.slots.len() / self.ways
+    }
+
+    /// Ways per set.
+    pub fn ways(&self) -> usize {
+        self.ways
+    }
+
+    /// Shifts of the page sizes held, ascending.
+    pub fn shifts(&self) -> &[u8] {
+        &self.shifts
+    }
+
+    // -- lookup ---------------------------------------------------------------
+
+    #[inline]
+    fn find(&self, va: u64, asid: u32) -> Option<usize> {
+        for (map, &shift) in self.maps.iter().zip(&self.shifts) {
+            let vpn = va >> shift;
+            if let Some(&slot) = map.get(&(vpn, asid)) {
+                return Some(slot as usize);
+            }
+            if self.globals != 0 {
+                if let Some(&slot) = map.get(&(vpn, GLOBAL_ASID)) {
+                    return Some(slot as usize);
+                }
+            }
+        }
+        None
+    }
+
+    /// The slot of the entry covering `va` for `asid` (or a global one),
+    /// smallest page size first; refreshes its recency.
+    #[inline]
+    pub fn lookup(&mut self, va: u64, asid: u32) -> Option<usize> {
+        let slot = self.find(va, asid)?;
+        self.touch(slot);
+        Some(slot)
+    }
+
+    /// Like [`lookup`](Self::lookup) without touching replacement state.
+    pub fn peek(&self, va: u64, asid: u32) -> Option<usize> {
+        self.find(va, asid)
+    }
+
+    /// The slot of the entry cached under exactly `(vpn, shift, asid)`.
+    pub fn peek_exact(&self, vpn: u64, shift: u8, asid: u32) -> Option<usize> {
+        let mi = self.map_index(shift)?;
+        self.maps[mi].get(&(vpn, asid)).map(|&s| s as usize)
+    }
+
+    /// The entry in `slot`, if the way is valid.
+    pub fn slot(&self, slot: usize) -> Option<&TlbEntry> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    /// The entry in `slot` (a slot [`lookup`](Self::lookup) returned).
+    #[inline(always)]
+    pub fn entry_mut(&mut self, slot: usize) -> &mut TlbEntry {
+        self.slots[slot]
+            .as_mut()
+            .expect("TLB slot from a lookup is valid")
+    }
+
+    /// The entry in `slot` (a slot [`lookup`](Self::lookup) returned).
+    #[inline]
+    pub fn entry(&self, slot: usize) -> &TlbEntry {
+        self.slots[slot]
+            .as_ref()
+            .expect("TLB slot from a lookup is valid")
+    }
+
+    // -- replacement ----------------------------------------------------------
+
+    /// Refresh the recency of the entry in `slot` as a hit does.
+    #[inline(always)]
+    pub fn touch(&mut self, slot: usize) {
+        match self.cfg.policy {
+            Policy::Lru => {
+                self.clock += 1;
+                self.entry_mut(slot).stamp = self.clock;
+            }
+            Policy::Plru => self.plru_touch(slot / self.ways, slot % self.ways),
+            Policy::Fifo | Policy::Random => {}
+        }
+    }
+
+    fn plru_bit(&self, set: usize, node: usize) -> bool {
+        self.plru[set * self.plru_words + node / 64] >> (node % 64) & 1 != 0
+    }
+
+    /// Point every tree node on `way`'s path away from it.
+    #[inline]
+    fn plru_touch(&mut self, set: usize, way: usize) {
+        let (mut node, mut half, mut lo) = (1usize, self.ways >> 1, 0usize);
+        while half != 0 {
+            let word = &mut self.plru[set * self.plru_words + node / 64];
+            if way >= lo + half {
+                *word &= !(1u64 << (node % 64)); // point left, away from the right half
+                lo += half;
+                node = 2 * node + 1;
+            } else {
+                *word |= 1u64 << (node % 64); // point right
+                node *= 2;
+            }
+            half >>= 1;
+        }
+    }
+
+    fn victim(&mut self, set: usize) -> usize {
+        let base = set * self.ways;
+        match self.cfg.policy {
+            Policy::Lru | Policy::Fifo => {
+                let mut best = 0;
+                let mut stamp = self.entry(base).stamp;
+                for w in 1..self.ways {
+                    let st = self.entry(base + w).stamp;
+                    if st < stamp {
+                        best = w;
+                        stamp = st;
+                    }
+                }
+                best
+            }
+            Policy::Random => (self.rng.next() % self.ways as u64) as usize,
+            Policy::Plru => {
+                let (mut node, mut half, mut lo) = (1usize, self.ways >> 1, 0usize);
+                while half != 0 {
+                    if self.plru_bit(set, node) {
+                        lo += half;
+                        node = 2 * node + 1;
+                    } else {
+                        node *= 2;
+                    }
+                    half >>= 1;
+                }
+                lo
+            }
+        }
+    }
+
+    // -- fill -----------------------------------------------------------------
+
+    /// The shift this array caches a page of `page_size` at (the largest
+    /// size it holds that fits inside the page), or `None`.
+    pub fn fits(&self, page_size: u64) -> Option<u8> {
+        self.shifts
+            .iter()
+            .copied()
+            .filter(|&s| 1u64 << s <= page_size)
+            .max()
+    }
+
+    fn map_index(&self, shift: u8) -> Option<usize> {
+        self.shifts.iter().position(|&s| s == shift)
+    }
+
+    /// Install `entry`; return the valid entry it evicted, if any.
+    ///
+    /// An entry already cached under the same key is replaced in place (a
+    /// dirty re-walk): that is a use, not a new fill, so it keeps the way's
+    /// prefetch flags and stamp, and LRU/PLRU count it as a touch.
+    pub fn insert(
+        &mut self,
+        mut entry: TlbEntry,
+        stats: &mut TlbStats,
+    ) -> Result<Option<TlbEntry>> {
+        let mi = self.map_index(entry.shift).ok_or_else(|| {
+            Error::Config(format!(
+                "this TLB array holds no {}-byte entries",
+                1u64 << entry.shift.min(63)
+            ))
+        })?;
+        if entry.shift >= 64 || entry.vpn >> (64 - entry.shift as u32) != 0 {
+            return Err(Error::Address(format!(
+                "TLB entry vpn {:#x} does not fit a 64-bit address",
+                entry.vpn
+            )));
+        }
+        self.serials += 1;
+        self.mutations += 1;
+        entry.serial = self.serials;
+        let key = (entry.vpn, entry.asid);
+        if let Some(&slot) = self.maps[mi].get(&key) {
+            let slot = slot as usize;
+            let old = self.entry(slot);
+            entry.prefetched = old.prefetched;
+            entry.used = old.used;
+            entry.stamp = old.stamp;
+            self.slots[slot] = Some(entry);
+            self.touch(slot);
+            return Ok(None);
+        }
+        let set = (entry.vpn & self.set_mask) as usize;
+        let base = set * self.ways;
+        let (way, victim) = match self.slots[base..base + self.ways]
+            .iter()
+            .position(Option::is_none)
+        {
+            Some(way) => (way, None),
+            None => {
+                let way = self.victim(set);
+                let old = self.slots[base + way].take().expect("a full set");
+                self.unlink(&old, stats);
+                stats.evictions += 1;
+                (way, Some(old))
+            }
+        };
+        let slot = base + way;
+        if entry.asid == GLOBAL_ASID {
+            self.globals += 1;
+        }
+        if entry.prefetched {
+            stats.prefetch_fills += 1;
+        }
+        match self.cfg.policy {
+            Policy::Lru | Policy::Fifo => {
+                self.clock += 1;
+                entry.stamp = self.clock;
+            }
+            Policy::Plru => self.plru_touch(set, way),
+            Policy::Random => {}
+        }
+        self.maps[mi].insert(key, slot as u32);
+        self.slots[slot] = Some(entry);
+        Ok(victim)
+    }
+
+    /// Take `e` out of the lookup maps (its way is overwritten or cleared by the caller).
+    fn unlink(&mut self, e: &TlbEntry, stats: &mut TlbStats) {
+        let mi = self.map_index(e.shift).expect("a cached shift");
+        self.maps[mi].remove(&(e.vpn, e.asid));
+        if e.asid == GLOBAL_ASID {
+            self.globals -= 1;
+        }
+        if e.prefetched && !e.used {
+            stats.prefetch_useless += 1;
+        }
+    }
+
+    fn remove(&mut self, slot: usize, stats: &mut TlbStats) {
+        if let Some(e) = self.slots[slot].take() {
+            self.mutations += 1;
+            self.unlink(&e, stats);
+            stats.invalidations += 1;
+        }
+    }
+
+    // -- invalidation ---------------------------------------------------------
+
+    fn remove_where(&mut self, stats: &mut TlbStats, pred: impl Fn(&TlbEntry) -> bool) -> u64 {
+        let mut n = 0;
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].as_ref().is_some_and(&pred) {
+                self.remove(slot, stats);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Invalidate everything (a CR3 write without PCID, sfence.vma x0, x0).
+    pub fn flush(&mut self, stats: &mut TlbStats) -> u64 {
+        self.remove_where(stats, |_| true)
+    }
+
+    /// Invalidate the entries of `asid` (INVPCID type 1, sfence.vma x0, asid).
+    pub fn flush_asid(&mut self, asid: u32, stats: &mut TlbStats) -> u64 {
+        self.remove_where(stats, |e| e.asid == asid)
+    }
+
+    /// Invalidate every entry of any size that covers `va` (INVLPG, sfence.vma va).
+    ///
+    /// With `Some(asid)` only that ASID's entries and global ones go, as
+    /// INVLPG does for the current PCID; `None` means every ASID.
+    pub fn flush_va(&mut self, va: u64, asid: Option<u32>, stats: &mut TlbStats) -> u64 {
+        let mut n = 0;
+        for mi in 0..self.shifts.len() {
+            let shift = self.shifts[mi];
+            let vpn = va >> shift;
+            match asid {
+                None => {
+                    if self.maps[mi].is_empty() {
+                        continue;
+                    }
+                    // Entries of this vpn and size can only sit in its set.
+                    let base = (vpn & self.set_mask) as usize * self.ways;
+                    for slot in base..base + self.ways {
+                        if self.slots[slot]
+                            .as_ref()
+                            .is_some_and(|e| e.vpn == vpn && e.shift == shift)
+                        {
+                            self.remove(slot, stats);
+                            n += 1;
+                        }
+                    }
+                }
+                Some(a) => {
+                    for code in [a, GLOBAL_ASID] {
+                        if let Some(&slot) = self.maps[mi].get(&(vpn, code)) {
+                            self.remove(slot as usize, stats);
+                            n += 1;
+                        }
+                        if a == GLOBAL_ASID {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// Invalidate every entry overlapping `[va, va + size)`.
+    pub fn flush_range(
+        &mut self,
+        va: u64,
+        size: u64,
+        asid: Option<u32>,
+        stats: &mut TlbStats,
+    ) -> u64 {
+        let end = va as u128 + size as u128;
+        if size >> 12 <= 64 {
+            let mut n = 0;
+            let mut page = (va & !0xFFF) as u128;
+            while page < end && page < 1 << 64 {
+                n += self.flush_va(page as u64, asid, stats);
+                page += 4096;
+            }
+            return n;
+        }
+        self.remove_where(stats, |e| {
+            e.overlaps(va, end) && asid.map_or(true, |a| e.asid == a || e.asid == GLOBAL_ASID)
+        })
+    }
+
+    // -- inspection -----------------------------------------------------------
+
+    /// Valid entries.
+    pub fn len(&self) -> usize {
+        self.maps.iter().map(|m| m.len()).sum()
+    }
+
+    /// True if no way is valid.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every valid entry with its slot, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &TlbEntry)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|e| (i, e)))
+    }
+
+    /// Every way, set-major (`None` = invalid).
+    pub fn ways_state(&self) -> &[Option<TlbEntry>] {
+        &self.slots
+    }
+
+    /// The LRU/FIFO clock.
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
+    /// A set's PLRU node bits as little-endian words (empty unless PLRU).
+    pub fn plru_bits(&self, set: usize) -> &[u64] {
+        &self.plru[set * self.plru_words..(set + 1) * self.plru_words]
+    }
+
+    /// The random policy's generator state.
+    pub fn rng_state(&self) -> u64 {
+        self.rng.state()
+    }
+
+    /// Valid global entries.
+    pub fn globals(&self) -> usize {
+        self.globals
+    }
+
+    /// Changes of contents so far: equal counts mean every lookup still finds what it found.
+    #[inline]
+    pub fn mutations(&self) -> u64 {
+        self.mutations
+    }
+}

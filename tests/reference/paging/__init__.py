@@ -1,0 +1,1 @@
+"""The pure-Python paging layer the Rust core replaced: formats, walks and PageTable (the specification)."""

@@ -1,0 +1,1 @@
+"""Reference TLB arrays, page-walk cache, prefetchers and MMU (pure Python)."""
