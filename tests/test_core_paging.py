@@ -348,3 +348,20 @@ def test_page_table_refuses_a_python_format() -> None:
     Fake.__abstractmethods__ = frozenset()
     with pytest.raises(ConfigError, match=r"needs a core-backed format \(X86_64 or RiscV\), got Fake"):
         PageTable(PhysicalMemory(16 * MiB), Fake())
+
+
+def test_inspect_reads_an_sv57_satp(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from vmopt.cli.main import main
+
+    mem = PhysicalMemory(64 * MiB)
+    pt = PageTable(mem, "sv57", update_ad=False)
+    pt.map(0xFF60_0000_0000_0000, 0x20_0000, 2 * MiB, "rw", global_=True)
+    image = tmp_path / "sv57.img"
+    mem.save(image)
+    satp = (10 << 60) | (0x42 << 44) | (pt.root >> 12)
+    assert main(["inspect", str(image), "--root", hex(satp), "--format", "sv57"]) == 0
+    out = capsys.readouterr().out
+    assert "sv57 (5 levels, 57-bit VA)" in out and "MODE 10 (sv57), ASID 0x42" in out
+    assert "ff60000000000000-ff60000000200000 0000000000200000 rw-sg -> 000000200000 (2M)" in out
+    assert main(["inspect", str(image), "--root", hex(satp)]) == 2
+    assert "--format sv57 for an Sv57 satp" in capsys.readouterr().err
