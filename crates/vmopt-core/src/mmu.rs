@@ -68,6 +68,23 @@ impl From<Error> for Stop {
     }
 }
 
+/// A page for [`Mmu::install_page`] to allocate, fill and map.
+#[derive(Clone, Copy, Debug)]
+pub struct PageInstall<'a> {
+    /// First virtual address of the page.
+    pub va: u64,
+    /// Page size (4 KiB, 2 MiB or 1 GiB).
+    pub size: u64,
+    /// NUMA nodes to allocate from, in order of preference.
+    pub nodes: &'a [u32],
+    /// Initial contents (zeros after them), if any.
+    pub data: Option<&'a [u8]>,
+    /// Rights of the new leaf.
+    pub perms: Perm,
+    /// User-accessible.
+    pub user: bool,
+}
+
 /// How an [`Mmu`] is built.
 #[derive(Clone, Debug)]
 pub struct MmuConfig {
@@ -486,6 +503,31 @@ impl Mmu {
         let t = st.walk(va, access, user, true)?;
         st.after_walk(&t, va)?;
         Ok(t.pa)
+    }
+
+    /// Resolve a restartable fault at `va` by installing `page` in the current
+    /// table ([`PageTable::install`]), then restart the access as
+    /// [`translate_restart`](Self::translate_restart) does (a demand fault,
+    /// the same miss walked again, the TLB filled).
+    ///
+    /// `Ok(None)` if no node of `page.nodes` has room (nothing changed);
+    /// else `(pa of va, frame, node)`. One call instead of a fault
+    /// handler's allocate, copy, map and restart.
+    pub fn install_page(
+        &self,
+        va: u64,
+        access: Access,
+        user: bool,
+        page: PageInstall<'_>,
+    ) -> Result<Option<(u64, u64, u32)>> {
+        let table = self.page_table();
+        let Some((frame, node)) =
+            table.install(page.va, page.size, page.nodes, page.data, page.perms, page.user)?
+        else {
+            return Ok(None);
+        };
+        let pa = self.translate_restart(va, access, user)?;
+        Ok(Some((pa, frame, node)))
     }
 
     /// Translate `vas` in order into `out` with exactly the scalar semantics,

@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from vmopt import _core
 from vmopt.errors import ConfigError, PageFault, VmoptError
+from vmopt.paging.types import Perm
 from vmopt.tlb._live import LiveMmuStats
 from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, TlbConfig
 from vmopt.tlb.pwc import PageWalkCache
@@ -194,6 +195,25 @@ class Mmu:
             raise error
         pa: int = self._core.translate_restart(va, access, user)
         return pa
+
+    def install_page(
+        self, va: int, access: str, user: bool, page_va: int, size: int, nodes: list[int],
+        data: bytes | None, perms: Perm, page_user: bool,
+    ) -> tuple[int, int, int] | None:  # fmt: skip
+        """Resolve a not-present fault at ``va`` in one core call.
+
+        Allocates a zeroed ``size`` block on the first of ``nodes`` with room,
+        copies ``data`` into it, maps it at ``page_va`` in the current table
+        (as :meth:`PageTable.install`: ``perms`` are trusted, overlap is
+        refused) and restarts the access as a fault handler's True does (one
+        demand fault, the same TLB miss walked again, the TLB filled).
+        Returns ``(pa of va, frame, node)``, or None when no node has room
+        (nothing changed).
+        """
+        placed: tuple[int, int, int] | None = self._core.install_page(
+            va, access, user, page_va, size, nodes, data, int(perms), page_user
+        )
+        return placed
 
     def translate_into(
         self, vas: U64, out: U64, access: str = "r", user: bool = False
