@@ -439,7 +439,6 @@ def test_install_page_resolves_a_fault_as_a_handler_does() -> None:
     assert_same(mmu_state(mmu, mem_p), mmu_state(ref, mem_r))
     assert list(pt_p.mappings()) == list(pt_r.mappings())
     # No room on the nodes asked for: nothing changes.
-    assert (
-        mmu.install_page(SMALL + 40 * PAGE, "r", True, SMALL + 40 * PAGE, GiB, [0], None, Perm.R, True)
-        is None
-    )
+    before = mmu_state(mmu, mem_p)
+    assert mmu.install_page(HUGE + 8, "r", True, HUGE, GiB, [0], None, Perm.R, True) is None
+    assert_same(mmu_state(mmu, mem_p), before)
