@@ -85,6 +85,19 @@ pub struct PageInstall<'a> {
     pub user: bool,
 }
 
+/// A snapshot of an MMU's page-walk cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PwcState {
+    /// Its configuration.
+    pub config: PwcConfig,
+    /// Lookups since it was built.
+    pub lookups: u64,
+    /// Lookups that skipped reads.
+    pub hits: u64,
+    /// Per level, level 1 first, the `(asid, prefix)` tags from least to most recent.
+    pub order: Vec<Vec<(u32, u64)>>,
+}
+
 /// How an [`Mmu`] is built.
 #[derive(Clone, Debug)]
 pub struct MmuConfig {
@@ -521,8 +534,9 @@ impl Mmu {
         page: PageInstall<'_>,
     ) -> Result<Option<(u64, u64, u32)>> {
         let table = self.page_table();
-        let Some((frame, node)) =
-            table.install(page.va, page.size, page.nodes, page.data, page.perms, page.user)?
+        let Some((frame, node)) = table.install(
+            page.va, page.size, page.nodes, page.data, page.perms, page.user,
+        )?
         else {
             return Ok(None);
         };
@@ -749,13 +763,14 @@ impl Mmu {
         self.lock().walk_ref_cycles = cycles;
     }
 
-    /// The page-walk cache's configuration, lifetime counters and per-level
-    /// LRU order (level 1 first), if there is one.
-    pub fn pwc_state(&self) -> Option<(PwcConfig, u64, u64, Vec<Vec<(u32, u64)>>)> {
+    /// The page-walk cache's configuration, lifetime counters and LRU order, if there is one.
+    pub fn pwc_state(&self) -> Option<PwcState> {
         let st = self.lock();
-        st.pwc.as_ref().map(|p| {
-            let order = (1..p.levels()).map(|k| p.order(k)).collect();
-            (p.config(), p.lookups, p.hits, order)
+        st.pwc.as_ref().map(|p| PwcState {
+            config: p.config(),
+            lookups: p.lookups,
+            hits: p.hits,
+            order: (1..p.levels()).map(|k| p.order(k)).collect(),
         })
     }
 }

@@ -362,10 +362,14 @@ impl PyMmu {
     #[allow(clippy::type_complexity)]
     fn pwc_state(&self) -> PyResult<Option<((usize, u64), u64, u64, Vec<Vec<(u32, u64)>>)>> {
         guarded(|| {
-            Ok(self
-                .inner
-                .pwc_state()
-                .map(|(c, l, h, o)| ((c.entries, c.latency), l, h, o)))
+            Ok(self.inner.pwc_state().map(|p| {
+                (
+                    (p.config.entries, p.config.latency),
+                    p.lookups,
+                    p.hits,
+                    p.order,
+                )
+            }))
         })
     }
 }
