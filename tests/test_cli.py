@@ -10,7 +10,7 @@ import pytest
 from vmopt.cli.main import main
 
 
-@pytest.mark.parametrize("fmt", ["x86_64", "x86_64_5level", "sv39", "sv48"])
+@pytest.mark.parametrize("fmt", ["x86_64", "x86_64_5level", "sv39", "sv48", "sv57"])
 def test_demo_walks_and_lists_every_page_size(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--format", fmt]) == 0
     out = capsys.readouterr().out

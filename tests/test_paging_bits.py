@@ -218,7 +218,28 @@ def test_sv48_gigapage_and_canonical_high_half() -> None:
     assert (m.va, m.pa, m.size) == (va, GiB, GiB)
 
 
-@pytest.mark.parametrize("fmt", ["x86_64", "x86_64_5level", "sv39", "sv48"])
+def test_sv57_five_levels_and_canonical_high_half() -> None:
+    mem = PhysicalMemory(64 * MiB)
+    pt = PageTable(mem, "sv57")
+    va = 0xFF60_0000_0000_0000  # needs bits above 47; canonical for 57-bit addresses
+    pt.map(va, 0x20_0000, 2 * MiB, "rw", global_=True)
+    pt.map(0x0100_0000_0000_0000 - 0x1000, 0x5000, 4096, "r", user=True)
+    root_entry = mem.read_u64(pt.root + idx(va, 4) * 8)
+    assert root_entry & 0x3FF == 0x001  # a pointer: V only
+    t = pt.walk(va + 0x1234, "w")
+    assert (t.pa, t.page_size, t.memory_refs, t.level, t.global_) == (0x20_1234, 2 * MiB, 4, 1, True)
+    leaf = pt.lookup(va)
+    assert leaf is not None and leaf.pte == (0x20_0000 >> 2) | 0xE7  # V R W G A D
+    assert pt.walk(0x00FF_FFFF_FFFF_F008, "r", user=True).memory_refs == 5
+    with pytest.raises(PageFault) as err:
+        pt.walk(1 << 56)
+    assert err.value.cause == "non_canonical"
+    with pytest.raises(PageFault) as err:
+        PageTable.attach(mem, pt.root, "sv48").walk(va)
+    assert err.value.cause == "non_canonical"
+
+
+@pytest.mark.parametrize("fmt", ["x86_64", "x86_64_5level", "sv39", "sv48", "sv57"])
 def test_bad_input_is_rejected_and_changes_nothing(fmt: str) -> None:
     mem = PhysicalMemory(64 * MiB)
     pt = PageTable(mem, fmt)

@@ -93,7 +93,7 @@ op = st.one_of(
 )
 
 
-@pytest.mark.parametrize("fmt", ["x86_64", "x86_64_5level", "sv39", "sv48"])
+@pytest.mark.parametrize("fmt", ["x86_64", "x86_64_5level", "sv39", "sv48", "sv57"])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(op, max_size=25), probes=st.lists(slot_va.map(lambda v: v + 0x10), max_size=12))
 def test_pagetable_agrees_with_dict_model(fmt: str, ops: list[tuple], probes: list[int]) -> None:  # type: ignore[type-arg]

@@ -25,7 +25,8 @@ def register(sub: Any) -> None:
 def _layout(fmt: str) -> list[tuple[str, int, int, int, str, bool, bool]]:
     """(name, va, length, page_size, perms, user, global) regions of a small guest."""
     high = {"x86_64": 0xFFFF_8880_0000_0000, "x86_64_5level": 0xFF11_0000_0000_0000,
-            "sv39": 0xFFFF_FFC0_0000_0000, "sv48": 0xFFFF_8000_0000_0000}[fmt]  # fmt: skip
+            "sv39": 0xFFFF_FFC0_0000_0000, "sv48": 0xFFFF_8000_0000_0000,
+            "sv57": 0xFF60_0000_0000_0000}[fmt]  # fmt: skip
     stack = {"sv39": 0x3F_FFFF_0000}.get(fmt, 0x7FFF_FFFF_0000)
     return [
         ("text", 0x40_0000, 4 * MiB, 2 * MiB, "rx", True, False),

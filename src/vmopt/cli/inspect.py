@@ -7,9 +7,11 @@ QEMU's ``info mem``; ``--va`` prints the walk of an address PTE by PTE.
 
 ``--root`` takes an address or a full register value: for x86 a CR3 (the
 low 12 bits, PCID or PWT/PCD, and bits 63:61, no-flush and LAM, are
-ignored); for RISC-V a satp (MODE in bits 63:60, 8 = Sv39, 9 = Sv48, ASID
-in 59:44, root = PPN * 4096). With ``--format`` omitted, a value whose
-bits 63:60 hold MODE 8 or 9 is read as a satp and selects sv39 or sv48.
+ignored); for RISC-V a satp (MODE in bits 63:60, 8 = Sv39, 9 = Sv48,
+10 = Sv57, ASID in 59:44, root = PPN * 4096). With ``--format`` omitted, a
+value whose bits 63:60 hold MODE 8 or 9 is read as a satp and selects sv39
+or sv48; an Sv57 satp needs ``--format sv57`` (MODE 10 is also a no-flush
+CR3 with LAM_U57 set, so it is not guessed).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from vmopt.units import format_size
 __all__ = ["Root", "parse_address", "register", "resolve_root", "run"]
 
 DEFAULT_FORMAT = "x86_64"
-#: satp MODE field values (RV64) and the formats they select.
+#: satp MODE field values (RV64) that select a format when --format is omitted.
 SATP_MODES = {8: "sv39", 9: "sv48"}
+#: The satp MODE of each RISC-V format.
+SATP_MODE_OF = {"sv39": 8, "sv48": 9, "sv57": 10}
 _U64_MAX = (1 << 64) - 1
 #: CR3 bits that are not part of the table address: no-flush (63), LAM_U48 (62), LAM_U57 (61), PCID.
 _CR3_IGNORED = (1 << 63) | (1 << 62) | (1 << 61) | 0xFFF
@@ -117,6 +121,7 @@ def resolve_root(value: int, fmt: str | None) -> Root:
             raise ConfigError(
                 f"--root {value:#x}: bits 63:60 hold satp MODE {mode}, which is not 8 (Sv39) or 9 (Sv48);"
                 " pass --format for a CR3 value"
+                + (" or --format sv57 for an Sv57 satp" if mode == 10 else "")
             )
     if fmt.startswith("x86"):
         address = value & ~_CR3_IGNORED
@@ -134,7 +139,7 @@ def resolve_root(value: int, fmt: str | None) -> Root:
         if value & (FRAME_SIZE - 1):
             raise AddressError(f"page-table root {value:#x} is not 4 KiB aligned")
         return Root(value, fmt, "")
-    expected = {v: k for k, v in SATP_MODES.items()}[fmt]
+    expected = SATP_MODE_OF[fmt]
     if mode != expected:
         raise ConfigError(
             f"--root {value:#x} is a satp with MODE {mode}, but --format is {fmt} (MODE {expected})"

@@ -1,4 +1,6 @@
-"""RISC-V Sv39, Sv48 and Sv57 paging (privileged spec, "Virtual-Address Translation Process"), run by the core.
+"""RISC-V Sv39, Sv48 and Sv57 paging (privileged spec, "Virtual-Address Translation Process").
+
+The encoding and the walk run in the core; this class holds its options.
 
 Levels are numbered as in the spec's algorithm: ``i = LEVELS-1`` is the
 root, 0 the last. Only the leaf's R/W/X/U bits matter. A leaf above level 0
@@ -28,9 +30,7 @@ class RiscV(CoreFormat):
 
     def __init__(self, levels: int = 3, *, sum: bool = False, mxr: bool = False, svade: bool = False) -> None:
         if type(levels) is not int:  # the core takes plain ints
-            raise ConfigError(
-                f"RISC-V paging here is Sv39 (3 levels), Sv48 (4) or Sv57 (5), got {levels!r}"
-            )
+            raise ConfigError(f"RISC-V paging here is Sv39 (3 levels), Sv48 (4) or Sv57 (5), got {levels!r}")
         self._bind(_core.Format.riscv(levels, bool(sum), bool(mxr), bool(svade)))
         self.sum, self.mxr, self.svade = sum, mxr, svade
 

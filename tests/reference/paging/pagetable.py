@@ -17,12 +17,12 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from vmopt.errors import AddressError, ConfigError, MappingError
 from reference.memory.physical import FRAME_SIZE, PhysicalMemory
 from reference.paging.format import PagingFormat
 from reference.paging.riscv import RiscV
-from vmopt.paging.types import Leaf, Mapping, PageFault, Perm, Translation, parse_access
 from reference.paging.x86 import X86_64
+from vmopt.errors import AddressError, ConfigError, MappingError
+from vmopt.paging.types import Leaf, Mapping, PageFault, Perm, Translation, parse_access
 from vmopt.units import format_size
 
 __all__ = ["FORMATS", "Leaf", "PageTable", "make_format"]

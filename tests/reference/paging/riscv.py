@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from vmopt.errors import ConfigError
 from reference.memory.physical import PhysicalMemory
 from reference.paging.format import LeafInfo, PagingFormat
+from vmopt.errors import ConfigError
 from vmopt.paging.types import PageFault, Perm, Translation
 
 __all__ = ["RiscV"]
@@ -49,9 +49,7 @@ class RiscV(PagingFormat):
 
     def __init__(self, levels: int = 3, *, sum: bool = False, mxr: bool = False, svade: bool = False) -> None:
         if levels not in (3, 4, 5):
-            raise ConfigError(
-                f"RISC-V paging here is Sv39 (3 levels), Sv48 (4) or Sv57 (5), got {levels!r}"
-            )
+            raise ConfigError(f"RISC-V paging here is Sv39 (3 levels), Sv48 (4) or Sv57 (5), got {levels!r}")
         self.name = {3: "sv39", 4: "sv48", 5: "sv57"}[levels]
         self.levels = levels
         self.va_bits = 12 + 9 * levels

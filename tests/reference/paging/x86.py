@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from vmopt.errors import ConfigError, PhysicalAccessError
 from reference.memory.physical import PhysicalMemory
 from reference.paging.format import LeafInfo, PagingFormat
+from vmopt.errors import ConfigError, PhysicalAccessError
 from vmopt.paging.types import PageFault, Perm, Translation
 
 __all__ = ["X86_64"]
