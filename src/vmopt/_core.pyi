@@ -6,6 +6,7 @@ from os import PathLike
 import numpy as np
 import numpy.typing as npt
 
+from vmopt.errors import VmoptError
 from vmopt.paging.types import Leaf, Mapping, Perm, Translation
 
 __version__: str
@@ -156,6 +157,7 @@ class LeafIter(Iterator[tuple[int, Leaf, Perm, bool, bool]]):
 
 class MappingIter(Iterator[Mapping]):
     def __next__(self) -> Mapping: ...
+
 # -- tlb (crates/vmopt-py/src/tlb.rs) ------------------------------------------------------
 
 GLOBAL_ASID: int
@@ -216,7 +218,7 @@ class Mmu:
     def translate_restart(self, va: int, access: object, user: object) -> int: ...
     def translate_batch(
         self, vas: npt.NDArray[np.uint64], out: npt.NDArray[np.uint64], access: object, user: object
-    ) -> tuple[int, BaseException | None]: ...
+    ) -> tuple[int, VmoptError | None]: ...
     def install_page(
         self, va: int, access: object, user: object, page_va: int, size: int, nodes: list[int],
         data: bytes | None, perms: int, page_user: bool,
