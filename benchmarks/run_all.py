@@ -13,9 +13,9 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 BENCHES = [
-    ("vectorized vs scalar (>= 25x)", ["bench_vectorized.py"]),
+    ("core batch vs scalar translate (>= 1.5x)", ["bench_batch.py"]),
     ("I/O-bound concurrency (>= 6x at 8, >= 40x at 64)", ["bench_io.py", "--reps", "5"]),
-    ("vectorized vs pycachesim (>= 1x, equal counts)", ["bench_pycachesim.py", "--reps", "3"]),
+    ("core batch vs pycachesim (>= 1x, equal counts)", ["bench_pycachesim.py", "--reps", "3"]),
     ("100M-address stream (< 500 MiB RSS)", ["bench_streaming.py"]),
 ]
 

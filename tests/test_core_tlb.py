@@ -35,7 +35,7 @@ from reference.tlb.mmu import Mmu as RefMmu
 from reference.tlb.tlb import Tlb as RefTlb
 from reference.tlb.tlb import TlbEntry as RefEntry
 from tlb_state import array_state, assert_same, entry_state, mmu_state, outcome
-from vmopt import Mmu, PageTable, PhysicalMemory, PrefetchConfig, PwcConfig, TlbConfig
+from vmopt import Mmu, PageFault, PageTable, Perm, PhysicalMemory, PrefetchConfig, PwcConfig, TlbConfig
 from vmopt.tlb.mmu import DEFAULT_TLB_LEVELS
 from vmopt.tlb.tlb import GLOBAL_ASID, Tlb, TlbEntry
 
@@ -399,3 +399,46 @@ def _raise(exc: BaseException) -> Any:
 
 TestMmu = MmuMachine.TestCase
 TestMmu.settings = MACHINE_SETTINGS
+
+
+def test_install_page_resolves_a_fault_as_a_handler_does() -> None:
+    """``Mmu.install_page`` == a handler that allocates, fills and maps, then the restart."""
+    data = bytes(range(256)) * 16
+    vas = [SMALL + (i * 7 % 32) * PAGE + 8 * i for i in range(64)]  # first touches and hits
+
+    def guest(product: bool) -> tuple[Any, Any, Any]:
+        mem = (PhysicalMemory if product else RefMemory)(256 * MiB)
+        pt = (PageTable if product else RefPageTable)(mem, "x86_64")
+        levels = [TlbConfig(8, 2, "lru", name="l1"), TlbConfig(16, 4, "plru", name="l2")]
+        return mem, pt, (Mmu if product else RefMmu)(pt, levels, "next_page", pwc=True)
+
+    mem_r, pt_r, ref = guest(False)
+
+    def handler(va: int, access: str, user: bool) -> bool:
+        frame = mem_r.alloc()
+        mem_r.write(frame, data)
+        pt_r.map(va & ~(PAGE - 1), frame, PAGE, "rw", user=True)
+        return True
+
+    ref.fault_handler = handler
+    mem_p, pt_p, mmu = guest(True)
+    got, want = [], []
+    for va in vas:
+        want.append(ref.translate(va, "w", True))
+        try:
+            got.append(mmu.translate(va, "w", True))
+        except PageFault as fault:
+            assert fault.cause == "not_present"
+            placed = mmu.install_page(va, "w", True, va & ~(PAGE - 1), PAGE, [0], data, Perm.R | Perm.W, True)
+            assert placed is not None
+            pa, frame, node = placed
+            assert node == 0 and pa == frame + (va & (PAGE - 1))
+            got.append(pa)
+    assert got == want
+    assert mmu.stats.demand_faults == ref.stats.demand_faults == 32
+    assert_same(mmu_state(mmu, mem_p), mmu_state(ref, mem_r))
+    assert list(pt_p.mappings()) == list(pt_r.mappings())
+    # No room on the nodes asked for: nothing changes.
+    before = mmu_state(mmu, mem_p)
+    assert mmu.install_page(HUGE + 8, "r", True, HUGE, GiB, [0], None, Perm.R, True) is None
+    assert_same(mmu_state(mmu, mem_p), before)

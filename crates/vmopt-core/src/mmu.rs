@@ -68,6 +68,36 @@ impl From<Error> for Stop {
     }
 }
 
+/// A page for [`Mmu::install_page`] to allocate, fill and map.
+#[derive(Clone, Copy, Debug)]
+pub struct PageInstall<'a> {
+    /// First virtual address of the page.
+    pub va: u64,
+    /// Page size (4 KiB, 2 MiB or 1 GiB).
+    pub size: u64,
+    /// NUMA nodes to allocate from, in order of preference.
+    pub nodes: &'a [u32],
+    /// Initial contents (zeros after them), if any.
+    pub data: Option<&'a [u8]>,
+    /// Rights of the new leaf.
+    pub perms: Perm,
+    /// User-accessible.
+    pub user: bool,
+}
+
+/// A snapshot of an MMU's page-walk cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PwcState {
+    /// Its configuration.
+    pub config: PwcConfig,
+    /// Lookups since it was built.
+    pub lookups: u64,
+    /// Lookups that skipped reads.
+    pub hits: u64,
+    /// Per level, level 1 first, the `(asid, prefix)` tags from least to most recent.
+    pub order: Vec<Vec<(u32, u64)>>,
+}
+
 /// How an [`Mmu`] is built.
 #[derive(Clone, Debug)]
 pub struct MmuConfig {
@@ -488,6 +518,32 @@ impl Mmu {
         Ok(t.pa)
     }
 
+    /// Resolve a restartable fault at `va` by installing `page` in the current
+    /// table ([`PageTable::install`]), then restart the access as
+    /// [`translate_restart`](Self::translate_restart) does (a demand fault,
+    /// the same miss walked again, the TLB filled).
+    ///
+    /// `Ok(None)` if no node of `page.nodes` has room (nothing changed);
+    /// else `(pa of va, frame, node)`. One call instead of a fault
+    /// handler's allocate, copy, map and restart.
+    pub fn install_page(
+        &self,
+        va: u64,
+        access: Access,
+        user: bool,
+        page: PageInstall<'_>,
+    ) -> Result<Option<(u64, u64, u32)>> {
+        let table = self.page_table();
+        let Some((frame, node)) = table.install(
+            page.va, page.size, page.nodes, page.data, page.perms, page.user,
+        )?
+        else {
+            return Ok(None);
+        };
+        let pa = self.translate_restart(va, access, user)?;
+        Ok(Some((pa, frame, node)))
+    }
+
     /// Translate `vas` in order into `out` with exactly the scalar semantics,
     /// stopping at the first address whose translation stops: returns how
     /// many were done and, if it stopped, why (that address has already
@@ -707,13 +763,14 @@ impl Mmu {
         self.lock().walk_ref_cycles = cycles;
     }
 
-    /// The page-walk cache's configuration, lifetime counters and per-level
-    /// LRU order (level 1 first), if there is one.
-    pub fn pwc_state(&self) -> Option<(PwcConfig, u64, u64, Vec<Vec<(u32, u64)>>)> {
+    /// The page-walk cache's configuration, lifetime counters and LRU order, if there is one.
+    pub fn pwc_state(&self) -> Option<PwcState> {
         let st = self.lock();
-        st.pwc.as_ref().map(|p| {
-            let order = (1..p.levels()).map(|k| p.order(k)).collect();
-            (p.config(), p.lookups, p.hits, order)
+        st.pwc.as_ref().map(|p| PwcState {
+            config: p.config(),
+            lookups: p.lookups,
+            hits: p.hits,
+            order: (1..p.levels()).map(|k| p.order(k)).collect(),
         })
     }
 }

@@ -12,8 +12,8 @@ use numpy::{PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString};
 use vmopt_core::error::{Error, Result};
-use vmopt_core::mmu::{Mmu, MmuConfig, Stop};
-use vmopt_core::paging::Access;
+use vmopt_core::mmu::{Mmu, MmuConfig, PageInstall, Stop};
+use vmopt_core::paging::{Access, Perm};
 use vmopt_core::tlb::{PrefetchConfig, PrefetchKind, PrefetchMode, PwcConfig};
 
 use crate::errors::{guarded, panic_to_py, to_py};
@@ -194,6 +194,37 @@ impl PyMmu {
         }
     }
 
+    /// Install a page in the current table and restart the access at `va`:
+    /// `(pa, frame, node)`, or None when no node of `nodes` has room.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (va, access, user, page_va, size, nodes, data, perms, page_user))]
+    fn install_page(
+        &self,
+        py: Python<'_>,
+        va: u64,
+        access: &Bound<'_, PyAny>,
+        user: &Bound<'_, PyAny>,
+        page_va: u64,
+        size: u64,
+        nodes: Vec<u32>,
+        data: Option<&[u8]>,
+        perms: u8,
+        page_user: bool,
+    ) -> PyResult<Option<(u64, u64, u32)>> {
+        let access = access_of(access)?;
+        let user = user_of(user)?;
+        let page = PageInstall {
+            va: page_va,
+            size,
+            nodes: &nodes,
+            data,
+            perms: Perm(perms),
+            user: page_user,
+        };
+        let inner = &self.inner;
+        py.allow_threads(|| guarded(|| inner.install_page(va, access, user, page)))
+    }
+
     /// Drain the deferred prefetch queue; translations installed.
     fn process_prefetch(&self) -> PyResult<u64> {
         guarded(|| self.inner.process_prefetch())
@@ -331,10 +362,14 @@ impl PyMmu {
     #[allow(clippy::type_complexity)]
     fn pwc_state(&self) -> PyResult<Option<((usize, u64), u64, u64, Vec<Vec<(u32, u64)>>)>> {
         guarded(|| {
-            Ok(self
-                .inner
-                .pwc_state()
-                .map(|(c, l, h, o)| ((c.entries, c.latency), l, h, o)))
+            Ok(self.inner.pwc_state().map(|p| {
+                (
+                    (p.config.entries, p.config.latency),
+                    p.lookups,
+                    p.hits,
+                    p.order,
+                )
+            }))
         })
     }
 }

@@ -64,7 +64,7 @@ pub fn config_from(t: &ConfigTuple) -> Result<TlbConfig> {
 /// Where a level lives: owned here, or inside a core MMU.
 pub enum LevelRef {
     /// A standalone level.
-    Own(Mutex<TlbLevel>),
+    Own(Box<Mutex<TlbLevel>>),
     /// Level `index` of an MMU.
     Mmu(Arc<Mmu>, usize),
 }
@@ -119,7 +119,7 @@ impl PyTlbLevel {
                 .map(config_from)
                 .collect::<Result<Vec<_>>>()?;
             Ok(PyTlbLevel {
-                level: LevelRef::Own(Mutex::new(TlbLevel::new(&cfgs)?)),
+                level: LevelRef::Own(Box::new(Mutex::new(TlbLevel::new(&cfgs)?))),
             })
         })
     }

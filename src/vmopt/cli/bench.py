@@ -63,7 +63,7 @@ def _sizes(text: str, what: str) -> list[int]:
 def environment() -> dict[str, Any]:
     """Machine, Python and dependency versions, for the report."""
     deps: dict[str, str | None] = {}
-    for name in ("vmopt", "numpy", "numba"):
+    for name in ("vmopt", "numpy"):
         try:
             deps[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     out = print
     out(
         f"vmopt bench on {env['processor']} ({env['cpus']} cpus, {env['system']}), Python {env['python']},"
-        f" numpy {env['dependencies']['numpy']}, numba {env['dependencies']['numba']}"
+        f" numpy {env['dependencies']['numpy']}"
     )
     out(f"medians of {args.reps} repetitions; speedup x = sequential time / path time\n")
     resident = bench_resident(sizes, args.reps, working_set, args.seed)

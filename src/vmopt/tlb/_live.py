@@ -15,13 +15,15 @@ from typing import Any, Final
 
 from vmopt.tlb.stats import MmuStats, PrefetchStats, TlbStats
 
-__all__ = ["LiveMmuStats", "LivePrefetchStats", "LiveTlbStats"]
+__all__ = ["MMU_FIELDS", "PREFETCH_FIELDS", "TLB_FIELDS", "LiveMmuStats", "LivePrefetchStats", "LiveTlbStats"]
 
 Source = Callable[[], Sequence[int]]
 
-_TLB: Final = {f.name: i - 1 for i, f in enumerate(fields(TlbStats)) if f.name != "name"}
-_PREFETCH: Final = {f.name: i for i, f in enumerate(fields(PrefetchStats))}
-_MMU: Final = {f.name: i for i, f in enumerate(fields(MmuStats)) if f.name != "prefetch"}
+#: Index of each counter in the core's tuples (the dataclasses' field order).
+TLB_FIELDS: Final = {f.name: i - 1 for i, f in enumerate(fields(TlbStats)) if f.name != "name"}
+PREFETCH_FIELDS: Final = {f.name: i for i, f in enumerate(fields(PrefetchStats))}
+MMU_FIELDS: Final = {f.name: i for i, f in enumerate(fields(MmuStats)) if f.name != "prefetch"}
+_TLB, _PREFETCH, _MMU = TLB_FIELDS, PREFETCH_FIELDS, MMU_FIELDS
 
 
 def _frozen(values: Sequence[int]) -> Source:

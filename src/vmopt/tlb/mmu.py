@@ -30,7 +30,8 @@ import numpy.typing as npt
 
 from vmopt import _core
 from vmopt.errors import ConfigError, PageFault, VmoptError
-from vmopt.tlb._live import LiveMmuStats
+from vmopt.paging.types import Perm
+from vmopt.tlb._live import MMU_FIELDS, TLB_FIELDS, LiveMmuStats
 from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, TlbConfig
 from vmopt.tlb.pwc import PageWalkCache
 from vmopt.tlb.stats import MmuStats, TlbStats
@@ -195,6 +196,25 @@ class Mmu:
         pa: int = self._core.translate_restart(va, access, user)
         return pa
 
+    def install_page(
+        self, va: int, access: str, user: bool, page_va: int, size: int, nodes: list[int],
+        data: bytes | None, perms: Perm, page_user: bool,
+    ) -> tuple[int, int, int] | None:  # fmt: skip
+        """Resolve a not-present fault at ``va`` in one core call.
+
+        Allocates a zeroed ``size`` block on the first of ``nodes`` with room,
+        copies ``data`` into it, maps it at ``page_va`` in the current table
+        (as :meth:`PageTable.install`: ``perms`` are trusted, overlap is
+        refused) and restarts the access as a fault handler's True does (one
+        demand fault, the same TLB miss walked again, the TLB filled).
+        Returns ``(pa of va, frame, node)``, or None when no node has room
+        (nothing changed).
+        """
+        placed: tuple[int, int, int] | None = self._core.install_page(
+            va, access, user, page_va, size, nodes, data, int(perms), page_user
+        )
+        return placed
+
     def translate_into(
         self, vas: U64, out: U64, access: str = "r", user: bool = False
     ) -> tuple[int, VmoptError | None]:
@@ -291,13 +311,12 @@ class Mmu:
         ``stats.dirty_walks``. ``cycles`` includes lookups, walks and the PWC.
         """
         mmu, _ = self._core.stats()
-        names = _MMU_FIELDS
-        translations, cycles = mmu[names["translations"]], mmu[names["cycles"]]
+        translations, cycles = mmu[MMU_FIELDS["translations"]], mmu[MMU_FIELDS["cycles"]]
         levels = [level._core.stats() for level in self.levels]
-        misses = levels[-1][_TLB_FIELDS["misses"]]
+        misses = levels[-1][TLB_FIELDS["misses"]]
 
         def total(field: str) -> int:
-            return sum(lv[_TLB_FIELDS[field]] for lv in levels)
+            return sum(lv[TLB_FIELDS[field]] for lv in levels)
 
         return TlbStats(
             name="total", lookups=translations, hits=translations - misses, misses=misses,
@@ -320,22 +339,6 @@ class Mmu:
         self.stats = LiveMmuStats(self._core.stats)
         for level in self.levels:
             level._renew_stats()
-
-
-_TLB_FIELDS: Final = {
-    name: i
-    for i, name in enumerate(
-        ("lookups", "hits", "misses", "evictions", "invalidations", "cycles", "prefetch_fills",
-         "prefetch_useful", "prefetch_useless")  # fmt: skip
-    )
-}
-_MMU_FIELDS: Final = {
-    name: i
-    for i, name in enumerate(
-        ("translations", "walks", "dirty_walks", "faults", "demand_faults", "walk_memory_refs",
-         "pwc_lookups", "pwc_hits", "shootdowns", "cycles")  # fmt: skip
-    )
-}
 
 
 class AsyncPrefetchingTlb(Mmu):

@@ -64,7 +64,8 @@ class StridePrefetcher(_CorePrefetcher):
 
     def history(self) -> tuple[int | None, int]:
         """``(last 4 KiB page number seen or None, last stride)``."""
-        state: tuple[int | None, int] = self._core.history()
+        state = self._core.history()
+        assert state is not None  # a stride prefetcher keeps a history
         return state
 
 
