@@ -186,25 +186,39 @@ def test_synchronous_paths_serve_store_faults_too() -> None:
 
 def test_cancellation_leaves_consistent_state_and_later_batches_work() -> None:
     opt = guest(concurrency=ConcurrencyConfig(4))
-    store = LatencyStore(0.05, data=lambda i: bytes([i]) * PAGE)
+    finish_first = 10
+    calls = 0
+
+    async def gate(delay: float) -> None:
+        """The first fetches finish at once; the rest wait until they are cancelled."""
+        nonlocal calls
+        calls += 1
+        if calls > finish_first:
+            await asyncio.Event().wait()
+
+    store = LatencyStore(0.05, data=lambda i: bytes([i]) * PAGE, async_sleep=gate)
     va = opt.allocate(64 * PAGE, store=store)
+    region = opt.region_of(va)
+    assert region is not None
 
     async def scenario() -> None:
         task = asyncio.create_task(opt.batch_access_concurrent([va + i * PAGE for i in range(64)]))
-        await asyncio.sleep(0.12)
+        # Run the loop until the batch has installed what can finish and every
+        # slot holds a fetch that never will: progress, not time, decides.
+        while len(region.resident) < finish_first or store.stats.in_flight < 4:
+            assert not task.done()
+            await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.06)
-        assert store.stats.in_flight == 0  # in-flight fetches were cancelled promptly
+        assert store.stats.in_flight == 0  # in-flight fetches were cancelled with the batch
 
     asyncio.run(scenario())
-    region = opt.region_of(va)
-    assert region is not None
     done = set(region.resident)
-    assert 0 < len(done) < 64
+    assert done == set(range(finish_first))
     for i in done:  # installed pages are whole and valid
         assert opt.read(va + i * PAGE, PAGE) == bytes([i]) * PAGE
+    calls = -(1 << 30)  # every fetch finishes now
     pas = asyncio.run(opt.batch_access_concurrent([va + i * PAGE for i in range(64)]))
     assert len(pas) == 64 and set(region.resident) == set(range(64))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -361,10 +360,12 @@ def test_latency_store_sync_matches_async() -> None:
 
 
 def test_latency_store_fetch_sync_sleeps() -> None:
-    store = LatencyStore(0.02)
-    t0 = time.perf_counter()
+    slept: list[float] = []
+    store = LatencyStore(0.02, jitter_s=0.01, sleep=slept.append)
     assert store.fetch_sync(0) == bytes(PS)
-    assert time.perf_counter() - t0 >= 0.015
+    assert store.fetch_sync(1) == bytes(PS)
+    assert slept == [store.latency_for(0), store.latency_for(1)]
+    assert all(0.02 <= d < 0.03 for d in slept) and slept[0] != slept[1]
 
 
 def test_latency_store_in_flight_tracking() -> None:
@@ -399,15 +400,18 @@ def test_latency_store_in_flight_bounded_by_semaphore() -> None:
 
 
 def test_latency_store_concurrent_fetches_overlap() -> None:
-    store = LatencyStore(0.010)
+    started = 0
 
-    async def main() -> float:
-        t0 = time.perf_counter()
-        await _gather(store, range(100))
-        return time.perf_counter() - t0
+    async def sleep(delay: float) -> None:
+        nonlocal started
+        started += 1
+        # Every fetch is asleep at once: none finishes before the last has started.
+        while started < 100:
+            await asyncio.sleep(0)
 
-    elapsed = asyncio.run(main())
-    assert elapsed < 0.5 * 100 * 0.010  # serial would take 1 s
+    store = LatencyStore(0.010, async_sleep=sleep)
+    asyncio.run(_gather(store, range(100)))
+    assert store.stats.max_in_flight == 100 and store.stats.fetches == 100
 
 
 def test_latency_store_cancelled_fetch_is_not_a_failure() -> None:

@@ -30,7 +30,7 @@ from vmopt.traces import (
     readers,
     rechunk,
 )
-from vmopt.traces._lines import parse_block, parse_lackey_line, parse_text_line
+from vmopt.traces._lines import BadLine, parse_block, parse_lackey_line, parse_text_line
 from vmopt.traces._zstd import FrameTracker
 
 DATA = Path(__file__).parent / "data"
@@ -657,7 +657,7 @@ def test_fast_path_agrees_with_reference_parser(lines: list[str]) -> None:
         line = raw[:-1] if raw.endswith(b"\r") else raw
         try:
             rec = parse_text_line(line)
-        except Exception:
+        except BadLine:
             bad.append(i)
             continue
         if rec is not None:
@@ -687,7 +687,7 @@ def test_lackey_fast_path_agrees_with_reference_parser(lines: list[str]) -> None
     for i, line in enumerate(block.split(b"\n")[:-1]):
         try:
             rec = parse_lackey_line(line)
-        except Exception:
+        except BadLine:
             bad.append(i)
             continue
         if rec is not None:

@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -72,6 +72,9 @@ class LatencyStore:
     effect) or a callable ``page_index -> bytes``; without data every page is
     zeros. ``num_pages`` defaults to the buffer's page count (short last page
     zero-padded), or to unbounded for a callable or no data.
+
+    ``sleep`` and ``async_sleep`` do the waiting (``time.sleep`` and
+    ``asyncio.sleep`` unless given): tests pass their own to control time.
     """
 
     def __init__(
@@ -84,7 +87,11 @@ class LatencyStore:
         *,
         page_size: int = DEFAULT_PAGE_SIZE,
         num_pages: int | None = None,
+        sleep: Callable[[float], object] = time.sleep,
+        async_sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
+        self._sleep = sleep
+        self._async_sleep = async_sleep
         self._latency_s = _finite_nonneg("latency_s", latency_s)
         self._jitter_s = _finite_nonneg("jitter_s", jitter_s)
         if isinstance(fail_rate, bool) or not isinstance(fail_rate, int | float):
@@ -175,7 +182,7 @@ class LatencyStore:
         with self._tracked(page_index) as index:
             delay = self.latency_for(index)
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self._async_sleep(delay)
             return self._serve(index)
 
     def fetch_sync(self, page_index: int) -> bytes:
@@ -183,7 +190,7 @@ class LatencyStore:
         with self._tracked(page_index) as index:
             delay = self.latency_for(index)
             if delay > 0:
-                time.sleep(delay)
+                self._sleep(delay)
             return self._serve(index)
 
     def close(self) -> None:
