@@ -32,7 +32,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         wheels = Path(tmp) / "wheels"
         subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)], check=True
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)],
+            check=True,
         )
         venv = Path(tmp) / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -42,7 +43,9 @@ def main() -> int:
         for _ in range(args.reps):
             t0 = time.perf_counter()
             subprocess.run(
-                [str(venv / "bin" / "vmopt"), "simulate", "--no-progress"], check=True, stdout=subprocess.DEVNULL
+                [str(venv / "bin" / "vmopt"), "simulate", "--no-progress"],
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
             times.append(time.perf_counter() - t0)
     first, med = times[0], median(times)

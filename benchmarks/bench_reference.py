@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 from _common import median
+
 from reference.memory.physical import PhysicalMemory as RefMemory
 from reference.paging.pagetable import PageTable as RefPageTable
 from reference.tlb.mmu import Mmu as RefMmu
-
 from vmopt import Mmu, PageTable, PhysicalMemory, TlbConfig
 
 BASE = 0x4000_0000

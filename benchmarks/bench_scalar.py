@@ -22,10 +22,10 @@ import time
 from typing import Any
 
 from _common import median
+
 from reference.memory.physical import PhysicalMemory as RefMemory
 from reference.paging.pagetable import PageTable as RefPageTable
 from reference.tlb.mmu import Mmu as RefMmu
-
 from vmopt import Mmu, PageTable, PhysicalMemory, TlbConfig
 
 BASE = 0x4000_0000

@@ -23,7 +23,6 @@ from __future__ import annotations
 import random
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -94,7 +93,9 @@ def tlb() -> list[TlbConfig]:
     ]
 
 
-def vcpu_loop(mmu: Mmu, clock: Clock, stop: threading.Event, seed: int, out: list[Record]) -> None:
+def vcpu_loop(
+    mmu: Mmu, clock: Clock, stop: threading.Event, seed: int, out: list[Record], progress: threading.Condition
+) -> None:
     rng = random.Random(seed)
     while not stop.is_set():
         page = rng.randrange(1, PAGES)
@@ -106,6 +107,8 @@ def vcpu_loop(mmu: Mmu, clock: Clock, stop: threading.Event, seed: int, out: lis
         except PageFault as fault:
             result = fault.cause
         out.append(Record(start, clock.tick(), page, offset, access, result))
+        with progress:
+            progress.notify_all()
 
 
 def allowed(states: list[State], rec: Record) -> list[object]:
@@ -133,8 +136,9 @@ def test_no_vcpu_uses_a_translation_after_the_change_returns() -> None:
     vcpus = [Mmu(pt, tlb(), asid=n) for n in range(3)]
     outs: list[list[Record]] = [[] for _ in vcpus]
     stop = threading.Event()
+    progress = threading.Condition()
     threads = [
-        threading.Thread(target=vcpu_loop, args=(m, clock, stop, n, outs[n]), daemon=True)
+        threading.Thread(target=vcpu_loop, args=(m, clock, stop, n, outs[n], progress), daemon=True)
         for n, m in enumerate(vcpus)
     ]
     rng = random.Random(2024)
@@ -143,10 +147,16 @@ def test_no_vcpu_uses_a_translation_after_the_change_returns() -> None:
     def let_vcpus_run(n: int) -> None:
         """Wait until every vCPU has finished ``n`` more translations."""
         marks = [len(o) for o in outs]
-        deadline = time.monotonic() + 10
-        while any(len(o) < m + n for o, m in zip(outs, marks, strict=True)):
-            assert time.monotonic() < deadline, "a vCPU thread stopped making progress"
-            time.sleep(0)
+
+        def ready() -> bool:
+            if not all(t.is_alive() for t in threads):
+                return True  # a vCPU died: its error is reported below
+            return all(len(o) >= m + n for o, m in zip(outs, marks, strict=True))
+
+        with progress:
+            # The timeout only turns a deadlock into a failure instead of a hang.
+            assert progress.wait_for(ready, timeout=300), "a vCPU thread stopped making progress"
+        assert all(t.is_alive() for t in threads), "a vCPU thread died"
 
     with fast_thread_switching():
         for t in threads:
