@@ -98,7 +98,8 @@ def main() -> int:
     traces = [(t.name, t) for t in args.trace] if args.trace else lackey_traces()
     print(f"one-level {args.entries}x{args.ways} LRU TLB, 4 KiB pages; medians of {args.reps} runs")
     print(
-        f"{'trace':8} {'accesses':>10} {'pages':>7} {'hits':>11} {'misses':>9} {'cachesim':>9} {'vmopt':>9} {'ratio':>8}"
+        f"{'trace':8} {'accesses':>10} {'pages':>7} {'hits':>11} {'misses':>9}"
+        f" {'cachesim':>9} {'vmopt':>9} {'ratio':>8}"
     )
     print(f"{'':8} {'':>10} {'':>7} {'(equal)':>11} {'(equal)':>9} {'M/s':>9} {'M/s':>9}")
     ok = bool(traces)
