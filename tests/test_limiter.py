@@ -313,3 +313,18 @@ def test_limiter_drives_scheduler() -> None:
     assert store.stats.max_in_flight <= max(limit for _, limit in limiter.history)
     assert sched.stats.peak_in_flight == store.stats.max_in_flight
     assert store.stats.max_in_flight >= 2
+
+
+@pytest.mark.parametrize("kind", ["aimd", "gradient"])
+def test_limit_moves_up_under_clean_samples_and_down_under_drops(kind: str) -> None:
+    """A limiter that never moves would pass the bounds property above; this one would not."""
+    cls = AimdLimit if kind == "aimd" else GradientLimit
+    lim = cls(8, min_limit=1, max_limit=64, probe_interval=None)
+    for _ in range(300):
+        lim.on_sample(0.001, lim.limit, False)
+    up = lim.limit
+    assert up > 8
+    for _ in range(20):
+        lim.on_sample(0.001, lim.limit, True)
+    assert lim.limit < up
+    assert [limit for _, limit in lim.history][-1] == lim.limit
