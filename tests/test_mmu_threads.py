@@ -117,7 +117,7 @@ def fast_thread_switching() -> Iterator[None]:
 @contextmanager
 def quiet_batch_log() -> Iterator[None]:
     """Batches log each failed index; here thousands fail on purpose."""
-    logger = logging.getLogger("vmopt.batch.engine")
+    logger = logging.getLogger("vmopt.batching")
     old = logger.disabled
     logger.disabled = True
     try:

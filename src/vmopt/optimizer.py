@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmopt.batch.concurrency import ConcurrencyConfig
-from vmopt.batch.engine import (
+from vmopt.batch.limiter import AimdLimit
+from vmopt.batch.scheduler import FairFetchScheduler
+from vmopt.batching import (
     Addrs,
     ArrayPath,
     as_addresses,
@@ -28,8 +30,6 @@ from vmopt.batch.engine import (
     record_failure,
     run_sequential,
 )
-from vmopt.batch.limiter import AimdLimit
-from vmopt.batch.scheduler import FairFetchScheduler
 from vmopt.errors import AddressError, ConfigError, MappingError, OutOfFramesError, VmoptError
 from vmopt.numa.config import NumaConfig
 from vmopt.numa.memory import NumaMemory

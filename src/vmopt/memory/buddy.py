@@ -57,8 +57,8 @@ class BuddyAllocator:
         raise _constructor_error(base_pfn, npages, max_order, node)
 
     @classmethod
-    def _view(cls, core: _core.Buddy) -> BuddyAllocator:
-        """A wrapper of an existing core allocator (a memory's node)."""
+    def from_core(cls, core: _core.Buddy) -> BuddyAllocator:
+        """A wrapper of an existing core allocator (a memory's node), sharing its state."""
         allocator = cls.__new__(cls)
         allocator.core = core
         return allocator

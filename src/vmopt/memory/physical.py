@@ -40,7 +40,7 @@ ALLOC_ORDERS: Final = {4096: 0, 2 << 20: 9, 1 << 30: 18}
 _SIZES: Final = {size: size for size in ALLOC_ORDERS}
 
 
-def _block_size(size: object, what: str) -> int:
+def block_size(size: object, what: str) -> int:
     """``size`` as the int block size the core takes, or the ConfigError naming ``what``.
 
     An int is checked by the core; any other value (a float, a numpy
@@ -251,7 +251,7 @@ class PhysicalMemory:
     def allocator(self) -> BuddyAllocator:
         """The buddy allocator that owns this memory's frames (an image's starts full)."""
         if self._allocator is None:
-            self._allocator = BuddyAllocator._view(self.core.allocator(0))
+            self._allocator = BuddyAllocator.from_core(self.core.allocator(0))
         return self._allocator
 
     def alloc(self, size: int = FRAME_SIZE) -> int:
@@ -262,7 +262,7 @@ class PhysicalMemory:
         try:
             return self.core.alloc(size)
         except (TypeError, OverflowError):
-            return self.core.alloc(_block_size(size, "alloc"))
+            return self.core.alloc(block_size(size, "alloc"))
 
     def free(self, pa: int, size: int = FRAME_SIZE) -> None:
         """Return a block from :meth:`alloc` (or donate an image's frames)."""
@@ -270,7 +270,7 @@ class PhysicalMemory:
             self.core.free(pa, size)
             return
         except (TypeError, OverflowError):
-            size = _block_size(size, "free")  # the size's own error comes first
+            size = block_size(size, "free")  # the size's own error comes first
         if isinstance(pa, int):
             try:
                 self.core.free(pa, size)

@@ -15,7 +15,7 @@ import threading
 from vmopt import _core
 from vmopt.errors import ConfigError, OutOfFramesError
 from vmopt.memory.buddy import BuddyAllocator
-from vmopt.memory.physical import FRAME_SHIFT, FRAME_SIZE, PhysicalMemory, _block_size
+from vmopt.memory.physical import FRAME_SHIFT, FRAME_SIZE, PhysicalMemory, block_size
 from vmopt.numa.config import NumaConfig
 from vmopt.numa.policy import MemPolicy
 from vmopt.units import format_size
@@ -46,7 +46,7 @@ class NumaMemory(PhysicalMemory):
         self._nearest = [_by_distance(config, origin) for origin in range(n)]
         core.set_table_order(self._nearest[0])
         self.node_base: list[int] = core.node_bases()
-        self.nodes: list[BuddyAllocator] = [BuddyAllocator._view(core.allocator(i)) for i in range(n)]
+        self.nodes: list[BuddyAllocator] = [BuddyAllocator.from_core(core.allocator(i)) for i in range(n)]
         self._allocator = self.nodes[0]
         self._rotation = 0
         self._lock = threading.Lock()
@@ -82,13 +82,13 @@ class NumaMemory(PhysicalMemory):
 
     def alloc(self, size: int = FRAME_SIZE, node: int | None = None) -> int:
         """A zeroed block on ``node``, or on the nearest node with room (node 0 when None)."""
-        size = _block_size(size, "block")
+        size = block_size(size, "block")
         origin = 0 if node is None else self._check_node(node)
         return self._alloc_from(self._nearest[origin], size, origin)[0]
 
     def alloc_policy(self, size: int, policy: MemPolicy, index: int, local: int) -> int:
         """A zeroed block for page ``index`` of a region under ``policy``, first touched from ``local``."""
-        size = _block_size(size, "block")
+        size = block_size(size, "block")
         if policy.mode not in ("bind", "preferred_many"):
             # Fast path: the policy's own node has room, so no fallback order is needed.
             first = policy.target(index, local, self.usage, self.config.num_nodes)
@@ -129,7 +129,7 @@ class NumaMemory(PhysicalMemory):
 
     def free(self, pa: int, size: int = FRAME_SIZE) -> None:
         """Return a block to its node's allocator."""
-        super().free(pa, _block_size(size, "block"))
+        super().free(pa, block_size(size, "block"))
 
     def free_blocks(self) -> list[list[int]]:
         """Per node, the count of free blocks of each order 0..18 (fragmentation, like /proc/buddyinfo)."""

@@ -6,12 +6,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_plots"]
+__all__ = ["pyplot", "write_plots"]
 
 log = logging.getLogger(__name__)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +23,7 @@ def _pyplot() -> Any:
 
 def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write miss_rate.png, hit_rates.png and numa_traffic.png into ``out_dir``; return their paths."""
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -122,9 +122,9 @@ def write_results(results: list[dict[str, Any]], keys: list[str], out_dir: str |
 
 
 def _plot(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
-    from vmopt.sim.plots import _pyplot
+    from vmopt.sim.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     x_key, rest = keys[0], keys[1:]
     series: dict[str, list[tuple[Any, float, float]]] = {}
     for row in rows:

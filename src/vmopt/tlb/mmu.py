@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vmopt import _core
+from vmopt.batching import ArrayPath, as_addresses, run_chunked_async, run_sequential
 from vmopt.errors import ConfigError, PageFault, VmoptError
 from vmopt.paging.types import Perm
 from vmopt.tlb._live import MMU_FIELDS, TLB_FIELDS, LiveMmuStats
@@ -127,12 +128,12 @@ class Mmu:
             raise ConfigError(f"walk_ref_cycles must be a non-negative integer, got {walk_ref_cycles!r}")
         #: The core's translate, bound once: the hit path is this one call.
         self._translate = self._core.translate
-        self.levels = [TlbLevel._view(self._core.level(i), cfgs) for i, cfgs in enumerate(configs)]
+        self.levels = [TlbLevel.from_core(self._core.level(i), cfgs) for i, cfgs in enumerate(configs)]
         self.stats: MmuStats = LiveMmuStats(self._core.stats)
         self.pwc = (
             None
             if pwc_config is None
-            else PageWalkCache._view(self._core.pwc(), pwc_config, page_table.fmt.levels)
+            else PageWalkCache.from_core(self._core.pwc(), pwc_config, page_table.fmt.levels)
         )
         self.fault_handler = fault_handler
         self.shootdown = shootdown
@@ -235,9 +236,7 @@ class Mmu:
     def translate_batch(
         self, addrs: Any, access: str = "r", user: bool = False, errors: str = "raise"
     ) -> Any:
-        """Translate a batch in order (see :mod:`vmopt.batch.engine`); arrays go through the core's loop."""
-        from vmopt.batch.engine import ArrayPath, run_sequential
-
+        """Translate a batch in order (see :mod:`vmopt.batching`); arrays go through the core's loop."""
         path = None
         if (access, user) in RIGHTS_BIT:
             path = ArrayPath(
@@ -253,8 +252,6 @@ class Mmu:
         """The report's concurrent batch: resident translations are CPU-bound, so this runs
         them in order, yielding to the event loop between chunks; batches of
         ``threshold`` or fewer take the sequential path."""
-        from vmopt.batch.engine import as_addresses, run_chunked_async
-
         values, _ = as_addresses(addrs)
         if len(values) <= threshold:
             return self.translate_batch(addrs, access, user, errors)
@@ -312,7 +309,7 @@ class Mmu:
         """
         mmu, _ = self._core.stats()
         translations, cycles = mmu[MMU_FIELDS["translations"]], mmu[MMU_FIELDS["cycles"]]
-        levels = [level._core.stats() for level in self.levels]
+        levels = [level.counters() for level in self.levels]
         misses = levels[-1][TLB_FIELDS["misses"]]
 
         def total(field: str) -> int:
@@ -334,11 +331,11 @@ class Mmu:
         if isinstance(old, LiveMmuStats):
             old.freeze()
         for level in self.levels:
-            level._freeze_stats()
+            level.freeze_stats()
         self._core.reset_stats()
         self.stats = LiveMmuStats(self._core.stats)
         for level in self.levels:
-            level._renew_stats()
+            level.renew_stats()
 
 
 class AsyncPrefetchingTlb(Mmu):

@@ -25,7 +25,8 @@ class PageWalkCache:
         self._setup(_core.PageWalkCache(config.entries, config.latency, levels), config, levels)
 
     @classmethod
-    def _view(cls, core: Any, config: PwcConfig, levels: int) -> PageWalkCache:
+    def from_core(cls, core: Any, config: PwcConfig, levels: int) -> PageWalkCache:
+        """A wrapper of an existing core cache (an :class:`~vmopt.tlb.mmu.Mmu`'s), sharing its state."""
         pwc = cls.__new__(cls)
         pwc._setup(core, config, levels)
         return pwc

@@ -325,7 +325,8 @@ class TlbLevel:
         self._setup(_core.TlbLevel([config_tuple(c) for c in cfgs]), cfgs)
 
     @classmethod
-    def _view(cls, core: Any, configs: Sequence[TlbConfig]) -> TlbLevel:
+    def from_core(cls, core: Any, configs: Sequence[TlbConfig]) -> TlbLevel:
+        """A wrapper of an existing core level (an :class:`~vmopt.tlb.mmu.Mmu`'s), sharing its state."""
         level = cls.__new__(cls)
         level._setup(core, list(configs))
         return level
@@ -338,16 +339,21 @@ class TlbLevel:
         self.arrays = [Tlb._view(c, core, i, self.stats) for i, c in enumerate(cfgs)]
         self.configs = tuple(cfgs)
 
-    def _freeze_stats(self) -> None:
-        """Pin the current stats object's values (before a reset)."""
+    def freeze_stats(self) -> None:
+        """Pin the current stats object's values (before a reset of the counters)."""
         if isinstance(self.stats, LiveTlbStats):
             self.stats.freeze()
 
-    def _renew_stats(self) -> None:
-        """Hand out a fresh live stats object (after a reset)."""
+    def renew_stats(self) -> None:
+        """Hand out a fresh live stats object (after a reset of the counters)."""
         self.stats = LiveTlbStats(self.name, self._core.stats)
         for arr in self.arrays:
             arr.stats = self.stats
+
+    def counters(self) -> list[int]:
+        """The level's raw counters, indexed by :data:`vmopt.tlb._live.TLB_FIELDS`."""
+        values: list[int] = self._core.stats()
+        return values
 
     def _entry(self, found: tuple[int, EntryTuple] | None) -> TlbEntry | None:
         if found is None:

@@ -1,5 +1,10 @@
 """Batch translation: one engine behind every ``*_batch*`` call.
 
+It sits at the bottom of the layers (beside :mod:`vmopt.errors`): it knows
+nothing of memory, tables or TLBs, only callables over addresses, so
+:class:`vmopt.Mmu` and the guest facade both use it without an upward
+import. :mod:`vmopt.batch` re-exports its public names.
+
 Three ways through a batch, with identical results:
 
 - **sequential**: ``translate`` in a loop; the reference.
