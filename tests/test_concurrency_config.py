@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any
 
 import pytest
 
-from vmopt.batch.concurrency import MAX_CONCURRENT_WARN, ConcurrencyConfig
-from vmopt.batch.scheduler import FairFetchScheduler
 from vmopt.errors import AddressError, ConfigError
+from vmopt.fetching.concurrency import MAX_CONCURRENT_WARN, ConcurrencyConfig
+from vmopt.fetching.loader import PageLoader
+from vmopt.fetching.scheduler import FairFetchScheduler
 
-LOGGER = "vmopt.batch.concurrency"
+LOGGER = "vmopt.fetching.concurrency"
 
 
 def test_defaults() -> None:
@@ -20,13 +22,12 @@ def test_defaults() -> None:
     assert cfg.max_concurrent == 8
     assert cfg.enabled is True
     assert cfg.tlb_batch_threshold == 4
-    assert cfg.lookup_batch_threshold == 8
     assert cfg.chunk_size == 10_000
-    assert cfg.prefetch_weight == 1
     assert cfg.demand_weight == 4
     assert cfg.adaptive is False
     assert cfg.effective_concurrency == 8
-    assert cfg.weights == {"demand": 4, "prefetch": 1}
+    assert cfg.weights == {"demand": 4}
+    assert not hasattr(cfg, "lookup_batch_threshold") and not hasattr(cfg, "prefetch_weight")
 
 
 def test_sequential() -> None:
@@ -72,10 +73,9 @@ def test_replace_revalidates() -> None:
         ({"max_concurrent": 2.0}, "max_concurrent must be an int, got 2.0"),
         ({"max_concurrent": True}, "max_concurrent must be an int, got True"),
         ({"tlb_batch_threshold": 0}, "tlb_batch_threshold must be >= 1, got 0"),
-        ({"lookup_batch_threshold": -1}, "lookup_batch_threshold must be >= 1, got -1"),
-        ({"lookup_batch_threshold": "8"}, "lookup_batch_threshold must be an int, got '8'"),
+        ({"tlb_batch_threshold": "8"}, "tlb_batch_threshold must be an int, got '8'"),
         ({"chunk_size": 0}, "chunk_size must be >= 1, got 0"),
-        ({"prefetch_weight": 0}, "prefetch_weight must be >= 1, got 0"),
+        ({"demand_weight": 0}, "demand_weight must be >= 1, got 0"),
         ({"demand_weight": None}, "demand_weight must be an int, got None"),
         ({"enabled": 1}, "enabled must be a bool, got 1"),
         ({"adaptive": "yes"}, "adaptive must be a bool, got 'yes'"),
@@ -109,7 +109,51 @@ def test_limit_itself_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_feeds_the_scheduler() -> None:
-    cfg = ConcurrencyConfig(max_concurrent=6, demand_weight=3, prefetch_weight=2)
+    cfg = ConcurrencyConfig(max_concurrent=6, demand_weight=3)
     sched = FairFetchScheduler(cfg.effective_concurrency, cfg.weights)
     assert sched.limit == 6
-    assert sched.weights == {"demand": 3, "prefetch": 2}
+    assert sched.weights == {"demand": 3}
+
+
+def test_page_loader_caps_loads_in_flight_and_joins_pages() -> None:
+    """Loads beyond max_concurrent wait for a slot; each returns its pages in order."""
+    loader = PageLoader(ConcurrencyConfig(max_concurrent=2))
+    gate = asyncio.Event()
+    in_flight = peak = 0
+
+    async def fetch(page: int) -> bytes:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await gate.wait()
+        in_flight -= 1
+        return bytes([page])
+
+    async def main() -> list[bytes]:
+        tasks = [asyncio.ensure_future(loader.load(fetch, 10 * i, 3)) for i in range(5)]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert loader.scheduler.in_flight == 2 and loader.scheduler.waiting == 3
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(main()) == [bytes([10 * i, 10 * i + 1, 10 * i + 2]) for i in range(5)]
+    assert peak == 2
+    assert loader.history is None
+
+
+def test_adaptive_page_loader_feeds_its_limiter_the_injected_clock() -> None:
+    ticks = iter(range(1000))
+    loader = PageLoader(ConcurrencyConfig(max_concurrent=8, adaptive=True), clock=lambda: next(ticks) * 0.001)
+    assert loader.scheduler.limit == 4
+
+    async def fetch(page: int) -> bytes:
+        return b"x"
+
+    async def main() -> None:
+        for i in range(20):
+            await loader.load(fetch, i, 1)
+
+    asyncio.run(main())
+    assert loader.limiter is not None and loader.limiter.samples == 20
+    assert loader.history is not None and loader.history[0] == (0, 4)

@@ -8,15 +8,14 @@ client is saturated, so in flight always equals the current limit.
 from __future__ import annotations
 
 import asyncio
-import math
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmopt.batch.limiter import AdaptiveLimit, AimdLimit, GradientLimit
-from vmopt.batch.scheduler import FairFetchScheduler
 from vmopt.errors import ConfigError
+from vmopt.fetching.limiter import AdaptiveLimit, AimdLimit
+from vmopt.fetching.scheduler import FairFetchScheduler
 from vmopt.stores import LatencyStore
 
 BASE = 0.010
@@ -26,7 +25,7 @@ def _latency(in_flight: int, capacity: int) -> float:
     return BASE * max(1.0, in_flight / capacity)
 
 
-def _simulate(limiter: AimdLimit | GradientLimit, capacity: int, steps: int) -> list[int]:
+def _simulate(limiter: AimdLimit, capacity: int, steps: int) -> list[int]:
     """Run the control loop; return the limit after every sample."""
     limits = []
     for _ in range(steps):
@@ -35,19 +34,17 @@ def _simulate(limiter: AimdLimit | GradientLimit, capacity: int, steps: int) -> 
     return limits
 
 
-def _make(kind: str, initial: int, **kw: int | None) -> AimdLimit | GradientLimit:
-    cls = AimdLimit if kind == "aimd" else GradientLimit
-    return cls(initial, max_limit=1000, **kw)  # type: ignore[arg-type]
+def _make(initial: int, **kw: int | None) -> AimdLimit:
+    return AimdLimit(initial, max_limit=1000, **kw)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------- convergence
 
 
-@pytest.mark.parametrize("kind", ["aimd", "gradient"])
 @pytest.mark.parametrize("capacity", [2, 4, 16, 64, 200])
 @pytest.mark.parametrize("initial", [1, 10, 500])
-def test_converges_near_capacity(kind: str, capacity: int, initial: int) -> None:
-    limiter = _make(kind, initial)
+def test_converges_near_capacity(capacity: int, initial: int) -> None:
+    limiter = _make(initial)
     limits = _simulate(limiter, capacity, 3000)
     assert all(1 <= x <= 1000 for x in limits)
     tail = limits[-1000:]
@@ -57,10 +54,9 @@ def test_converges_near_capacity(kind: str, capacity: int, initial: int) -> None
     assert in_band >= 0.95 * len(tail), (min(tail), max(tail), in_band)
 
 
-@pytest.mark.parametrize("kind", ["aimd", "gradient"])
 @pytest.mark.parametrize("capacity", [3, 16, 100])
-def test_without_probes_settles_for_good(kind: str, capacity: int) -> None:
-    limiter = _make(kind, 1, probe_interval=None)
+def test_without_probes_settles_for_good(capacity: int) -> None:
+    limiter = _make(1, probe_interval=None)
     limits = _simulate(limiter, capacity, 2000)
     assert all(capacity / 2 <= x <= 2 * capacity for x in limits[-500:])
     assert limiter.rtt_noload == pytest.approx(BASE)
@@ -73,14 +69,6 @@ def test_aimd_capacity_one() -> None:
     assert all(1 <= x <= 2 for x in limits[-500:])
 
 
-def test_gradient_fixed_point() -> None:
-    # limit = C + sqrt(limit) at equilibrium (tolerance 1, sqrt headroom).
-    capacity = 64
-    limits = _simulate(GradientLimit(10, max_limit=1000, probe_interval=None), capacity, 2000)
-    expected = ((1 + math.sqrt(1 + 4 * capacity)) / 2) ** 2  # solves L = C + sqrt(L)
-    assert abs(limits[-1] - expected) <= 2
-
-
 def test_probes_recover_from_an_overloaded_start() -> None:
     # Starting far above capacity, the first latencies are all inflated, so the
     # no-load estimate is wrong until a probe re-measures it at low concurrency.
@@ -90,12 +78,6 @@ def test_probes_recover_from_an_overloaded_start() -> None:
     assert limiter.rtt_noload == pytest.approx(BASE)
     in_band = sum(capacity / 2 <= x <= 2 * capacity for x in limits[-300:])
     assert in_band >= 0.9 * 300
-
-
-def test_gradient_respects_max_limit() -> None:
-    limits = _simulate(GradientLimit(1, max_limit=20), 10_000, 500)
-    assert max(limits) == 20
-    assert limits[-1] == 20
 
 
 # ----------------------------------------------------- algorithm details
@@ -123,31 +105,6 @@ def test_aimd_latency_and_timeout_congestion() -> None:
     assert timed.on_sample(0.6, 20) == 18
 
 
-def test_gradient_drop_and_app_limited() -> None:
-    lim = GradientLimit(100, max_limit=200, smoothing=0.5, probe_interval=None)
-    assert lim.on_sample(0.01, in_flight=10) == 100  # app-limited: 10 + 10 < 100
-    assert lim.on_sample(0.01, in_flight=100, dropped=True) == 75  # 100*0.5 + 50*0.5
-    grown = lim.on_sample(0.01, in_flight=75)
-    assert grown > 75  # no queueing: grows by smoothing * headroom
-    assert grown == int(75 + 0.5 * math.sqrt(75))
-
-
-def test_gradient_gradient_clamped_at_half() -> None:
-    lim = GradientLimit(100, max_limit=200, smoothing=1.0, probe_interval=None)
-    lim.on_sample(0.001, 100)  # no-load 1 ms (and grows to 110)
-    assert lim.limit == 110
-    # 100x the no-load latency: gradient clamps to 0.5, not 0.01.
-    assert lim.on_sample(0.1, 110) == int(110 * 0.5 + math.sqrt(110))
-
-
-def test_custom_headroom_and_tolerance() -> None:
-    lim = GradientLimit(10, rtt_tolerance=2.0, headroom=lambda limit: 1.0, smoothing=1.0, probe_interval=None)
-    lim.on_sample(0.01, 10)
-    assert lim.limit == 11
-    assert lim.on_sample(0.02, 11) == 12  # 2x latency tolerated
-    assert lim.on_sample(0.04, 12) == 7  # gradient 0.5: 12 * 0.5 + 1
-
-
 def test_probe_cycle() -> None:
     lim = AimdLimit(
         10, max_limit=100, probe_interval=5, probe_limit=2, probe_samples=3, latency_threshold_factor=None
@@ -172,7 +129,7 @@ def test_probe_cycle() -> None:
 
 
 def test_probe_ends_even_if_concurrency_never_drops() -> None:
-    lim = GradientLimit(5, probe_interval=1, probe_samples=2, probe_limit=1)
+    lim = AimdLimit(5, probe_interval=1, probe_samples=2, probe_limit=1)
     lim.on_sample(0.01, 5)
     assert lim.probing
     restored_after = 0
@@ -206,7 +163,7 @@ def test_history_records_changes() -> None:
 
 
 def test_protocol_and_properties() -> None:
-    for lim in (AimdLimit(), GradientLimit()):
+    for lim in (AimdLimit(),):
         assert isinstance(lim, AdaptiveLimit)
         assert lim.limit == 10
         assert (lim.min_limit, lim.max_limit) == (1, 512)
@@ -220,15 +177,11 @@ def test_protocol_and_properties() -> None:
         st.tuples(st.floats(0, 10, allow_nan=False), st.integers(0, 2000), st.booleans()),
         max_size=300,
     ),
-    kind=st.sampled_from(["aimd", "gradient"]),
     bounds=st.tuples(st.integers(1, 50), st.integers(0, 500)),
 )
-def test_limit_always_within_bounds(
-    samples: list[tuple[float, int, bool]], kind: str, bounds: tuple[int, int]
-) -> None:
+def test_limit_always_within_bounds(samples: list[tuple[float, int, bool]], bounds: tuple[int, int]) -> None:
     lo, extra = bounds
-    cls = AimdLimit if kind == "aimd" else GradientLimit
-    lim = cls(lo, min_limit=lo, max_limit=lo + extra, probe_interval=7)
+    lim = AimdLimit(lo, min_limit=lo, max_limit=lo + extra, probe_interval=7)
     for latency, in_flight, dropped in samples:
         assert lo <= lim.on_sample(latency, in_flight, dropped) <= lo + extra
     assert all(lo <= limit <= lo + extra for _, limit in lim.history)
@@ -260,22 +213,8 @@ def test_aimd_validation(kwargs: dict[str, object], match: str) -> None:
         AimdLimit(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"smoothing": 0.0}, "smoothing must be > 0"),
-        ({"smoothing": 1.5}, r"smoothing must be in \[0.0, 1.0\], got 1.5"),
-        ({"rtt_tolerance": 0.9}, r"rtt_tolerance must be in \[1.0, inf\), got 0.9"),
-        ({"headroom": 3}, "headroom must be a callable"),
-    ],
-)
-def test_gradient_validation(kwargs: dict[str, object], match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
-        GradientLimit(**kwargs)  # type: ignore[arg-type]
-
-
 def test_sample_validation() -> None:
-    lim = GradientLimit()
+    lim = AimdLimit()
     with pytest.raises(ConfigError, match="latency_s must be finite and >= 0, got nan"):
         lim.on_sample(float("nan"), 1)
     with pytest.raises(ConfigError, match="latency_s must be finite and >= 0, got -1"):
@@ -315,11 +254,9 @@ def test_limiter_drives_scheduler() -> None:
     assert store.stats.max_in_flight >= 2
 
 
-@pytest.mark.parametrize("kind", ["aimd", "gradient"])
-def test_limit_moves_up_under_clean_samples_and_down_under_drops(kind: str) -> None:
+def test_limit_moves_up_under_clean_samples_and_down_under_drops() -> None:
     """A limiter that never moves would pass the bounds property above; this one would not."""
-    cls = AimdLimit if kind == "aimd" else GradientLimit
-    lim = cls(8, min_limit=1, max_limit=64, probe_interval=None)
+    lim = AimdLimit(8, min_limit=1, max_limit=64, probe_interval=None)
     for _ in range(300):
         lim.on_sample(0.001, lim.limit, False)
     up = lim.limit

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmopt.batch.scheduler import FairFetchScheduler
 from vmopt.errors import ConfigError
+from vmopt.fetching.scheduler import FairFetchScheduler
 from vmopt.stores import LatencyStore
 
 T = TypeVar("T")

@@ -13,14 +13,10 @@ import asyncio
 import bisect
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmopt.batch.concurrency import ConcurrencyConfig
-from vmopt.batch.limiter import AimdLimit
-from vmopt.batch.scheduler import FairFetchScheduler
 from vmopt.batching import (
     Addrs,
     ArrayPath,
@@ -31,6 +27,8 @@ from vmopt.batching import (
     run_sequential,
 )
 from vmopt.errors import AddressError, ConfigError, MappingError, OutOfFramesError, VmoptError
+from vmopt.fetching.concurrency import ConcurrencyConfig
+from vmopt.fetching.loader import PageLoader
 from vmopt.numa.config import NumaConfig
 from vmopt.numa.memory import NumaMemory
 from vmopt.numa.policy import MemPolicy
@@ -464,23 +462,13 @@ class MemoryOptimizer:
         self, chunk: Any, start: int, access: str, cpu: int, results: Any,
         failures: dict[int, BaseException],
     ) -> None:  # fmt: skip
-        cfg = self.concurrency
-        sched = FairFetchScheduler(cfg.max_concurrent, cfg.weights)
-        limiter = (
-            AimdLimit(min(cfg.max_concurrent, 4), max_limit=cfg.max_concurrent) if cfg.adaptive else None
-        )
-        if limiter is not None:
-            sched.set_limit(limiter.limit)
+        loader = PageLoader(self.concurrency)
 
         async def fetch(region: Region, index: int) -> bytes:
-            async with sched.slot("demand"):
-                t0 = time.perf_counter()
-                pages_per = region.page_size // 4096
-                parts = [await region.store.fetch(index * pages_per + k) for k in range(pages_per)]
-                if limiter is not None:
-                    sched.set_limit(limiter.on_sample(time.perf_counter() - t0, sched.in_flight))
+            pages_per = region.page_size // 4096
+            data = await loader.load(region.store.fetch, index * pages_per, pages_per)
             self.store_fetches += pages_per
-            return b"".join(parts)
+            return data
 
         tasks = {(r.va, i): asyncio.ensure_future(fetch(r, i)) for r, i in self._pages_to_fetch(chunk)}
         installed = 0
@@ -519,8 +507,8 @@ class MemoryOptimizer:
                 t.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-            if limiter is not None:
-                self.limit_history = list(limiter.history)
+            if loader.history is not None:
+                self.limit_history = loader.history
 
     # -- statistics -----------------------------------------------------------------------
 

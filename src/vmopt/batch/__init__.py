@@ -1,6 +1,9 @@
-"""Batch translation: sequential, concurrent (asyncio) and array (the Rust core's loop) paths."""
+"""Batch translation's public names.
 
-from vmopt.batch.concurrency import ConcurrencyConfig
+The loop is :mod:`vmopt.batching`; fetch admission control is :mod:`vmopt.fetching`.
+"""
+
 from vmopt.batching import BatchOperationFailed, BatchResult
+from vmopt.fetching.concurrency import ConcurrencyConfig
 
 __all__ = ["BatchOperationFailed", "BatchResult", "ConcurrencyConfig"]

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from vmopt.batch.concurrency import ConcurrencyConfig
 from vmopt.errors import ConfigError
+from vmopt.fetching.concurrency import ConcurrencyConfig
 from vmopt.numa.config import NumaConfig
 from vmopt.optimizer import MemoryOptimizer
 from vmopt.stores.latency import LatencyStore

@@ -18,8 +18,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
-from vmopt.batch.concurrency import ConcurrencyConfig
 from vmopt.errors import ConfigError
+from vmopt.fetching.concurrency import ConcurrencyConfig
 from vmopt.numa.config import LOCAL_DISTANCE, NumaConfig
 from vmopt.numa.policy import MemPolicy
 from vmopt.paging import FORMATS

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from vmopt.errors import ConfigError
@@ -106,7 +106,6 @@ class PrefetchConfig:
     degree: int = 1
     mode: str = "immediate"
     queue_limit: int = 1024
-    extra: dict[str, int] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in PREFETCHERS:

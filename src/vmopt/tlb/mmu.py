@@ -39,7 +39,7 @@ from vmopt.tlb.stats import MmuStats, TlbStats
 from vmopt.tlb.tlb import GLOBAL_ASID, TlbLevel, config_tuple
 
 if TYPE_CHECKING:
-    from vmopt.batch.concurrency import ConcurrencyConfig
+    from vmopt.fetching.concurrency import ConcurrencyConfig
     from vmopt.paging.pagetable import PageTable
 
 __all__ = ["DEFAULT_TLB_LEVELS", "RIGHTS_BIT", "AsyncPrefetchingTlb", "Mmu", "TlbSpec"]
@@ -358,7 +358,7 @@ class AsyncPrefetchingTlb(Mmu):
         concurrency: ConcurrencyConfig | None = None,
         **kwargs: Any,
     ) -> None:
-        from vmopt.batch.concurrency import ConcurrencyConfig
+        from vmopt.fetching.concurrency import ConcurrencyConfig
 
         if prefetch is None:
             prefetch = PrefetchConfig("next_page", degree=1, mode="deferred")

@@ -8,7 +8,7 @@ and Envoy's adaptive-concurrency filter. Feed each completed fetch to
 :meth:`on_sample` and apply the returned limit, e.g. with
 ``FairFetchScheduler.set_limit``.
 
-Both algorithms compare latency against a *no-load* latency ``rtt_noload``,
+The limit compares latency against a *no-load* latency ``rtt_noload``,
 the lowest latency seen. A minimum only falls, so one taken while the store
 was already overloaded would stay too high; every ``probe_interval`` windows
 the limit therefore drops to ``probe_limit`` (default ``min_limit``) until
@@ -26,12 +26,11 @@ import abc
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from vmopt.errors import ConfigError
 
-__all__ = ["AdaptiveLimit", "AimdLimit", "GradientLimit"]
+__all__ = ["AdaptiveLimit", "AimdLimit"]
 
 logger = logging.getLogger(__name__)
 
@@ -328,77 +327,3 @@ class AimdLimit(_WindowedLimit):
         if in_flight * 2 >= limit:
             return float(limit + self._increase)
         return self._estimate
-
-
-def _sqrt_headroom(limit: int) -> float:
-    return math.sqrt(limit)
-
-
-class GradientLimit(_WindowedLimit):
-    """Latency-gradient limit (Netflix ``GradientLimit`` / Envoy gradient controller).
-
-    Per window, following Netflix concurrency-limits' ``GradientLimit`` (the
-    minimum-RTT variant)::
-
-        gradient  = clamp(rtt_tolerance * rtt_noload / rtt, 0.5, 1.0)
-        new_limit = limit * gradient + headroom(limit)     # limit / 2 on a drop
-        limit     = limit * (1 - smoothing) + new_limit * smoothing
-
-    ``headroom`` defaults to ``sqrt(limit)``, the queue allowance both Netflix
-    (default ``queueSize``) and Envoy (``headroom = sqrt(limit)``) use; Envoy's
-    ``buffer`` percentage corresponds to ``rtt_tolerance = 1 + buffer``.
-    Unlike Netflix ``GradientLimit``, which smooths only decreases, smoothing
-    applies both ways, as in Netflix ``Gradient2Limit``, because samples here
-    may arrive per operation rather than per time window. ``Gradient2Limit``'s
-    long-term *average* RTT is not used as the baseline: under sustained
-    overload an average drifts up with the queue and lets the limit creep
-    upward, while the probed minimum keeps the fixed point near
-    ``rtt_tolerance * C + sqrt(limit)`` for a store of capacity ``C``. The
-    limit does not grow while the caller is app-limited
-    (``in_flight + headroom < limit``).
-    """
-
-    def __init__(
-        self,
-        initial: int = 10,
-        *,
-        min_limit: int = 1,
-        max_limit: int = 512,
-        smoothing: float = 0.2,
-        rtt_tolerance: float = 1.0,
-        headroom: Callable[[int], float] = _sqrt_headroom,
-        probe_interval: int | None = 1000,
-        probe_limit: int | None = None,
-        probe_samples: int = 10,
-        window: int = 1,
-        history_size: int = 10_000,
-    ) -> None:
-        super().__init__(
-            initial,
-            min_limit=min_limit,
-            max_limit=max_limit,
-            probe_interval=probe_interval,
-            probe_limit=probe_limit,
-            probe_samples=probe_samples,
-            window=window,
-            history_size=history_size,
-        )
-        self._smoothing = _check_float("smoothing", smoothing, 0.0, 1.0, open_high=False)
-        if self._smoothing == 0.0:
-            raise ConfigError("smoothing must be > 0 (0 would freeze the limit), got 0.0")
-        self._tolerance = _check_float("rtt_tolerance", rtt_tolerance, 1.0, math.inf, open_high=True)
-        if not callable(headroom):
-            raise ConfigError(f"headroom must be a callable limit -> float, got {headroom!r}")
-        self._headroom = headroom
-
-    def _update(self, rtt: float, rtt_noload: float, in_flight: int, dropped: bool) -> float:
-        limit = self._estimate
-        headroom = float(self._headroom(int(limit)))
-        if dropped:
-            new = limit / 2
-        elif in_flight + headroom < limit:
-            return limit  # app-limited: latency says nothing about the limit
-        else:
-            gradient = 1.0 if rtt <= 0 else max(0.5, min(1.0, self._tolerance * rtt_noload / rtt))
-            new = limit * gradient + headroom
-        return limit * (1 - self._smoothing) + new * self._smoothing

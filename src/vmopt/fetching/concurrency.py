@@ -2,7 +2,7 @@
 
 A Python rendering of the design report's ``ConcurrencyConfig`` struct: how
 many page fetches a batch may overlap, when a batch is large enough to be
-worth splitting, and how demand fetches and prefetches share the fetch slots.
+worth splitting, and whether a latency-driven limit moves the cap.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ MAX_CONCURRENT_WARN = 512
 _INT_FIELDS = (
     "max_concurrent",
     "tlb_batch_threshold",
-    "lookup_batch_threshold",
     "chunk_size",
-    "prefetch_weight",
     "demand_weight",
 )
 _BOOL_FIELDS = ("enabled", "adaptive")
@@ -36,11 +34,10 @@ class ConcurrencyConfig:
     """How batches overlap store fetches. Validated on construction.
 
     ``max_concurrent`` caps fetches in flight; ``enabled=False`` runs batches
-    sequentially. Batches smaller than ``tlb_batch_threshold`` (TLB lookups)
-    or ``lookup_batch_threshold`` (page-table lookups) skip the concurrent
-    path, whose overhead they would not repay; large batches are processed in
-    chunks of ``chunk_size``. ``demand_weight`` and ``prefetch_weight`` split
-    fetch slots between the two traffic classes (weighted fair queueing), and
+    sequentially. Batches of ``tlb_batch_threshold`` or fewer addresses skip
+    the concurrent path, whose overhead they would not repay; large batches
+    are processed in chunks of ``chunk_size``. ``demand_weight`` is the
+    weight of demand fetches in the :class:`FairFetchScheduler`, and
     ``adaptive`` lets a latency-driven limiter move the cap at run time within
     ``[1, max_concurrent]``.
     """
@@ -48,9 +45,7 @@ class ConcurrencyConfig:
     max_concurrent: int = 8
     enabled: bool = True
     tlb_batch_threshold: int = 4
-    lookup_batch_threshold: int = 8
     chunk_size: int = 10_000
-    prefetch_weight: int = 1
     demand_weight: int = 4
     adaptive: bool = False
 
@@ -95,4 +90,4 @@ class ConcurrencyConfig:
     @property
     def weights(self) -> dict[str, int]:
         """Per-class weights in the form ``FairFetchScheduler`` takes."""
-        return {"demand": self.demand_weight, "prefetch": self.prefetch_weight}
+        return {"demand": self.demand_weight}
