@@ -4,9 +4,11 @@ Layers, bottom up: guest physical memory (:mod:`vmopt.memory`), page tables
 in real formats (:mod:`vmopt.paging`), TLBs and the per-vCPU MMU
 (:mod:`vmopt.tlb`), NUMA placement (:mod:`vmopt.numa`), batch translation
 (:mod:`vmopt.batch`) and backing stores (:mod:`vmopt.stores`).
+The design report's names live in :mod:`vmopt.compat`.
 """
 
 from vmopt.batch import BatchOperationFailed, BatchResult, ConcurrencyConfig
+from vmopt.compat import AsyncPrefetchingTlb
 from vmopt.errors import (
     AddressError,
     ConfigError,
@@ -22,7 +24,6 @@ from vmopt.optimizer import MemoryOptimizer
 from vmopt.paging import Mapping, PageFault, PageTable, Perm, Translation
 from vmopt.stores import FileStore, LatencyStore, StoreError
 from vmopt.tlb import (
-    AsyncPrefetchingTlb,
     Mmu,
     PrefetchConfig,
     PwcConfig,

@@ -156,13 +156,6 @@ class MemoryOptimizer:
         self.store_fetches = 0
         self.limit_history: list[tuple[int, int]] = []
 
-    @classmethod
-    def with_concurrency(
-        cls, numa: NumaConfig, concurrency: ConcurrencyConfig, **kwargs: Any
-    ) -> MemoryOptimizer:
-        """The design report's constructor: a guest with a batch concurrency setting."""
-        return cls(numa, concurrency=concurrency, **kwargs)
-
     @property
     def cpus(self) -> int:
         """Number of vCPUs."""
@@ -523,10 +516,6 @@ class MemoryOptimizer:
     def node_of(self, pa: int) -> int:
         """The NUMA node holding ``pa``."""
         return self.mem.node_of(pa)
-
-    def get_stats(self) -> list[tuple[int, int, float]]:
-        """The design report's view: ``(node, used bytes, percent used)`` per node."""
-        return [(s.node, s.used_bytes, s.percent_used) for s in self.node_stats()]
 
     def node_stats(self) -> list[NodeStats]:
         """Per node: size, used bytes, data pages, local/remote accesses, access cost."""

@@ -196,24 +196,6 @@ class PageTable:
         out: list[Leaf | None] = self.core.batch_lookup(vaddrs)
         return out
 
-    async def batch_lookup_concurrent(
-        self, vaddrs: Any, *, threshold: int = 8, chunk_size: int = 10_000
-    ) -> list[Leaf | None]:
-        """The report's concurrent lookup: CPU-bound, so in order, yielding between chunks.
-
-        Batches of ``threshold`` or fewer take :meth:`batch_lookup` directly.
-        """
-        import asyncio
-
-        values = list(vaddrs)
-        if len(values) <= threshold:
-            return self.batch_lookup(values)
-        out: list[Leaf | None] = []
-        for start in range(0, len(values), chunk_size):
-            out.extend(self.batch_lookup(values[start : start + chunk_size]))
-            await asyncio.sleep(0)
-        return out
-
     def walk_path(self, va: int) -> list[tuple[int, int, int]]:
         """The PTEs a walk of ``va`` reads: ``[(level, pte_pa, pte), ...]``, root first."""
         if not _is_u64(va):

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vmopt import _core
-from vmopt.batching import ArrayPath, as_addresses, run_chunked_async, run_sequential
+from vmopt.batching import ArrayPath, run_sequential
 from vmopt.errors import ConfigError, PageFault, VmoptError
 from vmopt.paging.types import Perm
 from vmopt.tlb._live import MMU_FIELDS, TLB_FIELDS, LiveMmuStats
@@ -39,10 +39,9 @@ from vmopt.tlb.stats import MmuStats, TlbStats
 from vmopt.tlb.tlb import GLOBAL_ASID, TlbLevel, config_tuple
 
 if TYPE_CHECKING:
-    from vmopt.fetching.concurrency import ConcurrencyConfig
     from vmopt.paging.pagetable import PageTable
 
-__all__ = ["DEFAULT_TLB_LEVELS", "RIGHTS_BIT", "AsyncPrefetchingTlb", "Mmu", "TlbSpec"]
+__all__ = ["DEFAULT_TLB_LEVELS", "RIGHTS_BIT", "Mmu", "TlbSpec"]
 
 log = logging.getLogger(__name__)
 
@@ -245,20 +244,6 @@ class Mmu:
             )
         return run_sequential(lambda va: self.translate(va, access, user), addrs, errors, array_path=path)
 
-    async def translate_batch_concurrent(
-        self, addrs: Any, access: str = "r", user: bool = False, errors: str = "raise",
-        *, threshold: int = 4, chunk_size: int = 10_000,
-    ) -> Any:  # fmt: skip
-        """The report's concurrent batch: resident translations are CPU-bound, so this runs
-        them in order, yielding to the event loop between chunks; batches of
-        ``threshold`` or fewer take the sequential path."""
-        values, _ = as_addresses(addrs)
-        if len(values) <= threshold:
-            return self.translate_batch(addrs, access, user, errors)
-        return await run_chunked_async(
-            lambda va: self.translate(va, access, user), addrs, errors, chunk_size=chunk_size
-        )
-
     # -- prefetching ---------------------------------------------------------------
 
     def process_prefetch(self) -> int:
@@ -336,53 +321,3 @@ class Mmu:
         self.stats = LiveMmuStats(self._core.stats)
         for level in self.levels:
             level.renew_stats()
-
-
-class AsyncPrefetchingTlb(Mmu):
-    """The design report's name: an MMU with a next-page prefetcher in deferred mode.
-
-    Requests queue on misses; :meth:`process_prefetch` installs them.
-    ``concurrency`` (a :class:`vmopt.ConcurrencyConfig`) sets how
-    :meth:`translate_batch_concurrent` batches: disabled or small batches
-    (``tlb_batch_threshold``) go sequentially, large ones in ``chunk_size``
-    chunks.
-    """
-
-    def __init__(
-        self,
-        page_table: PageTable,
-        tlb: TlbSpec = None,
-        prefetch: PrefetchConfig | str | None = None,
-        asid: int = 0,
-        *,
-        concurrency: ConcurrencyConfig | None = None,
-        **kwargs: Any,
-    ) -> None:
-        from vmopt.fetching.concurrency import ConcurrencyConfig
-
-        if prefetch is None:
-            prefetch = PrefetchConfig("next_page", degree=1, mode="deferred")
-        super().__init__(page_table, tlb, prefetch, asid, **kwargs)
-        self.concurrency = (concurrency or ConcurrencyConfig()).validate()
-
-    @classmethod
-    def with_concurrency(
-        cls, page_table: PageTable, prefetch_enabled: bool, config: ConcurrencyConfig, **kwargs: Any
-    ) -> AsyncPrefetchingTlb:
-        """The report's constructor: prefetching on or off, and a concurrency setting."""
-        prefetch = None if prefetch_enabled else PrefetchConfig("none")
-        return cls(page_table, prefetch=prefetch, concurrency=config.validate(), **kwargs)
-
-    async def translate_batch_concurrent(
-        self, addrs: Any, access: str = "r", user: bool = False, errors: str = "raise",
-        *, threshold: int | None = None, chunk_size: int | None = None,
-    ) -> Any:  # fmt: skip
-        """As :meth:`Mmu.translate_batch_concurrent`, with this TLB's concurrency setting."""
-        cfg = self.concurrency
-        if not cfg.enabled:
-            return self.translate_batch(addrs, access, user, errors)
-        return await super().translate_batch_concurrent(
-            addrs, access, user, errors,
-            threshold=cfg.tlb_batch_threshold if threshold is None else threshold,
-            chunk_size=cfg.chunk_size if chunk_size is None else chunk_size,
-        )  # fmt: skip
