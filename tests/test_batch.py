@@ -140,7 +140,9 @@ def test_batch_operation_failed_counts_are_exact(caplog: pytest.LogCaptureFixtur
     assert str(e) == "batch operation failed: 3/6 succeeded"
     assert (e.success, e.total, e.failed) == (3, 6, [1, 3, 4])
     assert set(e.errors) == {1, 3, 4}
-    assert "batch index 3 (va 0x2000)" in caplog.text
+    summary = [r.getMessage() for r in caplog.records if r.name == "vmopt.batching"]
+    assert len(summary) == 1  # one line per batch, not one per failed index
+    assert summary[0].startswith("batch: 3 of 6 operations failed (indices 1, 3, 4); first error: ")
     # Successful translations were fully applied.
     assert opt.region_of(va) is not None and len(opt.region_of(va).resident) == 3  # type: ignore[union-attr]
 
@@ -292,3 +294,14 @@ def test_async_prefetching_tlb_with_custom_concurrency() -> None:
     assert asyncio.run(off.translate_batch_concurrent(addrs)) == ref
     with pytest.raises(ConfigError):
         AsyncPrefetchingTlb.with_concurrency(pt, True, ConcurrencyConfig(0))
+
+
+def test_collect_logs_one_summary_line_not_one_per_index(caplog: pytest.LogCaptureFixture) -> None:
+    opt = guest()
+    bad = [0x1000 * k for k in range(1, 21)]  # 20 unmapped addresses
+    with caplog.at_level(logging.DEBUG, logger="vmopt.batching"):
+        res = opt.batch_access(bad, errors="collect")
+    assert res.failed == list(range(20))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("batch: 20 of 20 operations failed (indices 0, 1, 2, 3, 4, ...)")

@@ -91,9 +91,9 @@ def tlb_spec(hierarchy: str, policy: str, seed: int) -> Any:
     """A small TLB hierarchy (small so that sets conflict and evict)."""
     big, huge = 2 * MiB, GiB
     if hierarchy == "one":
-        return TlbConfig(16, 4, policy, (PAGE, big, huge), seed=seed)
+        return TlbConfig(16, 4, policy, (PAGE, big, huge), name="l1", seed=seed)
     if hierarchy == "fa":
-        return TlbConfig(8, 8, policy, (PAGE, big), seed=seed)
+        return TlbConfig(8, 8, policy, (PAGE, big), name="l1", seed=seed)
     if hierarchy == "two":
         return [
             TlbConfig(8, 2, policy, (PAGE,), 1, "l1", seed),
@@ -494,7 +494,7 @@ def test_switching_address_spaces_between_batches() -> None:
             a.map(0x1000 * (i + 1), mem.alloc(), PAGE, "rw", user=True, global_=i < 2)
             if i % 3:
                 b.map(0x1000 * (i + 1), mem.alloc(), PAGE, "r", user=True)
-        levels = [TlbConfig(8, 2, "plru"), TlbConfig(32, 4, "fifo", latency=5, name="l2")]
+        levels = [TlbConfig(8, 2, "plru", name="l1"), TlbConfig(32, 4, "fifo", latency=5, name="l2")]
         return a, b, (Mmu if product else RefMmu)(a, levels)
 
     pa, pb, ref = guest(False)

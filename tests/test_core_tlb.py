@@ -161,9 +161,9 @@ def hierarchy(layout: str, policy: str, seed: int) -> Any:
     """Small hierarchies, so that sets conflict and evict."""
     big = 2 * MiB
     if layout == "one":
-        return TlbConfig(16, 4, policy, (PAGE, big, GiB), seed=seed)
+        return TlbConfig(16, 4, policy, (PAGE, big, GiB), name="l1", seed=seed)
     if layout == "fa":
-        return TlbConfig(8, 8, policy, (PAGE, big), seed=seed)
+        return TlbConfig(8, 8, policy, (PAGE, big), name="l1", seed=seed)
     if layout == "two":
         return [
             TlbConfig(8, 2, policy, (PAGE,), 1, "l1", seed),

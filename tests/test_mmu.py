@@ -628,3 +628,15 @@ def test_default_hierarchy() -> None:
     sizes = [{e.size for arr in lv.arrays for e in arr} for lv in mmu.levels]
     assert sizes == [{K4, M2, GiB}, {K4, M2, GiB}]  # nothing splintered
     check_counters(mmu)
+
+
+def test_levels_are_named_by_position_when_names_are_not_given() -> None:
+    pt = build("x86_64")
+    mmu = Mmu(pt, tlb=[TlbConfig(64, 4), TlbConfig(1536, 12)])
+    assert [lv.name for lv in mmu.levels] == ["l1", "l2"]
+    split = Mmu(pt, tlb=[[TlbConfig(64, 4), TlbConfig(32, 4, page_sizes=(M2,))], TlbConfig(256, 4)])
+    assert [lv.name for lv in split.levels] == ["l1+l1_2m", "l2"]
+    named_ = Mmu(pt, tlb=[TlbConfig(8, 2, name="dtlb"), TlbConfig(16, 4)])
+    assert [lv.name for lv in named_.levels] == ["dtlb", "l2"]
+    with pytest.raises(ConfigError, match="TLB level names must be distinct"):
+        Mmu(pt, tlb=[TlbConfig(8, 2, name="x"), TlbConfig(16, 4, name="x")])

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmopt import (
+    AddressError,
     ConfigError,
     MappingError,
     MemoryOptimizer,
@@ -60,6 +61,9 @@ def test_layout_is_node_by_node() -> None:
     assert [mem.node_of(pa) for pa in (0, 4 * MiB - 1, 4 * MiB, 12 * MiB - 1, 12 * MiB)] == [0, 0, 1, 1, 2]
     pa = mem.alloc(2 * MiB, node=1)
     assert mem.node_of(pa) == 1 and pa % (2 * MiB) == 0
+    for bad in (-1, 16 * MiB):  # runtime input, not configuration
+        with pytest.raises(AddressError, match="is outside memory"):
+            mem.node_of(bad)
 
 
 def test_from_host_reads_sysfs(tmp_path: Path) -> None:

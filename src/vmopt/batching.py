@@ -21,9 +21,10 @@ Three ways through a batch, with identical results:
   exactly as the sequential path would, so frames are allocated in the same
   order and every translation is identical.
 
-Errors never stop a batch: every address is tried, failures are logged
-with their index, and ``errors="raise"`` raises :class:`BatchOperationFailed`
-with the true success count at the end; ``errors="collect"`` returns a
+Errors never stop a batch: every address is tried, a batch with failures
+logs one WARNING (how many, the first few indices and the first error),
+and ``errors="raise"`` raises :class:`BatchOperationFailed` with the true
+success count at the end; ``errors="collect"`` returns a
 :class:`BatchResult` instead.
 """
 
@@ -33,7 +34,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -141,10 +142,24 @@ def as_addresses(addrs: Addrs) -> tuple[list[int] | npt.NDArray[np.uint64], bool
     return out, False
 
 
+#: Failed indices a batch's summary line names.
+SUMMARY_INDICES: Final = 5
+
+
 def record_failure(errors: dict[int, BaseException], index: int, va: int, exc: BaseException) -> None:
-    """Note and log one failed operation."""
+    """Note one failed operation (logged at DEBUG; :func:`finish` logs the batch's summary)."""
     errors[index] = exc
-    log.warning("batch index %d (va %#x) failed: %s", index, va, exc)
+    log.debug("batch index %d (va %#x) failed: %s", index, va, exc)
+
+
+def log_summary(errors: dict[int, BaseException], total: int) -> None:
+    """One WARNING for a batch with failures: the count, the first indices, the first error."""
+    failed = sorted(errors)
+    shown = ", ".join(map(str, failed[:SUMMARY_INDICES])) + (", ..." if len(failed) > SUMMARY_INDICES else "")
+    log.warning(
+        "batch: %d of %d operations failed (indices %s); first error: %s",
+        len(failed), total, shown, errors[failed[0]],
+    )  # fmt: skip
 
 
 def finish(
@@ -154,6 +169,8 @@ def finish(
     total: int,
 ) -> Any:
     """Return values, raise :class:`BatchOperationFailed`, or wrap a :class:`BatchResult`."""
+    if errors:
+        log_summary(errors, total)
     if mode == "collect":
         ok = np.ones(total, dtype=bool)
         if errors:

@@ -35,8 +35,9 @@ from vmopt.numa.policy import MemPolicy
 from vmopt.paging.format import PagingFormat
 from vmopt.paging.pagetable import PageTable
 from vmopt.paging.types import Perm
+from vmopt.stores.base import BackingStore
 from vmopt.tlb.config import PrefetchConfig, PwcConfig
-from vmopt.tlb.mmu import RIGHTS_BIT, Mmu, TlbSpec
+from vmopt.tlb.mmu import RIGHTS_BIT, FaultHandler, Mmu, TlbSpec
 from vmopt.tlb.stats import TlbStats
 from vmopt.units import format_size
 
@@ -58,7 +59,7 @@ class Region:
     policy: MemPolicy
     perms: Perm
     user: bool
-    store: Any = None
+    store: BackingStore | None = None
     resident: dict[int, int] = field(default_factory=dict)  # page index -> frame pa
 
     @property
@@ -174,7 +175,7 @@ class MemoryOptimizer:
         page_size: int = 4096,
         perms: str = "rw",
         user: bool = True,
-        store: Any = None,
+        store: BackingStore | None = None,
     ) -> int:
         """Reserve ``size`` bytes of guest-virtual space; pages appear on first touch.
 
@@ -245,7 +246,7 @@ class MemoryOptimizer:
 
     # -- demand paging ----------------------------------------------------------------------
 
-    def _handler(self, cpu: int) -> Any:
+    def _handler(self, cpu: int) -> FaultHandler:
         def handle(va: int, access: str, user: bool) -> bool:
             return self._demand_fault(va, cpu)
 
@@ -459,6 +460,7 @@ class MemoryOptimizer:
 
         async def fetch(region: Region, index: int) -> bytes:
             pages_per = region.page_size // 4096
+            assert region.store is not None  # _pages_to_fetch plans store-backed pages only
             data = await loader.load(region.store.fetch, index * pages_per, pages_per)
             self.store_fetches += pages_per
             return data

@@ -13,7 +13,7 @@ import logging
 import threading
 
 from vmopt import _core
-from vmopt.errors import ConfigError, OutOfFramesError
+from vmopt.errors import AddressError, ConfigError, OutOfFramesError
 from vmopt.memory.buddy import BuddyAllocator
 from vmopt.memory.physical import FRAME_SHIFT, FRAME_SIZE, PhysicalMemory, block_size
 from vmopt.numa.config import NumaConfig
@@ -64,7 +64,7 @@ class NumaMemory(PhysicalMemory):
                 node = None
             if node is not None:
                 return node
-        raise ConfigError(f"physical address {pa!r} is outside memory [0, {self.size:#x})")
+        raise AddressError(f"physical address {pa!r} is outside memory [0, {self.size:#x})")
 
     @property
     def allocator(self) -> BuddyAllocator:

@@ -57,6 +57,10 @@ class BackingStore(Protocol):
         """Return page ``page_index`` (exactly ``page_size`` bytes)."""
         ...
 
+    def fetch_sync(self, page_index: int) -> bytes:
+        """Blocking twin of :meth:`fetch`, same result (the guest's synchronous faults use it)."""
+        ...
+
     def close(self) -> None:
         """Release the store's resources; later fetches raise StoreError."""
         ...

@@ -29,7 +29,9 @@ class TlbConfig:
     ``ways == entries`` is fully associative. ``page_sizes`` lists what the
     level holds; a larger page is cached as the largest listed size that fits
     inside it (splintered), as hardware does. ``latency`` is the lookup cost
-    in cycles. ``seed`` seeds the "random" policy.
+    in cycles. ``seed`` seeds the "random" policy. ``name`` defaults by
+    position: ``l1``, ``l2``, ... for a hierarchy's levels (a split array
+    after a level's first gets its page size: ``l1_2m``).
     """
 
     entries: int
@@ -37,7 +39,7 @@ class TlbConfig:
     policy: str = "lru"
     page_sizes: tuple[int, ...] = (4096,)
     latency: int = 1
-    name: str = "l1"
+    name: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,7 +65,7 @@ class TlbConfig:
         object.__setattr__(self, "page_sizes", tuple(sorted(sizes)))
         if not isinstance(self.latency, int) or self.latency < 0:
             raise ConfigError(f"latency must be a non-negative integer, got {self.latency!r}")
-        if not isinstance(self.name, str) or not self.name:
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
             raise ConfigError(f"name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")

@@ -23,20 +23,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
 
 from vmopt import _core
-from vmopt.batching import ArrayPath, run_sequential
+from vmopt.batching import Addrs, ArrayPath, BatchResult, run_sequential
 from vmopt.errors import ConfigError, PageFault, VmoptError
 from vmopt.paging.types import Perm
 from vmopt.tlb._live import MMU_FIELDS, TLB_FIELDS, LiveMmuStats
 from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, TlbConfig
 from vmopt.tlb.pwc import PageWalkCache
 from vmopt.tlb.stats import MmuStats, TlbStats
-from vmopt.tlb.tlb import GLOBAL_ASID, TlbLevel, config_tuple
+from vmopt.tlb.tlb import GLOBAL_ASID, TlbLevel, config_tuple, named
 
 if TYPE_CHECKING:
     from vmopt.paging.pagetable import PageTable
@@ -70,13 +70,13 @@ def _level_configs(spec: TlbSpec) -> list[list[TlbConfig]]:
     if spec is None:
         spec = DEFAULT_TLB_LEVELS
     if isinstance(spec, TlbConfig):
-        return [[spec]]
+        return [named([spec])]
     levels = []
-    for item in spec:
+    for position, item in enumerate(spec):
         cfgs = [item] if isinstance(item, TlbConfig) else list(item)
         if not cfgs:
             raise ConfigError("a TLB level needs at least one TlbConfig")
-        levels.append(cfgs)
+        levels.append(named(cfgs, position))
     return levels
 
 
@@ -232,17 +232,41 @@ class Mmu:
 
     # -- batches ---------------------------------------------------------------------
 
+    @overload
     def translate_batch(
-        self, addrs: Any, access: str = "r", user: bool = False, errors: str = "raise"
-    ) -> Any:
-        """Translate a batch in order (see :mod:`vmopt.batching`); arrays go through the core's loop."""
+        self, addrs: Sequence[int], access: str = ..., user: bool = ..., errors: Literal["raise"] = ...
+    ) -> list[int]: ...
+    @overload
+    def translate_batch(
+        self, addrs: npt.NDArray[np.integer[Any]], access: str = ..., user: bool = ...,
+        errors: Literal["raise"] = ...,
+    ) -> U64: ...  # fmt: skip
+    @overload
+    def translate_batch(
+        self, addrs: Addrs, access: str = ..., user: bool = ..., *, errors: Literal["collect"]
+    ) -> BatchResult: ...
+    @overload
+    def translate_batch(
+        self, addrs: Addrs, access: str = ..., user: bool = ..., errors: str = ...
+    ) -> list[int] | U64 | BatchResult: ...
+    def translate_batch(
+        self, addrs: Addrs, access: str = "r", user: bool = False, errors: str = "raise"
+    ) -> list[int] | U64 | BatchResult:
+        """Translate a batch in order (see :mod:`vmopt.batching`); arrays go through the core's loop.
+
+        A list gives a list of physical addresses, an integer array a uint64
+        array; ``errors="collect"`` returns a :class:`~vmopt.BatchResult`.
+        """
         path = None
         if (access, user) in RIGHTS_BIT:
             path = ArrayPath(
                 lambda vas, out: self.translate_into(vas, out, access, user),
                 lambda va, error: self.handle_fault(va, access, user, error),
             )
-        return run_sequential(lambda va: self.translate(va, access, user), addrs, errors, array_path=path)
+        out: list[int] | U64 | BatchResult = run_sequential(
+            lambda va: self.translate(va, access, user), addrs, errors, array_path=path
+        )
+        return out
 
     # -- prefetching ---------------------------------------------------------------
 

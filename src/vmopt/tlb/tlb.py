@@ -10,6 +10,7 @@ the same victims.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
@@ -29,9 +30,28 @@ _MASK64: Final = (1 << 64) - 1
 EntryTuple = tuple[int, int, int, int, int, bool, int, bool, bool, int, int, int]
 
 
+_SIZE_SUFFIX: Final = {4096: "4k", 2 << 20: "2m", 1 << 30: "1g"}
+
+
+def named(configs: Sequence[TlbConfig], position: int = 0) -> list[TlbConfig]:
+    """The arrays of level ``position`` (0 is L1), unnamed ones named by position.
+
+    The level's first array is ``l{n}``, a further split array
+    ``l{n}_{its smallest page size}`` (``l1_2m``), as the default hierarchy's.
+    """
+    out = []
+    for j, c in enumerate(configs):
+        if c.name is None:
+            suffix = "" if j == 0 else "_" + _SIZE_SUFFIX[c.page_sizes[0]]
+            c = dataclasses.replace(c, name=f"l{position + 1}{suffix}")
+        out.append(c)
+    return out
+
+
 def config_tuple(c: TlbConfig) -> tuple[int, int, str, list[int], int, str, int]:
     """A config as the core takes it (the seed modulo 2^64, as the generator uses it)."""
-    return (c.entries, c.ways, c.policy, list(c.page_sizes), c.latency, c.name, c.seed & _MASK64)
+    name = "l1" if c.name is None else c.name
+    return (c.entries, c.ways, c.policy, list(c.page_sizes), c.latency, name, c.seed & _MASK64)
 
 
 class XorShift64:
@@ -185,8 +205,9 @@ class Tlb:
     """
 
     def __init__(self, config: TlbConfig, stats: TlbStats | None = None) -> None:
+        (config,) = named([config])
         core = _core.TlbLevel([config_tuple(config)])
-        self._setup(config, core, 0, LiveTlbStats(config.name, core.stats))
+        self._setup(config, core, 0, LiveTlbStats(core.name, core.stats))
         self._given = stats
         if stats is not None:
             self.stats = stats
@@ -319,7 +340,7 @@ class TlbLevel:
     """
 
     def __init__(self, configs: TlbConfig | Sequence[TlbConfig]) -> None:
-        cfgs = [configs] if isinstance(configs, TlbConfig) else list(configs)
+        cfgs = named([configs] if isinstance(configs, TlbConfig) else list(configs))
         if not cfgs:
             raise ConfigError("a TLB level needs at least one TlbConfig")
         self._setup(_core.TlbLevel([config_tuple(c) for c in cfgs]), cfgs)
