@@ -73,7 +73,7 @@ def test_sweep_errors_exit_2(tmp_path: Path) -> None:
     src = str(Path(__file__).resolve().parent.parent / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     for args, message in (
-        (["--grid", "tlb.l1.ways=3,4"], "tlb.l1.ways: 3 does not divide entries 64"),
+        (["--grid", "tlb.l1.ways=3,4"], "tlb.l1.ways: entries (64) must be a multiple of ways (3)"),
         (["--grid", "tlb.l1.entires=16"], "tlb.l1.entires: unknown key"),
         (["--grid", "tlb.l1.entries=16", "missing.txt"], "missing.txt"),
     ):

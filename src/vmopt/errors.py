@@ -14,7 +14,16 @@ class VmoptError(Exception):
 
 
 class ConfigError(VmoptError, ValueError):
-    """A configuration value is invalid (raised at construction)."""
+    """A configuration value is invalid (raised at construction).
+
+    ``field`` names the config object's field at fault, when one is; a
+    configuration file's section prefixes it with its dotted key
+    (``tlb.l1.ways``).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class AddressError(VmoptError, ValueError):

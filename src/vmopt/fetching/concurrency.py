@@ -67,13 +67,13 @@ class ConcurrencyConfig:
         for name in _INT_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name} must be an int, got {value!r}")
+                raise ConfigError(f"{name} must be an int, got {value!r}", field=name)
             if value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
+                raise ConfigError(f"{name} must be >= 1, got {value}", field=name)
         for name in _BOOL_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, bool):
-                raise ConfigError(f"{name} must be a bool, got {value!r}")
+                raise ConfigError(f"{name} must be a bool, got {value!r}", field=name)
         if self.max_concurrent > MAX_CONCURRENT_WARN:
             logger.warning(
                 "max_concurrent=%d is above %d; that many overlapping fetches is unusual",

@@ -39,13 +39,18 @@ class NumaConfig:
     def __post_init__(self) -> None:
         n = self.num_nodes
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ConfigError(f"num_nodes must be a positive integer, got {n!r}")
+            raise ConfigError(f"num_nodes must be a positive integer, got {n!r}", field="nodes")
         sizes = [self.mem_per_node] * n if isinstance(self.mem_per_node, int) else list(self.mem_per_node)
         if len(sizes) != n:
-            raise ConfigError(f"mem_per_node lists {len(sizes)} sizes for {n} nodes: {self.mem_per_node!r}")
+            raise ConfigError(
+                f"mem_per_node lists {len(sizes)} sizes for {n} nodes: {self.mem_per_node!r}",
+                field="mem_per_node",
+            )
         for i, size in enumerate(sizes):
             if not isinstance(size, int) or size <= 0 or size % 4096:
-                raise ConfigError(f"node {i} memory must be a positive multiple of 4096, got {size!r}")
+                raise ConfigError(
+                    f"node {i} memory must be a positive multiple of 4096, got {size!r}", field="mem_per_node"
+                )
         object.__setattr__(self, "mem_per_node", tuple(sizes))
         if self.distances is None:
             dist = tuple(
@@ -54,16 +59,21 @@ class NumaConfig:
         else:
             dist = tuple(tuple(row) for row in self.distances)
             if len(dist) != n or any(len(row) != n for row in dist):
-                raise ConfigError(f"distances must be a {n}x{n} matrix, got {self.distances!r}")
+                raise ConfigError(
+                    f"distances must be a {n}x{n} matrix, got {self.distances!r}", field="distances"
+                )
             for i, row in enumerate(dist):
                 for j, d in enumerate(row):
-                    if not isinstance(d, int):
-                        raise ConfigError(f"distance [{i}][{j}] must be an integer, got {d!r}")
+                    at = f"distances[{i}][{j}]"
+                    if not isinstance(d, int) or isinstance(d, bool):
+                        raise ConfigError(f"distance [{i}][{j}] must be an integer, got {d!r}", field=at)
                     if i == j and d != LOCAL_DISTANCE:
-                        raise ConfigError(f"distance [{i}][{i}] must be {LOCAL_DISTANCE} (local), got {d}")
+                        raise ConfigError(
+                            f"distance [{i}][{i}] must be {LOCAL_DISTANCE} (local), got {d}", field=at
+                        )
                     if i != j and d <= LOCAL_DISTANCE:
                         raise ConfigError(
-                            f"distance [{i}][{j}] must be greater than {LOCAL_DISTANCE}, got {d}"
+                            f"distance [{i}][{j}] must be greater than {LOCAL_DISTANCE}, got {d}", field=at
                         )
         object.__setattr__(self, "distances", dist)
         if not isinstance(self.cpus_per_node, int) or self.cpus_per_node < 1:

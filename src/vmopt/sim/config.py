@@ -3,8 +3,11 @@
 The raw form is a nested dict exactly as TOML holds it. :func:`load_config`
 starts from :func:`default_raw`, merges a file (a file's ``[tlb]`` table
 replaces the default hierarchy as a whole), applies ``--set`` overrides and
-validates. Every error names the offending key (``tlb.l1.ways: 3 does not
-divide entries 64``). See docs/configuration.md for where the defaults come from.
+validates. Every error names the offending key (``tlb.l1.ways: entries (64)
+must be a multiple of ways (3)``). The sections hold the domain configs
+(TlbConfig, PrefetchConfig, PwcConfig, NumaConfig, ConcurrencyConfig): their
+rules and defaults are those configs', their errors come back under the
+dotted key. See docs/configuration.md for where the defaults come from.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import copy
 import logging
 import math
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
@@ -23,7 +27,7 @@ from vmopt.fetching.concurrency import ConcurrencyConfig
 from vmopt.numa.config import LOCAL_DISTANCE, NumaConfig
 from vmopt.numa.policy import MemPolicy
 from vmopt.paging import FORMATS
-from vmopt.tlb.config import POLICIES, PREFETCHERS, PrefetchConfig, PwcConfig, TlbConfig
+from vmopt.tlb.config import DEFAULT_TLB_LEVELS, PrefetchConfig, PwcConfig, TlbConfig
 from vmopt.units import parse_size
 
 __all__ = [
@@ -46,55 +50,76 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZES: Final = {4096: "4K", 2 << 20: "2M", 1 << 30: "1G"}
 ARRAY_KEYS: Final = ("entries", "ways", "policy", "page_sizes", "latency")
+#: A TLB array's defaults (entries and ways have none).
+_ARRAY: Final = TlbConfig(1, 1)
 
 
 def default_raw() -> dict[str, Any]:
     """The default configuration in raw (TOML) form: one current x86-64 core, a 2-socket host.
 
-    TLB: Intel Golden Cove (Alder Lake P-core / Sapphire Rapids) data TLBs,
-    from Intel's Optimization Reference Manual, table "TLB parameters".
+    Every value comes from the default it stands for: the TLB hierarchy from
+    :data:`vmopt.tlb.config.DEFAULT_TLB_LEVELS`, the prefetcher, page-walk cache
+    and concurrency from their configs' defaults, the rest from the sections'.
     """
+    paging, pwc, numa = PagingSection(), PwcSection(), NumaSection()
     return {
-        "paging": {"format": "x86_64", "page_size": "4K", "walk_ref_cycles": 20},
-        "tlb": {
-            "l1": {
-                "entries": 64,
-                "ways": 4,
-                "policy": "lru",
-                "page_sizes": ["4K"],
-                "latency": 1,
-                "2m": {"entries": 32, "ways": 4, "policy": "lru", "page_sizes": ["2M"], "latency": 1},
-                "1g": {"entries": 4, "ways": 4, "policy": "lru", "page_sizes": ["1G"], "latency": 1},
-            },
-            "l2": {
-                "entries": 2048,
-                "ways": 16,
-                "policy": "lru",
-                "page_sizes": ["4K", "2M"],
-                "latency": 8,
-                "1g": {"entries": 16, "ways": 4, "policy": "lru", "page_sizes": ["1G"], "latency": 8},
-            },
+        "paging": {
+            "format": paging.format,
+            "page_size": size_name(paging.page_size),
+            "walk_ref_cycles": paging.walk_ref_cycles,
         },
-        "prefetch": {"kind": "none", "degree": 1, "mode": "immediate", "queue_limit": 1024},
-        "pwc": {"enabled": True, "entries": 32, "latency": 1},
+        "tlb": {f"l{i + 1}": _level_raw(level) for i, level in enumerate(DEFAULT_TLB_LEVELS)},
+        "prefetch": _fields_raw(PrefetchConfig()),
+        "pwc": {"enabled": pwc.enabled, **_fields_raw(PwcConfig())},
         "numa": {
-            "nodes": 2,
-            "mem_per_node": "16G",
-            "distances": [[10, 21], [21, 10]],
-            "policy": "local",
-            "cpus": 0,
+            "nodes": numa.nodes,
+            "mem_per_node": _size_text(numa.mem_per_node[0]),
+            "distances": [list(r) for r in numa.numa_config(1).distances],  # type: ignore[union-attr]
+            "policy": numa.policy,
+            "cpus": numa.cpus,
         },
-        "concurrency": {f.name: getattr(ConcurrencyConfig(), f.name) for f in fields(ConcurrencyConfig)},
+        "concurrency": _fields_raw(ConcurrencyConfig()),
     }
+
+
+def _fields_raw(config: Any) -> dict[str, Any]:
+    """A config dataclass's fields, as a raw table."""
+    return {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+def _array_raw(c: TlbConfig) -> dict[str, Any]:
+    return {
+        "entries": c.entries, "ways": c.ways, "policy": c.policy,
+        "page_sizes": [size_name(s) for s in c.page_sizes], "latency": c.latency,
+    }  # fmt: skip
+
+
+def _level_raw(level: Iterable[TlbConfig]) -> dict[str, Any]:
+    """A hierarchy level as a raw table: its first array's keys, then ``[lN.SUFFIX]`` per split array."""
+    first, *split = level
+    raw = _array_raw(first)
+    for c in split:
+        raw[str(c.name).partition("_")[2]] = _array_raw(c)
+    return raw
+
+
+@contextmanager
+def _keyed(prefix: str) -> Iterator[None]:
+    """Re-raise a domain config's ConfigError under the dotted key of the value at fault."""
+    try:
+        yield
+    except ConfigError as exc:
+        key = prefix if exc.field is None else f"{prefix}.{exc.field}"
+        raise ConfigError(f"{key}: {exc}") from exc
 
 
 # -- small validators -------------------------------------------------------------------------
 
 
-def _int(key: str, value: Any, minimum: int = 0) -> int:
+def _int(key: str, value: Any, minimum: int | None = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if value < minimum:
+    if minimum is not None and value < minimum:
         raise ConfigError(f"{key}: must be >= {minimum}, got {value}")
     return value
 
@@ -169,7 +194,10 @@ class PagingSection:
 
 @dataclass(frozen=True)
 class TlbArraySection:
-    """One set-associative TLB array (``key`` is its dotted config name, for messages)."""
+    """One set-associative TLB array (``key`` is its dotted config name, for messages).
+
+    Its rules are :class:`TlbConfig`'s, whose errors come back under ``key``.
+    """
 
     key: str
     entries: int
@@ -179,35 +207,16 @@ class TlbArraySection:
     latency: int = 1
 
     def __post_init__(self) -> None:
-        k = self.key
-        _int(f"{k}.entries", self.entries, 1)
-        _int(f"{k}.ways", self.ways, 1)
-        if self.entries % self.ways:
-            raise ConfigError(f"{k}.ways: {self.ways} does not divide entries {self.entries}")
-        sets = self.entries // self.ways
-        if sets & (sets - 1):
-            raise ConfigError(
-                f"{k}.ways: entries {self.entries} / ways {self.ways} = {sets} sets, not a power of two"
-            )
-        _str(f"{k}.policy", self.policy, POLICIES)
-        if self.policy == "plru" and self.ways & (self.ways - 1):
-            raise ConfigError(f"{k}.ways: tree PLRU needs a power-of-two number of ways, got {self.ways}")
-        if not self.page_sizes or len(set(self.page_sizes)) != len(self.page_sizes):
-            raise ConfigError(f"{k}.page_sizes: must list distinct page sizes, got {self.page_sizes!r}")
-        for s in self.page_sizes:
-            _page_size(f"{k}.page_sizes", s)
-        _int(f"{k}.latency", self.latency)
+        self.tlb_config(self.key.rpartition(".")[2])
 
     def tlb_config(self, name: str) -> TlbConfig:
         """The :class:`TlbConfig` this array stands for."""
-        return TlbConfig(self.entries, self.ways, self.policy, self.page_sizes, self.latency, name)
+        with _keyed(self.key):
+            return TlbConfig(self.entries, self.ways, self.policy, self.page_sizes, self.latency, name)
 
     def to_raw(self) -> dict[str, Any]:
         """TOML form."""
-        return {
-            "entries": self.entries, "ways": self.ways, "policy": self.policy,
-            "page_sizes": [size_name(s) for s in self.page_sizes], "latency": self.latency,
-        }  # fmt: skip
+        return _array_raw(self.tlb_config(self.key))
 
 
 @dataclass(frozen=True)
@@ -243,38 +252,39 @@ class TlbLevelSection:
         return raw
 
 
+_PREFETCH, _PWC = PrefetchConfig(), PwcConfig()
+
+
 @dataclass(frozen=True)
 class PrefetchSection:
-    """[prefetch]: TLB prefetcher kind, degree and mode."""
+    """[prefetch]: TLB prefetcher kind, degree and mode (a :class:`PrefetchConfig`'s rules and defaults)."""
 
-    kind: str = "none"
-    degree: int = 1
-    mode: str = "immediate"
-    queue_limit: int = 1024
+    kind: str = _PREFETCH.kind
+    degree: int = _PREFETCH.degree
+    mode: str = _PREFETCH.mode
+    queue_limit: int = _PREFETCH.queue_limit
 
     def __post_init__(self) -> None:
-        _str("prefetch.kind", self.kind, PREFETCHERS)
-        _int("prefetch.degree", self.degree, 1)
-        _str("prefetch.mode", self.mode, ("immediate", "deferred"))
-        _int("prefetch.queue_limit", self.queue_limit, 1)
+        self.prefetch_config()
 
     def prefetch_config(self) -> PrefetchConfig:
         """As the MMU takes it."""
-        return PrefetchConfig(self.kind, self.degree, self.mode, self.queue_limit)
+        with _keyed("prefetch"):
+            return PrefetchConfig(self.kind, self.degree, self.mode, self.queue_limit)
 
 
 @dataclass(frozen=True)
 class PwcSection:
-    """[pwc]: the page-walk (paging-structure) cache."""
+    """[pwc]: the page-walk (paging-structure) cache (a :class:`PwcConfig`'s rules and defaults)."""
 
     enabled: bool = True
-    entries: int = 32
-    latency: int = 1
+    entries: int = _PWC.entries
+    latency: int = _PWC.latency
 
     def __post_init__(self) -> None:
         _bool("pwc.enabled", self.enabled)
-        _int("pwc.entries", self.entries, 1)
-        _int("pwc.latency", self.latency)
+        with _keyed("pwc"):
+            PwcConfig(self.entries, self.latency)
 
     def pwc_config(self) -> PwcConfig | None:
         """As the MMU takes it (None when disabled)."""
@@ -290,31 +300,13 @@ class NumaSection:
 
     nodes: int = 2
     mem_per_node: tuple[int, ...] = (16 << 30, 16 << 30)
-    distances: tuple[tuple[int, ...], ...] | None = None
+    #: A two-socket host's SLIT (remote 21, as two-socket Xeon firmware reports); None: NumaConfig's.
+    distances: tuple[tuple[int, ...], ...] | None = ((LOCAL_DISTANCE, 21), (21, LOCAL_DISTANCE))
     policy: str = "local"
     cpus: int = 0
 
     def __post_init__(self) -> None:
-        _int("numa.nodes", self.nodes, 1)
-        if len(self.mem_per_node) != self.nodes:
-            raise ConfigError(
-                f"numa.mem_per_node: lists {len(self.mem_per_node)} sizes for {self.nodes} nodes"
-            )
-        for s in self.mem_per_node:
-            if s % 4096:
-                raise ConfigError(f"numa.mem_per_node: {s} is not a multiple of 4096")
-        if self.distances is not None:
-            n = self.nodes
-            if len(self.distances) != n or any(len(r) != n for r in self.distances):
-                raise ConfigError(f"numa.distances: expected a {n}x{n} matrix, got {self.distances!r}")
-            for i, row in enumerate(self.distances):
-                for j, d in enumerate(row):
-                    _int(f"numa.distances[{i}][{j}]", d)
-                    if (i == j) != (d == LOCAL_DISTANCE) or d < LOCAL_DISTANCE:
-                        raise ConfigError(
-                            f"numa.distances[{i}][{j}]: {d} (the diagonal is {LOCAL_DISTANCE}, "
-                            f"other entries are greater)"
-                        )
+        self.numa_config(1)
         try:
             MemPolicy.parse(_str("numa.policy", self.policy)).check(self.nodes)
         except ConfigError as exc:
@@ -322,10 +314,11 @@ class NumaSection:
         _int("numa.cpus", self.cpus)
 
     def numa_config(self, cpus: int) -> NumaConfig:
-        """The topology for ``cpus`` vCPUs."""
-        return NumaConfig(
-            self.nodes, self.mem_per_node, self.distances, cpu_nodes=[c % self.nodes for c in range(cpus)]
-        )
+        """The topology for ``cpus`` vCPUs (:class:`NumaConfig`'s rules; errors under ``numa``)."""
+        with _keyed("numa"):
+            return NumaConfig(
+                self.nodes, self.mem_per_node, self.distances, cpu_nodes=[c % self.nodes for c in range(cpus)]
+            )
 
     def mempolicy(self) -> MemPolicy:
         """The default mempolicy."""
@@ -370,15 +363,10 @@ class SimConfig:
                 "walk_ref_cycles": self.paging.walk_ref_cycles,
             },
             "tlb": {level.name: level.to_raw() for level in self.tlb},
-            "prefetch": {
-                "kind": self.prefetch.kind,
-                "degree": self.prefetch.degree,
-                "mode": self.prefetch.mode,
-                "queue_limit": self.prefetch.queue_limit,
-            },
-            "pwc": {"enabled": self.pwc.enabled, "entries": self.pwc.entries, "latency": self.pwc.latency},
+            "prefetch": _fields_raw(self.prefetch),
+            "pwc": _fields_raw(self.pwc),
             "numa": numa,
-            "concurrency": {f.name: getattr(self.concurrency, f.name) for f in fields(ConcurrencyConfig)},
+            "concurrency": _fields_raw(self.concurrency),
         }
 
 
@@ -396,16 +384,16 @@ def _array(key: str, raw: Mapping[str, Any]) -> TlbArraySection:
     for required in ("entries", "ways"):
         if required not in raw:
             raise ConfigError(f"{key}.{required}: missing (every TLB array needs entries and ways)")
-    sizes = raw.get("page_sizes", ["4K"])
+    sizes = raw.get("page_sizes", [size_name(s) for s in _ARRAY.page_sizes])
     if not isinstance(sizes, list):
         sizes = [sizes]
     return TlbArraySection(
         key,
-        _int(f"{key}.entries", raw["entries"], 1),
-        _int(f"{key}.ways", raw["ways"], 1),
-        _str(f"{key}.policy", raw.get("policy", "lru"), POLICIES),
+        _int(f"{key}.entries", raw["entries"], None),
+        _int(f"{key}.ways", raw["ways"], None),
+        _str(f"{key}.policy", raw.get("policy", _ARRAY.policy)),
         tuple(_page_size(f"{key}.page_sizes", s) for s in sizes),
-        _int(f"{key}.latency", raw.get("latency", 1)),
+        _int(f"{key}.latency", raw.get("latency", _ARRAY.latency), None),
     )
 
 
@@ -437,10 +425,11 @@ def from_raw(raw: Mapping[str, Any]) -> SimConfig:
         if k not in sections:
             raise ConfigError(f"{k}: unknown section (expected one of {', '.join(sections)})")
     p = _section(raw, "paging", ("format", "page_size", "walk_ref_cycles"))
+    dp = PagingSection()
     paging = PagingSection(
-        _str("paging.format", p.get("format", "x86_64"), FORMATS),
-        _page_size("paging.page_size", p.get("page_size", 4096)),
-        _int("paging.walk_ref_cycles", p.get("walk_ref_cycles", 20)),
+        _str("paging.format", p.get("format", dp.format), FORMATS),
+        _page_size("paging.page_size", p.get("page_size", dp.page_size)),
+        _int("paging.walk_ref_cycles", p.get("walk_ref_cycles", dp.walk_ref_cycles)),
     )
     t = _table("tlb", raw.get("tlb", {}))
     names = sorted(t, key=lambda n: (len(n), n))
@@ -449,21 +438,13 @@ def from_raw(raw: Mapping[str, Any]) -> SimConfig:
             raise ConfigError(f"tlb.{n}: unknown key (TLB levels are named l1, l2, ...)")
     levels = tuple(_level(n, _table(f"tlb.{n}", t[n])) for n in names)
     f = _section(raw, "prefetch", ("kind", "degree", "mode", "queue_limit"))
-    prefetch = PrefetchSection(
-        _str("prefetch.kind", f.get("kind", "none"), PREFETCHERS),
-        _int("prefetch.degree", f.get("degree", 1), 1),
-        _str("prefetch.mode", f.get("mode", "immediate"), ("immediate", "deferred")),
-        _int("prefetch.queue_limit", f.get("queue_limit", 1024), 1),
-    )
+    prefetch = PrefetchSection(**f)
     w = _section(raw, "pwc", ("enabled", "entries", "latency"))
-    pwc = PwcSection(
-        _bool("pwc.enabled", w.get("enabled", True)),
-        _int("pwc.entries", w.get("entries", 32), 1),
-        _int("pwc.latency", w.get("latency", 1)),
-    )
+    pwc = PwcSection(**w)
     m = _section(raw, "numa", ("nodes", "mem_per_node", "distances", "policy", "cpus"))
-    nodes = _int("numa.nodes", m.get("nodes", 1), 1)
-    mem = m.get("mem_per_node", "16G")
+    dn = NumaSection()
+    nodes = _int("numa.nodes", m.get("nodes", dn.nodes), 1)
+    mem = m.get("mem_per_node", dn.mem_per_node[0])
     mem_list = [_size("numa.mem_per_node", x) for x in mem] if isinstance(mem, list) else [
         _size("numa.mem_per_node", mem)] * nodes  # fmt: skip
     dist = m.get("distances")
@@ -477,15 +458,13 @@ def from_raw(raw: Mapping[str, Any]) -> SimConfig:
         nodes,
         tuple(mem_list),
         dist,
-        _str("numa.policy", m.get("policy", "local")),
-        _int("numa.cpus", m.get("cpus", 0)),
+        _str("numa.policy", m.get("policy", dn.policy)),
+        _int("numa.cpus", m.get("cpus", dn.cpus)),
     )
     cfields = [fl.name for fl in fields(ConcurrencyConfig)]
     c = _section(raw, "concurrency", cfields)
-    try:
+    with _keyed("concurrency"):
         concurrency = ConcurrencyConfig(**c)
-    except ConfigError as exc:
-        raise ConfigError(f"concurrency.{exc}") from exc
     return SimConfig(paging, levels, prefetch, pwc, numa, concurrency)
 
 

@@ -7,16 +7,24 @@ from typing import Final
 
 from vmopt.errors import ConfigError
 
-__all__ = ["POLICIES", "PREFETCHERS", "PrefetchConfig", "PwcConfig", "TlbConfig"]
+__all__ = [
+    "DEFAULT_TLB",
+    "DEFAULT_TLB_LEVELS",
+    "POLICIES",
+    "PREFETCHERS",
+    "PrefetchConfig",
+    "PwcConfig",
+    "TlbConfig",
+]
 
 POLICIES: Final = ("lru", "fifo", "random", "plru")
 PREFETCHERS: Final = ("none", "next_page", "stride")
 PAGE_SIZES: Final = (4096, 2 << 20, 1 << 30)
 
 
-def _positive_int(name: str, value: object) -> int:
+def _positive_int(name: str, value: object, field: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}", field=field)
     return value
 
 
@@ -43,28 +51,36 @@ class TlbConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _positive_int("entries", self.entries)
-        _positive_int("ways", self.ways)
+        _positive_int("entries", self.entries, "entries")
+        _positive_int("ways", self.ways, "ways")
         if self.entries % self.ways:
-            raise ConfigError(f"entries ({self.entries}) must be a multiple of ways ({self.ways})")
+            raise ConfigError(
+                f"entries ({self.entries}) must be a multiple of ways ({self.ways})", field="ways"
+            )
         sets = self.entries // self.ways
         if sets & (sets - 1):
             raise ConfigError(
                 f"sets = entries / ways = {sets} must be a power of two"
-                f" (entries={self.entries}, ways={self.ways})"
+                f" (entries={self.entries}, ways={self.ways})",
+                field="ways",
             )
         if self.policy not in POLICIES:
-            raise ConfigError(f"unknown TLB policy {self.policy!r}; expected one of {', '.join(POLICIES)}")
+            raise ConfigError(
+                f"unknown TLB policy {self.policy!r}; expected one of {', '.join(POLICIES)}", field="policy"
+            )
         if self.policy == "plru" and self.ways & (self.ways - 1):
-            raise ConfigError(f"tree PLRU needs a power-of-two number of ways, got {self.ways}")
+            raise ConfigError(f"tree PLRU needs a power-of-two number of ways, got {self.ways}", field="ways")
         sizes = tuple(self.page_sizes)
         if not sizes or any(s not in PAGE_SIZES for s in sizes) or len(set(sizes)) != len(sizes):
             raise ConfigError(
-                f"page_sizes must be distinct values of 4096, 2 MiB, 1 GiB; got {self.page_sizes!r}"
+                f"page_sizes must be distinct values of 4096, 2 MiB, 1 GiB; got {self.page_sizes!r}",
+                field="page_sizes",
             )
         object.__setattr__(self, "page_sizes", tuple(sorted(sizes)))
         if not isinstance(self.latency, int) or self.latency < 0:
-            raise ConfigError(f"latency must be a non-negative integer, got {self.latency!r}")
+            raise ConfigError(
+                f"latency must be a non-negative integer, got {self.latency!r}", field="latency"
+            )
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
             raise ConfigError(f"name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.seed, int):
@@ -88,9 +104,11 @@ class PwcConfig:
     latency: int = 1
 
     def __post_init__(self) -> None:
-        _positive_int("pwc entries", self.entries)
+        _positive_int("pwc entries", self.entries, "entries")
         if not isinstance(self.latency, int) or self.latency < 0:
-            raise ConfigError(f"pwc latency must be a non-negative integer, got {self.latency!r}")
+            raise ConfigError(
+                f"pwc latency must be a non-negative integer, got {self.latency!r}", field="latency"
+            )
 
 
 @dataclass(frozen=True)
@@ -111,11 +129,15 @@ class PrefetchConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in PREFETCHERS:
-            raise ConfigError(f"unknown prefetcher {self.kind!r}; expected one of {', '.join(PREFETCHERS)}")
-        _positive_int("prefetch degree", self.degree)
+            raise ConfigError(
+                f"unknown prefetcher {self.kind!r}; expected one of {', '.join(PREFETCHERS)}", field="kind"
+            )
+        _positive_int("prefetch degree", self.degree, "degree")
         if self.mode not in ("immediate", "deferred"):
-            raise ConfigError(f"prefetch mode must be 'immediate' or 'deferred', got {self.mode!r}")
-        _positive_int("prefetch queue_limit", self.queue_limit)
+            raise ConfigError(
+                f"prefetch mode must be 'immediate' or 'deferred', got {self.mode!r}", field="mode"
+            )
+        _positive_int("prefetch queue_limit", self.queue_limit, "queue_limit")
 
     @property
     def enabled(self) -> bool:
@@ -123,12 +145,23 @@ class PrefetchConfig:
         return self.kind != "none"
 
 
-#: A current x86-64 core (Intel Golden Cove class): 64-entry 4-way L1 DTLB for
-#: 4 KiB pages, a 32-entry 4-way L1 for 2 MiB pages, and a unified 2048-entry
-#: 16-way STLB for 4 KiB and 2 MiB pages. Sources: Intel 64 and IA-32
-#: Optimization Reference Manual, table "TLB parameters"; see docs/design.md.
-DEFAULT_TLB: Final = (
-    TlbConfig(64, 4, "lru", (4096,), 1, "l1"),
-    TlbConfig(32, 4, "lru", (2 << 20,), 1, "l1_2m"),
-    TlbConfig(2048, 16, "lru", (4096, 2 << 20), 8, "l2"),
+#: The default hierarchy, a current x86-64 core (Intel Golden Cove class): a
+#: split L1 (64-entry 4-way for 4 KiB pages, 32-entry 4-way for 2 MiB, 4 entries
+#: for 1 GiB) and a unified 2048-entry 16-way STLB for 4 KiB and 2 MiB pages
+#: beside 16 entries for 1 GiB. Sources: Intel 64 and IA-32 Optimization
+#: Reference Manual, table "TLB parameters"; see docs/design.md. Every default
+#: TLB number is stated here only.
+DEFAULT_TLB_LEVELS: Final = (
+    (
+        TlbConfig(64, 4, "lru", (4096,), 1, "l1"),
+        TlbConfig(32, 4, "lru", (2 << 20,), 1, "l1_2m"),
+        TlbConfig(4, 4, "lru", (1 << 30,), 1, "l1_1g"),
+    ),
+    (
+        TlbConfig(2048, 16, "lru", (4096, 2 << 20), 8, "l2"),
+        TlbConfig(16, 4, "lru", (1 << 30,), 8, "l2_1g"),
+    ),
 )
+
+#: The 4 KiB and 2 MiB arrays of the default hierarchy: L1 4 KiB, L1 2 MiB, L2.
+DEFAULT_TLB: Final = (DEFAULT_TLB_LEVELS[0][0], DEFAULT_TLB_LEVELS[0][1], DEFAULT_TLB_LEVELS[1][0])

@@ -33,7 +33,7 @@ from vmopt.batching import Addrs, ArrayPath, BatchResult, run_sequential
 from vmopt.errors import ConfigError, PageFault, VmoptError
 from vmopt.paging.types import Perm
 from vmopt.tlb._live import MMU_FIELDS, TLB_FIELDS, LiveMmuStats
-from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, TlbConfig
+from vmopt.tlb.config import DEFAULT_TLB_LEVELS, PrefetchConfig, PwcConfig, TlbConfig
 from vmopt.tlb.pwc import PageWalkCache
 from vmopt.tlb.stats import MmuStats, TlbStats
 from vmopt.tlb.tlb import GLOBAL_ASID, TlbLevel, config_tuple, named
@@ -58,12 +58,6 @@ TlbSpec = TlbConfig | Sequence[TlbConfig | Sequence[TlbConfig]] | None
 FaultHandler = Callable[[int, str, bool], bool]
 
 U64 = npt.NDArray[np.uint64]
-
-#: Default hierarchy: split L1 (4 KiB / 2 MiB / 1 GiB) and a unified L2.
-DEFAULT_TLB_LEVELS: Final = [
-    [DEFAULT_TLB[0], DEFAULT_TLB[1], TlbConfig(4, 4, "lru", (1 << 30,), 1, "l1_1g")],
-    [DEFAULT_TLB[2], TlbConfig(16, 4, "lru", (1 << 30,), 8, "l2_1g")],
-]
 
 
 def _level_configs(spec: TlbSpec) -> list[list[TlbConfig]]:
