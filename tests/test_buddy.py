@@ -538,3 +538,4 @@ BuddyMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestBuddyMachine = BuddyMachine.TestCase
+TestBuddyMachine.pytestmark = [pytest.mark.slow]

@@ -28,6 +28,8 @@ from vmopt.errors import AddressError, ConfigError, OutOfFramesError
 from vmopt.memory import BuddyAllocator, PhysicalMemory
 from vmopt.numa import MemPolicy, NumaConfig, NumaMemory
 
+pytestmark = pytest.mark.slow
+
 MiB, GiB = 1 << 20, 1 << 30
 PAGE = 4096
 _U64 = struct.Struct("<Q")

@@ -29,6 +29,8 @@ from vmopt import PhysicalMemory
 from vmopt.errors import ConfigError, PageFault
 from vmopt.paging import X86_64, PageTable, PagingFormat, Perm, RiscV
 
+pytestmark = pytest.mark.slow
+
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 MEM = 2 * GiB
 #: Data pages live in the upper GiB; tables come from the bottom of the allocator.

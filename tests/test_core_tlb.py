@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -38,6 +39,8 @@ from tlb_state import array_state, assert_same, entry_state, mmu_state, outcome
 from vmopt import Mmu, PageFault, PageTable, Perm, PhysicalMemory, PrefetchConfig, PwcConfig, TlbConfig
 from vmopt.tlb.mmu import DEFAULT_TLB_LEVELS
 from vmopt.tlb.tlb import GLOBAL_ASID, Tlb, TlbEntry
+
+pytestmark = pytest.mark.slow
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PAGE = 4 * KiB

@@ -35,8 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pytest
 
 from vmopt import MappingError, Mmu, PageFault, PageTable, Perm, PhysicalMemory, TlbConfig
+
+pytestmark = pytest.mark.slow
 
 K4 = 4096
 BASE = 0x7000_0000

@@ -31,6 +31,8 @@ import pytest
 
 from vmopt import Mmu, PageFault, PageTable, PhysicalMemory, TlbConfig
 
+pytestmark = pytest.mark.slow
+
 K4 = 4096
 BASE = 0x7000_0000
 PAGES = 12  # page 0 is never touched, so the page-table page is never freed
