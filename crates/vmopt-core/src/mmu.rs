@@ -14,6 +14,16 @@
 //! does with IPIs. Without it, invalidation is left to the caller, as on
 //! real hardware.
 //!
+//! Batches ([`Mmu::translate_batch`]) first ask L1's lookup memo (see
+//! `tlb::level`): a remembered lookup whose entry is still the same fill,
+//! allows the access, needs no D-bit re-walk and is no unused prefetch is a
+//! hit whose only effects are the touch of its replacement state (done by
+//! the array's own `touch`) and the lookup, hit, cycles and translation
+//! counts (summed in a local and added once per lock hold). That is exactly
+//! what `State::translate` does for such a hit, so results, counters and
+//! replacement state stay those of the scalar path; anything else takes the
+//! scalar path.
+//!
 //! Locking: all state sits behind one mutex, and a miss walks with it held,
 //! so the lock order is MMU -> `PageTable` frees (read). A shootdown arrives
 //! with the table's edit lock held and takes the MMU lock (edit -> MMU);
@@ -217,6 +227,12 @@ impl State {
             }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Count `n` translations that hit in L1 through its memo.
+    fn count_fast_hits(&mut self, n: u64) {
+        self.stats.translations += n;
+        self.levels[0].count_hits(n);
     }
 
     /// x86 and RISC-V both drop the entry that caused a fault.
@@ -556,17 +572,37 @@ impl Mmu {
         user: bool,
     ) -> (usize, Option<Stop>) {
         let n = vas.len().min(out.len());
+        let (vas, out) = (&vas[..n], &mut out[..n]);
         let mut i = 0;
         while i < n {
             let end = (i + BATCH_LOCK_SPAN).min(n);
-            let mut st = self.lock();
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let Some(bit) = rights_bit(access, user) else {
+                // A probe: the scalar path refuses it before counting anything.
+                return (i, st.translate(vas[i], access, user).err());
+            };
+            let (write, asid) = (access == Access::Write, st.asid);
+            // The L1 memo fast path (see the module docs); its lookups,
+            // hits and cycles are counted once per span.
+            let mut fast = 0u64;
             while i < end {
-                match st.translate(vas[i], access, user) {
-                    Ok(pa) => out[i] = pa,
-                    Err(stop) => return (i, Some(stop)),
+                let va = vas[i];
+                if let Some(pa) = st.levels[0].memo_hit(va, asid, bit, write) {
+                    out[i] = pa;
+                    fast += 1;
+                } else {
+                    match st.translate(va, access, user) {
+                        Ok(pa) => out[i] = pa,
+                        Err(stop) => {
+                            st.count_fast_hits(fast);
+                            return (i, Some(stop));
+                        }
+                    }
                 }
                 i += 1;
             }
+            st.count_fast_hits(fast);
         }
         (n, None)
     }

@@ -14,33 +14,43 @@ pub struct Hit {
     pub slot: usize,
 }
 
-/// Slots of the lookup memo.
-const MEMO_SLOTS: usize = 16;
+/// Slots of the lookup memo (a power of two: 256 slots of 40 bytes stay in L1d).
+const MEMO_SLOTS: usize = 256;
 
-/// A remembered lookup: while no array of the level changed contents, a
-/// lookup of the same 4 KiB page and ASID finds the same entry.
+/// A remembered lookup: `page` (a 4 KiB page number) and `asid` found the
+/// entry of fill `serial` in `slot` of array `array`.
+///
+/// It still answers a lookup of the same page and ASID while (a) that slot
+/// still holds fill `serial` (evictions, invalidations and in-place updates
+/// all change or clear it) and (b) nothing was inserted that could shadow
+/// it: a 4 KiB fill clears the memo slot of its own page, a larger fill or
+/// any direct array access bumps the level's `epoch`. A removal of another
+/// entry cannot change the first match, and recency only matters to fills.
 #[derive(Clone, Copy, Debug, Default)]
 struct Memo {
     page: u64,
+    serial: u64,
+    /// The level's epoch when it was made (0: empty; epochs start at 1).
+    epoch: u64,
+    slot: u32,
     asid: u32,
     array: u32,
-    slot: u32,
-    /// The level's mutation count when it was made (0: empty, counts start at 1).
-    mutations: u64,
 }
 
 /// A TLB level: a lookup counts once here, whichever array answers.
 ///
 /// Split arrays hold disjoint page sizes (as x86's separate 4 KiB / 2 MiB /
 /// 1 GiB L1s). `stats` is shared by the arrays. A small direct-mapped memo
-/// of recent hits skips the hash probes for pages looked up again before
-/// the level changes; it changes no result, only the cost.
+/// of recent hits (see [`Memo`]) skips the set scans for pages looked up
+/// again; it changes no result, only the cost.
 #[derive(Clone, Debug)]
 pub struct TlbLevel {
     name: String,
     latency: u64,
     arrays: Vec<TlbArray>,
-    memo: [Memo; MEMO_SLOTS],
+    memo: Box<[Memo]>,
+    /// Bumped whenever remembered lookups may have gone stale wholesale.
+    epoch: u64,
     /// The level's counters.
     pub stats: TlbStats,
 }
@@ -84,7 +94,8 @@ impl TlbLevel {
             name,
             latency: configs.iter().map(|c| c.latency).max().unwrap_or(0),
             arrays: configs.iter().map(TlbArray::new).collect(),
-            memo: [Memo::default(); MEMO_SLOTS],
+            memo: vec![Memo::default(); MEMO_SLOTS].into_boxed_slice(),
+            epoch: 1,
             stats: TlbStats::default(),
         })
     }
@@ -105,16 +116,56 @@ impl TlbLevel {
     }
 
     /// One array, with the level's counters (for standalone array operations).
+    ///
+    /// The caller may change the array in any way, so every remembered
+    /// lookup is forgotten.
     pub fn array_mut(&mut self, index: usize) -> (&mut TlbArray, &mut TlbStats) {
+        self.epoch += 1;
         (&mut self.arrays[index], &mut self.stats)
     }
 
-    /// Changes of contents of every array (1 + their sum, so never 0).
+    /// The remembered lookup of `va`'s page for `asid`, if still valid (see [`Memo`]).
+    #[inline(always)]
+    fn memo_probe(&self, va: u64, asid: u32) -> Option<Hit> {
+        let page = va >> 12;
+        let m = &self.memo[page as usize & (MEMO_SLOTS - 1)];
+        if m.page != page || m.asid != asid || m.epoch != self.epoch {
+            return None;
+        }
+        let (array, slot) = (m.array as usize, m.slot as usize);
+        let e = self.arrays[array].slot(slot)?;
+        (e.serial == m.serial).then_some(Hit { array, slot })
+    }
+
+    /// A demand lookup answered by the memo that needs nothing but a touch:
+    /// the batch fast path.
+    ///
+    /// Returns the physical address if the memo holds `va`'s page for
+    /// `asid`, the entry allows `bit` (and is dirty if `write`), and it is
+    /// not an unused prefetch. Then it has done exactly what
+    /// [`lookup`](Self::lookup) followed by a clean hit in `Mmu::translate`
+    /// does, except counting: the caller adds the lookup, hit and cycles
+    /// with [`count_hits`](Self::count_hits). Otherwise nothing changed and
+    /// the caller takes the full path.
+    #[inline(always)]
+    pub fn memo_hit(&mut self, va: u64, asid: u32, bit: u8, write: bool) -> Option<u64> {
+        let hit = self.memo_probe(va, asid)?;
+        let arr = &mut self.arrays[hit.array];
+        let e = arr.entry(hit.slot);
+        if e.rights & bit == 0 || (write && !e.dirty) || (e.prefetched && !e.used) {
+            return None;
+        }
+        let pa = e.page_pa | (va & ((1u64 << e.shift) - 1));
+        arr.touch(hit.slot);
+        Some(pa)
+    }
+
+    /// Count `n` lookups that hit (the batch fast path's deferred counting).
     #[inline]
-    fn mutations(&self) -> u64 {
-        self.arrays
-            .iter()
-            .fold(1u64, |n, a| n.wrapping_add(a.mutations()))
+    pub fn count_hits(&mut self, n: u64) {
+        self.stats.lookups += n;
+        self.stats.hits += n;
+        self.stats.cycles += n * self.latency;
     }
 
     /// Probe every array, counting one lookup and its latency.
@@ -122,14 +173,7 @@ impl TlbLevel {
     pub fn lookup(&mut self, va: u64, asid: u32) -> Option<Hit> {
         self.stats.lookups += 1;
         self.stats.cycles += self.latency;
-        let page = va >> 12;
-        let mutations = self.mutations();
-        let memo = self.memo[page as usize % MEMO_SLOTS];
-        if memo.mutations == mutations && memo.page == page && memo.asid == asid {
-            let hit = Hit {
-                array: memo.array as usize,
-                slot: memo.slot as usize,
-            };
+        if let Some(hit) = self.memo_probe(va, asid) {
             self.arrays[hit.array].touch(hit.slot);
             self.stats.hits += 1;
             return Some(hit);
@@ -137,12 +181,14 @@ impl TlbLevel {
         for (array, arr) in self.arrays.iter_mut().enumerate() {
             if let Some(slot) = arr.lookup(va, asid) {
                 self.stats.hits += 1;
-                self.memo[page as usize % MEMO_SLOTS] = Memo {
+                let page = va >> 12;
+                self.memo[page as usize & (MEMO_SLOTS - 1)] = Memo {
                     page,
+                    serial: arr.entry(slot).serial,
+                    epoch: self.epoch,
+                    slot: slot as u32,
                     asid,
                     array: array as u32,
-                    slot: slot as u32,
-                    mutations,
                 };
                 return Some(Hit { array, slot });
             }
@@ -187,7 +233,15 @@ impl TlbLevel {
     }
 
     /// Install `entry` in array `array`; the evicted entry, if any.
+    ///
+    /// The new entry may shadow remembered lookups of the pages it covers:
+    /// a 4 KiB entry forgets its page's memo slot, a larger one every slot.
     pub fn insert(&mut self, array: usize, entry: TlbEntry) -> Result<Option<TlbEntry>> {
+        if entry.shift == 12 {
+            self.memo[entry.vpn as usize & (MEMO_SLOTS - 1)].epoch = 0;
+        } else {
+            self.epoch += 1;
+        }
         self.arrays[array].insert(entry, &mut self.stats)
     }
 
