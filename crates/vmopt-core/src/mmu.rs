@@ -194,11 +194,7 @@ impl State {
             let Some(hit) = self.levels[i].lookup(va, asid) else {
                 continue;
             };
-            let (entry, stats) = self.levels[i].entry_mut(hit);
-            if entry.prefetched && !entry.used {
-                entry.used = true;
-                stats.prefetch_useful += 1;
-            }
+            let entry = self.levels[i].mark_used(hit);
             // Field by field, not a copy of the entry: the hit has just
             // written its stamp, and a wide load over it would stall.
             let (rights, dirty, level) = (entry.rights, entry.dirty, entry.level);
@@ -587,17 +583,17 @@ impl Mmu {
             // hits and cycles are counted once per span.
             let mut fast = 0u64;
             while i < end {
-                let va = vas[i];
-                if let Some(pa) = st.levels[0].memo_hit(va, asid, bit, write) {
-                    out[i] = pa;
-                    fast += 1;
-                } else {
-                    match st.translate(va, access, user) {
-                        Ok(pa) => out[i] = pa,
-                        Err(stop) => {
-                            st.count_fast_hits(fast);
-                            return (i, Some(stop));
-                        }
+                let run = st.levels[0].memo_run(&vas[i..end], &mut out[i..end], asid, bit, write);
+                fast += run as u64;
+                i += run;
+                if i == end {
+                    break;
+                }
+                match st.translate(vas[i], access, user) {
+                    Ok(pa) => out[i] = pa,
+                    Err(stop) => {
+                        st.count_fast_hits(fast);
+                        return (i, Some(stop));
                     }
                 }
                 i += 1;

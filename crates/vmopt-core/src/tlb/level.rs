@@ -14,35 +14,53 @@ pub struct Hit {
     pub slot: usize,
 }
 
-/// Slots of the lookup memo (a power of two: 256 slots of 40 bytes stay in L1d).
-const MEMO_SLOTS: usize = 256;
+/// Slots of the lookup memo (a power of two; 1024 slots of 32 bytes keep
+/// the pages of real programs' hot loops apart, see [`memo_index`]).
+const MEMO_SLOTS: usize = 1024;
+
+/// The memo slot of a 4 KiB page: the low page bits folded with the next
+/// ones, so buffers a multiple of 4 MiB apart do not share slots.
+#[inline(always)]
+fn memo_index(page: u64) -> usize {
+    (page ^ (page >> 10)) as usize & (MEMO_SLOTS - 1)
+}
 
 /// A remembered lookup: `page` (a 4 KiB page number) and `asid` found the
-/// entry of fill `serial` in `slot` of array `array`.
+/// entry in `slot` of array `array`, a copy of whose fixed fields it holds.
 ///
-/// It still answers a lookup of the same page and ASID while (a) that slot
-/// still holds fill `serial` (evictions, invalidations and in-place updates
-/// all change or clear it) and (b) nothing was inserted that could shadow
-/// it: a 4 KiB fill clears the memo slot of its own page, a larger fill or
-/// any direct array access bumps the level's `epoch`. A removal of another
-/// entry cannot change the first match, and recency only matters to fills.
+/// It is valid while its `epoch` is the level's, and the level keeps that
+/// true only while the entry is still in its slot and still the first
+/// match: every change of contents goes through the level, which forgets
+/// what it may invalidate. A 4 KiB fill or eviction clears the memo slot
+/// of its page (the only page a 4 KiB entry covers); a larger fill or
+/// eviction, any removal (flush, invalidation) and any direct array access
+/// start a new epoch. A lookup whose entry is an unused prefetch is not
+/// remembered, so a remembered entry's prefetch flags never change (only a
+/// new fill sets them). Recency is no part of a lookup's result.
 #[derive(Clone, Copy, Debug, Default)]
 struct Memo {
     page: u64,
-    serial: u64,
+    /// The entry's `page_pa`.
+    page_pa: u64,
     /// The level's epoch when it was made (0: empty; epochs start at 1).
-    epoch: u64,
+    epoch: u32,
     slot: u32,
     asid: u32,
-    array: u32,
+    array: u8,
+    /// The entry's `shift`, `rights` and `dirty`.
+    shift: u8,
+    rights: u8,
+    dirty: bool,
 }
 
 /// A TLB level: a lookup counts once here, whichever array answers.
 ///
 /// Split arrays hold disjoint page sizes (as x86's separate 4 KiB / 2 MiB /
 /// 1 GiB L1s). `stats` is shared by the arrays. A small direct-mapped memo
-/// of recent hits (see [`Memo`]) skips the set scans for pages looked up
-/// again; it changes no result, only the cost.
+/// of recent hits (see [`Memo`]) skips the array probes for pages looked up
+/// again; it changes no result, only the cost. Contents change only through
+/// the level's methods (or [`array_mut`](Self::array_mut), which forgets
+/// the memo), so the level can keep the memo valid.
 #[derive(Clone, Debug)]
 pub struct TlbLevel {
     name: String,
@@ -50,7 +68,7 @@ pub struct TlbLevel {
     arrays: Vec<TlbArray>,
     memo: Box<[Memo]>,
     /// Bumped whenever remembered lookups may have gone stale wholesale.
-    epoch: u64,
+    epoch: u32,
     /// The level's counters.
     pub stats: TlbStats,
 }
@@ -120,44 +138,66 @@ impl TlbLevel {
     /// The caller may change the array in any way, so every remembered
     /// lookup is forgotten.
     pub fn array_mut(&mut self, index: usize) -> (&mut TlbArray, &mut TlbStats) {
-        self.epoch += 1;
+        self.forget_all();
         (&mut self.arrays[index], &mut self.stats)
+    }
+
+    /// Invalidate every remembered lookup: a new epoch (clearing the memo
+    /// when the epoch would wrap, so an old one can never match again).
+    fn forget_all(&mut self) {
+        if self.epoch == u32::MAX {
+            self.memo.fill(Memo::default());
+            self.epoch = 0;
+        }
+        self.epoch += 1;
     }
 
     /// The remembered lookup of `va`'s page for `asid`, if still valid (see [`Memo`]).
     #[inline(always)]
-    fn memo_probe(&self, va: u64, asid: u32) -> Option<Hit> {
+    fn memo_probe(&self, va: u64, asid: u32) -> Option<&Memo> {
         let page = va >> 12;
-        let m = &self.memo[page as usize & (MEMO_SLOTS - 1)];
-        if m.page != page || m.asid != asid || m.epoch != self.epoch {
-            return None;
-        }
-        let (array, slot) = (m.array as usize, m.slot as usize);
-        let e = self.arrays[array].slot(slot)?;
-        (e.serial == m.serial).then_some(Hit { array, slot })
+        let m = &self.memo[memo_index(page)];
+        (m.page == page && m.asid == asid && m.epoch == self.epoch).then_some(m)
     }
 
     /// A demand lookup answered by the memo that needs nothing but a touch:
     /// the batch fast path.
     ///
     /// Returns the physical address if the memo holds `va`'s page for
-    /// `asid`, the entry allows `bit` (and is dirty if `write`), and it is
-    /// not an unused prefetch. Then it has done exactly what
-    /// [`lookup`](Self::lookup) followed by a clean hit in `Mmu::translate`
-    /// does, except counting: the caller adds the lookup, hit and cycles
-    /// with [`count_hits`](Self::count_hits). Otherwise nothing changed and
-    /// the caller takes the full path.
+    /// `asid` and the entry allows `bit` (and is dirty if `write`). Then it
+    /// has done exactly what [`lookup`](Self::lookup) followed by a clean
+    /// hit in `Mmu::translate` does (a remembered entry is no unused
+    /// prefetch), except counting: the caller adds the lookups, hits and
+    /// cycles with [`count_hits`](Self::count_hits). Otherwise nothing
+    /// changed and the caller takes the full path.
     #[inline(always)]
     pub fn memo_hit(&mut self, va: u64, asid: u32, bit: u8, write: bool) -> Option<u64> {
-        let hit = self.memo_probe(va, asid)?;
-        let arr = &mut self.arrays[hit.array];
-        let e = arr.entry(hit.slot);
-        if e.rights & bit == 0 || (write && !e.dirty) || (e.prefetched && !e.used) {
+        let m = *self.memo_probe(va, asid)?;
+        if m.rights & bit == 0 || (write && !m.dirty) {
             return None;
         }
-        let pa = e.page_pa | (va & ((1u64 << e.shift) - 1));
-        arr.touch(hit.slot);
-        Some(pa)
+        self.arrays[m.array as usize].touch(m.slot as usize);
+        Some(m.page_pa | (va & ((1u64 << m.shift) - 1)))
+    }
+
+    /// [`memo_hit`](Self::memo_hit) over `vas` into `out` while it answers:
+    /// how many it answered (the caller counts their lookups and hits).
+    #[inline]
+    pub fn memo_run(
+        &mut self,
+        vas: &[u64],
+        out: &mut [u64],
+        asid: u32,
+        bit: u8,
+        write: bool,
+    ) -> usize {
+        for (i, (&va, pa)) in vas.iter().zip(out.iter_mut()).enumerate() {
+            match self.memo_hit(va, asid, bit, write) {
+                Some(p) => *pa = p,
+                None => return i,
+            }
+        }
+        vas.len().min(out.len())
     }
 
     /// Count `n` lookups that hit (the batch fast path's deferred counting).
@@ -173,7 +213,11 @@ impl TlbLevel {
     pub fn lookup(&mut self, va: u64, asid: u32) -> Option<Hit> {
         self.stats.lookups += 1;
         self.stats.cycles += self.latency;
-        if let Some(hit) = self.memo_probe(va, asid) {
+        if let Some(m) = self.memo_probe(va, asid) {
+            let hit = Hit {
+                array: m.array as usize,
+                slot: m.slot as usize,
+            };
             self.arrays[hit.array].touch(hit.slot);
             self.stats.hits += 1;
             return Some(hit);
@@ -181,15 +225,21 @@ impl TlbLevel {
         for (array, arr) in self.arrays.iter_mut().enumerate() {
             if let Some(slot) = arr.lookup(va, asid) {
                 self.stats.hits += 1;
-                let page = va >> 12;
-                self.memo[page as usize & (MEMO_SLOTS - 1)] = Memo {
-                    page,
-                    serial: arr.entry(slot).serial,
-                    epoch: self.epoch,
-                    slot: slot as u32,
-                    asid,
-                    array: array as u32,
-                };
+                let e = arr.entry(slot);
+                if !(e.prefetched && !e.used) {
+                    let page = va >> 12;
+                    self.memo[memo_index(page)] = Memo {
+                        page,
+                        page_pa: e.page_pa,
+                        epoch: self.epoch,
+                        slot: slot as u32,
+                        asid,
+                        array: array as u8,
+                        shift: e.shift,
+                        rights: e.rights,
+                        dirty: e.dirty,
+                    };
+                }
                 return Some(Hit { array, slot });
             }
         }
@@ -211,10 +261,16 @@ impl TlbLevel {
         self.arrays[hit.array].entry(hit.slot)
     }
 
-    /// The entry a lookup found, mutably, with the level's counters.
+    /// A demand access used the entry a lookup found: the first use of a
+    /// prefetched entry counts it useful. Returns the entry.
     #[inline]
-    pub fn entry_mut(&mut self, hit: Hit) -> (&mut TlbEntry, &mut TlbStats) {
-        (self.arrays[hit.array].entry_mut(hit.slot), &mut self.stats)
+    pub fn mark_used(&mut self, hit: Hit) -> &TlbEntry {
+        let e = self.arrays[hit.array].entry_mut(hit.slot);
+        if e.prefetched && !e.used {
+            e.used = true;
+            self.stats.prefetch_useful += 1;
+        }
+        e
     }
 
     /// The array that caches a page of `page_size`, and the shift it uses.
@@ -237,45 +293,70 @@ impl TlbLevel {
     /// The new entry may shadow remembered lookups of the pages it covers:
     /// a 4 KiB entry forgets its page's memo slot, a larger one every slot.
     pub fn insert(&mut self, array: usize, entry: TlbEntry) -> Result<Option<TlbEntry>> {
-        if entry.shift == 12 {
-            self.memo[entry.vpn as usize & (MEMO_SLOTS - 1)].epoch = 0;
-        } else {
-            self.epoch += 1;
+        self.forget(&entry);
+        let victim = self.arrays[array].insert(entry, &mut self.stats)?;
+        if let Some(v) = &victim {
+            self.forget(v);
         }
-        self.arrays[array].insert(entry, &mut self.stats)
+        Ok(victim)
+    }
+
+    /// Forget the remembered lookups `e` could answer or shadow.
+    #[inline]
+    fn forget(&mut self, e: &TlbEntry) {
+        if e.shift == 12 {
+            self.memo[memo_index(e.vpn)].epoch = 0;
+        } else {
+            self.forget_all();
+        }
+    }
+
+    /// Forget every remembered lookup if `removed` entries left.
+    fn forget_if(&mut self, removed: u64) -> u64 {
+        if removed != 0 {
+            self.forget_all();
+        }
+        removed
     }
 
     /// Invalidate everything.
     pub fn flush(&mut self) -> u64 {
         let stats = &mut self.stats;
-        self.arrays.iter_mut().map(|a| a.flush(stats)).sum()
+        let n = self.arrays.iter_mut().map(|a| a.flush(stats)).sum();
+        self.forget_if(n)
     }
 
     /// Invalidate one ASID's non-global entries.
     pub fn flush_asid(&mut self, asid: u32) -> u64 {
         let stats = &mut self.stats;
-        self.arrays
+        let n = self
+            .arrays
             .iter_mut()
             .map(|a| a.flush_asid(asid, stats))
-            .sum()
+            .sum();
+        self.forget_if(n)
     }
 
     /// Invalidate the entries covering `va`.
     pub fn flush_va(&mut self, va: u64, asid: Option<u32>) -> u64 {
         let stats = &mut self.stats;
-        self.arrays
+        let n = self
+            .arrays
             .iter_mut()
             .map(|a| a.flush_va(va, asid, stats))
-            .sum()
+            .sum();
+        self.forget_if(n)
     }
 
     /// Invalidate the entries overlapping `[va, va + size)`.
     pub fn flush_range(&mut self, va: u64, size: u64, asid: Option<u32>) -> u64 {
         let stats = &mut self.stats;
-        self.arrays
+        let n = self
+            .arrays
             .iter_mut()
             .map(|a| a.flush_range(va, size, asid, stats))
-            .sum()
+            .sum();
+        self.forget_if(n)
     }
 
     /// Valid entries in every array.
