@@ -100,6 +100,13 @@ impl TlbEntry {
     }
 }
 
+/// What an LRU hit (or in-place update) does to the clock and the entry.
+#[inline(always)]
+pub fn lru_touch(clock: &mut u64, e: &mut TlbEntry) {
+    *clock += 1;
+    e.stamp = *clock;
+}
+
 /// One set-associative array (see [`TlbConfig`]).
 ///
 /// Lookups here do not count statistics: [`TlbLevel`](super::TlbLevel)
@@ -253,12 +260,27 @@ impl TlbArray {
     pub fn touch(&mut self, slot: usize) {
         match self.cfg.policy {
             Policy::Lru => {
-                self.clock += 1;
-                self.entry_mut(slot).stamp = self.clock;
+                let (clock, ways) = self.lru_parts();
+                if let Some(e) = ways[slot].as_mut() {
+                    lru_touch(clock, e);
+                }
             }
             Policy::Plru => self.plru_touch(slot / self.ways, slot % self.ways),
             Policy::Fifo | Policy::Random => {}
         }
+    }
+
+    /// The replacement policy.
+    #[inline]
+    pub fn policy(&self) -> Policy {
+        self.cfg.policy
+    }
+
+    /// The LRU clock and the ways, for a caller that applies [`lru_touch`]
+    /// itself over many hits (the batch fast path keeps the clock in a register).
+    #[inline]
+    pub fn lru_parts(&mut self) -> (&mut u64, &mut [Option<TlbEntry>]) {
+        (&mut self.clock, &mut self.slots)
     }
 
     fn plru_bit(&self, set: usize, node: usize) -> bool {

@@ -1,8 +1,8 @@
 //! One level of the TLB hierarchy: one array, or split arrays probed together.
 
 use crate::error::{Error, Result};
-use crate::tlb::array::{TlbArray, TlbEntry};
-use crate::tlb::config::TlbConfig;
+use crate::tlb::array::{lru_touch, TlbArray, TlbEntry};
+use crate::tlb::config::{Policy, TlbConfig};
 use crate::tlb::stats::TlbStats;
 
 /// Where a lookup found its entry: array index and slot within it.
@@ -182,6 +182,9 @@ impl TlbLevel {
 
     /// [`memo_hit`](Self::memo_hit) over `vas` into `out` while it answers:
     /// how many it answered (the caller counts their lookups and hits).
+    ///
+    /// A one-array LRU level (the common L1) runs a specialised loop that
+    /// keeps the clock in a local: the same [`lru_touch`] per hit, in order.
     #[inline]
     pub fn memo_run(
         &mut self,
@@ -191,6 +194,29 @@ impl TlbLevel {
         bit: u8,
         write: bool,
     ) -> usize {
+        if self.arrays.len() == 1 && self.arrays[0].policy() == Policy::Lru {
+            let (memo, epoch) = (&self.memo, self.epoch);
+            let (clock_ref, ways) = self.arrays[0].lru_parts();
+            let mut clock = *clock_ref;
+            let mut done = vas.len().min(out.len());
+            for (i, (&va, pa)) in vas.iter().zip(out.iter_mut()).enumerate() {
+                let page = va >> 12;
+                let m = &memo[memo_index(page)];
+                let valid = m.page == page && m.asid == asid && m.epoch == epoch;
+                if !valid || m.rights & bit == 0 || (write && !m.dirty) {
+                    done = i;
+                    break;
+                }
+                let Some(e) = ways[m.slot as usize].as_mut() else {
+                    done = i;
+                    break;
+                };
+                lru_touch(&mut clock, e);
+                *pa = m.page_pa | (va & ((1u64 << m.shift) - 1));
+            }
+            *clock_ref = clock;
+            return done;
+        }
         for (i, (&va, pa)) in vas.iter().zip(out.iter_mut()).enumerate() {
             match self.memo_hit(va, asid, bit, write) {
                 Some(p) => *pa = p,
