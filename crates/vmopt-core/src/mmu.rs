@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::error::{Error, Result};
 use crate::paging::{Access, Fault, FaultCause, PageTable, Perm, Shootdown, Translation};
+use crate::tlb::level::MEMO_SLOTS;
 use crate::tlb::{
     MmuStats, PageWalkCache, PrefetchConfig, PrefetchMode, Prefetcher, PwcConfig, TlbConfig,
     TlbEntry, TlbLevel, TlbStats, GLOBAL_ASID,
@@ -445,7 +446,11 @@ impl Mmu {
         let levels = config
             .levels
             .iter()
-            .map(|cfgs| TlbLevel::new(cfgs))
+            .enumerate()
+            .map(|(i, cfgs)| {
+                let slots = if i == 0 { MEMO_SLOTS } else { 1 };
+                TlbLevel::new(cfgs).map(|l| l.with_memo_slots(slots))
+            })
             .collect::<Result<Vec<_>>>()?;
         let names: Vec<&str> = levels.iter().map(TlbLevel::name).collect();
         if (1..names.len()).any(|i| names[..i].contains(&names[i])) {

@@ -14,15 +14,15 @@ pub struct Hit {
     pub slot: usize,
 }
 
-/// Slots of the lookup memo (a power of two; 1024 slots of 32 bytes keep
-/// the pages of real programs' hot loops apart, see [`memo_index`]).
-const MEMO_SLOTS: usize = 1024;
+/// Default slots of the lookup memo (a power of two; 1024 slots of 32 bytes
+/// keep the pages of real programs' hot loops apart, see [`memo_index`]).
+pub const MEMO_SLOTS: usize = 1024;
 
 /// The memo slot of a 4 KiB page: the low page bits folded with the next
 /// ones, so buffers a multiple of 4 MiB apart do not share slots.
 #[inline(always)]
-fn memo_index(page: u64) -> usize {
-    (page ^ (page >> 10)) as usize & (MEMO_SLOTS - 1)
+fn memo_index(page: u64, mask: usize) -> usize {
+    (page ^ (page >> 10)) as usize & mask
 }
 
 /// A remembered lookup: `page` (a 4 KiB page number) and `asid` found the
@@ -67,6 +67,8 @@ pub struct TlbLevel {
     latency: u64,
     arrays: Vec<TlbArray>,
     memo: Box<[Memo]>,
+    /// Memo slots - 1.
+    memo_mask: usize,
     /// Bumped whenever remembered lookups may have gone stale wholesale.
     epoch: u32,
     /// The level's counters.
@@ -113,9 +115,21 @@ impl TlbLevel {
             latency: configs.iter().map(|c| c.latency).max().unwrap_or(0),
             arrays: configs.iter().map(TlbArray::new).collect(),
             memo: vec![Memo::default(); MEMO_SLOTS].into_boxed_slice(),
+            memo_mask: MEMO_SLOTS - 1,
             epoch: 1,
             stats: TlbStats::default(),
         })
+    }
+
+    /// The level with a lookup memo of `slots` (a power of two; at least 1).
+    ///
+    /// Levels behind L1 see mostly misses, where a big memo only costs
+    /// cache lines; one slot keeps their probes and forgets on one line.
+    pub fn with_memo_slots(mut self, slots: usize) -> TlbLevel {
+        let slots = slots.max(1).next_power_of_two();
+        self.memo = vec![Memo::default(); slots].into_boxed_slice();
+        self.memo_mask = slots - 1;
+        self
     }
 
     /// `"l1"`, or the split arrays' names joined by `+`.
@@ -156,7 +170,7 @@ impl TlbLevel {
     #[inline(always)]
     fn memo_probe(&self, va: u64, asid: u32) -> Option<&Memo> {
         let page = va >> 12;
-        let m = &self.memo[memo_index(page)];
+        let m = &self.memo[memo_index(page, self.memo_mask)];
         (m.page == page && m.asid == asid && m.epoch == self.epoch).then_some(m)
     }
 
@@ -195,13 +209,13 @@ impl TlbLevel {
         write: bool,
     ) -> usize {
         if self.arrays.len() == 1 && self.arrays[0].policy() == Policy::Lru {
-            let (memo, epoch) = (&self.memo, self.epoch);
+            let (memo, epoch, mask) = (&self.memo, self.epoch, self.memo_mask);
             let (clock_ref, ways) = self.arrays[0].lru_parts();
             let mut clock = *clock_ref;
             let mut done = vas.len().min(out.len());
             for (i, (&va, pa)) in vas.iter().zip(out.iter_mut()).enumerate() {
                 let page = va >> 12;
-                let m = &memo[memo_index(page)];
+                let m = &memo[memo_index(page, mask)];
                 let valid = m.page == page && m.asid == asid && m.epoch == epoch;
                 if !valid || m.rights & bit == 0 || (write && !m.dirty) {
                     done = i;
@@ -254,7 +268,7 @@ impl TlbLevel {
                 let e = arr.entry(slot);
                 if !(e.prefetched && !e.used) {
                     let page = va >> 12;
-                    self.memo[memo_index(page)] = Memo {
+                    self.memo[memo_index(page, self.memo_mask)] = Memo {
                         page,
                         page_pa: e.page_pa,
                         epoch: self.epoch,
@@ -331,7 +345,7 @@ impl TlbLevel {
     #[inline]
     fn forget(&mut self, e: &TlbEntry) {
         if e.shift == 12 {
-            self.memo[memo_index(e.vpn)].epoch = 0;
+            self.memo[memo_index(e.vpn, self.memo_mask)].epoch = 0;
         } else {
             self.forget_all();
         }
