@@ -266,7 +266,8 @@ impl TlbLevel {
             if let Some(slot) = arr.lookup(va, asid) {
                 self.stats.hits += 1;
                 let e = arr.entry(slot);
-                if !(e.prefetched && !e.used) {
+                // An unused prefetch is not remembered: its first hit counts it useful.
+                if !e.prefetched || e.used {
                     let page = va >> 12;
                     self.memo[memo_index(page, self.memo_mask)] = Memo {
                         page,
