@@ -51,6 +51,9 @@ RIGHTS_BIT: Final = {
     ("r", True): 8, ("w", True): 16, ("x", True): 32,
 }  # fmt: skip
 
+#: Addresses per core call of an array batch (the core holds no GIL meanwhile).
+ARRAY_CHUNK: Final = 1 << 20
+
 TlbSpec = TlbConfig | Sequence[TlbConfig | Sequence[TlbConfig]] | None
 
 #: ``handler(va, access, user) -> bool``: called on a not-present fault; True
@@ -244,7 +247,14 @@ class Mmu:
                 lambda vas, out: self.translate_into(vas, out, access, user),
                 lambda va, error: self.handle_fault(va, access, user, error),
             )
-        return run_sequential(lambda va: self.translate(va, access, user), addrs, errors, array_path=path)
+        # The core releases the GIL for the whole call: big chunks keep the per-call cost negligible.
+        return run_sequential(
+            lambda va: self.translate(va, access, user),
+            addrs,
+            errors,
+            chunk_size=ARRAY_CHUNK,
+            array_path=path,
+        )
 
     async def translate_batch_concurrent(
         self, addrs: Any, access: str = "r", user: bool = False, errors: str = "raise",
