@@ -341,26 +341,27 @@ impl PyFormat {
         })
     }
 
-    fn is_canonical(&self, va: u64) -> bool {
-        self.inner.is_canonical(va)
+    fn is_canonical(&self, va: u64) -> PyResult<bool> {
+        guarded(|| Ok(self.inner.is_canonical(va)))
     }
-    fn canonicalize(&self, va: u64) -> u64 {
-        self.inner.canonicalize(va)
+    fn canonicalize(&self, va: u64) -> PyResult<u64> {
+        guarded(|| Ok(self.inner.canonicalize(va)))
     }
     fn check_perms(&self, perms: u8) -> PyResult<Option<String>> {
-        Ok(self.inner.check_perms(perm_of(perms)?))
+        let perms = perm_of(perms)?;
+        guarded(|| Ok(self.inner.check_perms(perms)))
     }
-    fn is_valid(&self, pte: u64) -> bool {
-        self.inner.is_valid(pte)
+    fn is_valid(&self, pte: u64) -> PyResult<bool> {
+        guarded(|| Ok(self.inner.is_valid(pte)))
     }
-    fn is_leaf(&self, pte: u64, level: u8) -> bool {
-        self.inner.is_leaf(pte, level)
+    fn is_leaf(&self, pte: u64, level: u8) -> PyResult<bool> {
+        guarded(|| Ok(self.inner.is_leaf(pte, level)))
     }
-    fn table_pa(&self, pte: u64) -> u64 {
-        self.inner.table_pa(pte)
+    fn table_pa(&self, pte: u64) -> PyResult<u64> {
+        guarded(|| Ok(self.inner.table_pa(pte)))
     }
-    fn make_table(&self, table_pa: u64, level: u8) -> u64 {
-        self.inner.make_table(table_pa, level)
+    fn make_table(&self, table_pa: u64, level: u8) -> PyResult<u64> {
+        guarded(|| Ok(self.inner.make_table(table_pa, level)))
     }
     fn make_leaf(
         &self,
@@ -370,25 +371,29 @@ impl PyFormat {
         user: bool,
         global_: bool,
     ) -> PyResult<u64> {
-        Ok(self
-            .inner
-            .make_leaf(page_pa, level, perm_of(perms)?, user, global_))
+        let perms = perm_of(perms)?;
+        guarded(|| Ok(self.inner.make_leaf(page_pa, level, perms, user, global_)))
     }
     /// `(page_pa, perms bits, user, global, accessed, dirty)`.
-    fn decode_leaf(&self, pte: u64, level: u8) -> (u64, u8, bool, bool, bool, bool) {
-        let i = self.inner.decode_leaf(pte, level);
-        (i.page_pa, i.perms.0, i.user, i.global, i.accessed, i.dirty)
+    fn decode_leaf(&self, pte: u64, level: u8) -> PyResult<(u64, u8, bool, bool, bool, bool)> {
+        guarded(|| {
+            let i = self.inner.decode_leaf(pte, level);
+            Ok((i.page_pa, i.perms.0, i.user, i.global, i.accessed, i.dirty))
+        })
     }
     fn set_perms(&self, pte: u64, level: u8, perms: u8) -> PyResult<u64> {
-        Ok(self.inner.set_perms(pte, level, perm_of(perms)?))
+        let perms = perm_of(perms)?;
+        guarded(|| Ok(self.inner.set_perms(pte, level, perms)))
     }
     /// `(perms bits, user, global)`.
-    fn table_rights(&self, pte: u64) -> (u8, bool, bool) {
-        let r = self.inner.table_rights(pte);
-        (r.perms.0, r.user, r.global)
+    fn table_rights(&self, pte: u64) -> PyResult<(u8, bool, bool)> {
+        guarded(|| {
+            let r = self.inner.table_rights(pte);
+            Ok((r.perms.0, r.user, r.global))
+        })
     }
-    fn describe(&self, pte: u64, level: u8) -> String {
-        self.inner.describe(pte, level)
+    fn describe(&self, pte: u64, level: u8) -> PyResult<String> {
+        guarded(|| Ok(self.inner.describe(pte, level)))
     }
     fn allows(
         &self,
@@ -397,8 +402,8 @@ impl PyFormat {
         access: &Bound<'_, PyAny>,
         user: bool,
     ) -> PyResult<bool> {
-        let access = access_of(access)?;
-        Ok(self.inner.allows(perm_of(perms)?, page_user, access, user))
+        let (access, perms) = (access_of(access)?, perm_of(perms)?);
+        guarded(|| Ok(self.inner.allows(perms, page_user, access, user)))
     }
 
     /// Walk the tables at `root` in `mem` (a `PhysMem`) for `va`.

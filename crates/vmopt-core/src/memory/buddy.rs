@@ -981,6 +981,55 @@ mod tests {
         );
     }
 
+    /// Bytes of bitmap words held by split sections and the spare.
+    fn bitmap_bytes(b: &BuddyAllocator) -> usize {
+        let words = |s: &Section| -> usize {
+            s.levels
+                .iter()
+                .flatten()
+                .map(|l| l.0.iter().map(Vec::len).sum::<usize>())
+                .sum()
+        };
+        8 * (b.secs.values().map(words).sum::<usize>() + b.spare.as_ref().map_or(0, words))
+    }
+
+    #[test]
+    fn ten_thousand_small_blocks_in_64_gib_cost_one_section_of_bitmaps() {
+        let mut b = BuddyAllocator::new(0, 64 * GIB_PAGES, 18, None).unwrap();
+        for _ in 0..10_000 {
+            b.alloc(0).unwrap();
+        }
+        assert_eq!(b.secs.len(), 1);
+        assert!(bitmap_bytes(&b) < 80 << 10, "{}", bitmap_bytes(&b));
+    }
+
+    #[test]
+    fn churn_at_the_edge_of_a_whole_section_reuses_the_spare_bitmaps() {
+        let mut b = BuddyAllocator::new(0, 64 * GIB_PAGES, 18, None).unwrap();
+        let blocks: Vec<(u64, u8)> = (0..5000u32)
+            .map(|i| {
+                let k = (i % 10) as u8;
+                (b.alloc(k).unwrap(), k)
+            })
+            .collect();
+        for (pfn, k) in blocks {
+            b.free(pfn, k).unwrap();
+        }
+        assert_eq!(b.free_blocks()[18], 64);
+        assert!(
+            b.secs.is_empty() && b.spare.is_some(),
+            "whole again, bitmaps kept as the spare"
+        );
+        let spare = bitmap_bytes(&b);
+        for _ in 0..1000 {
+            let p = b.alloc(0).unwrap();
+            b.free(p, 0).unwrap();
+            let p = b.alloc(9).unwrap();
+            b.free(p, 9).unwrap();
+        }
+        assert_eq!(bitmap_bytes(&b), spare, "no new bitmaps per cycle");
+    }
+
     #[test]
     fn worst_fragmentation_of_a_section_costs_bitmaps_not_blocks() {
         let mut b = BuddyAllocator::new(0, 64 * GIB_PAGES, 18, None).unwrap();

@@ -994,6 +994,36 @@ mod tests {
     }
 
     #[test]
+    fn zero_clears_partial_heads_and_tails() {
+        let mem = PhysMem::new(4 * FRAME_SIZE, 0, None).unwrap();
+        let ones = vec![1u8; 4 * FRAME_SIZE as usize];
+        for (pa, n) in [
+            (FRAME_SIZE, 100),
+            (FRAME_SIZE + 8, 100),
+            (10, 2 * FRAME_SIZE),
+            (0, 4 * FRAME_SIZE),
+        ] {
+            mem.write(0, &ones).unwrap();
+            mem.zero(pa, n).unwrap();
+            let mut back = vec![9u8; ones.len()];
+            mem.read(0, &mut back).unwrap();
+            for (i, &b) in back.iter().enumerate() {
+                let inside = (pa..pa + n).contains(&(i as u64));
+                assert_eq!(
+                    b,
+                    if inside { 0 } else { 1 },
+                    "zero({pa:#x}, {n}) at byte {i:#x}"
+                );
+            }
+        }
+        assert_eq!(
+            mem.resident_frames(),
+            0,
+            "zeroing all of memory drops every frame"
+        );
+    }
+
+    #[test]
     fn a_failing_compare_exchange_creates_no_frame() {
         let mem = PhysMem::new(FRAME_SIZE, 0, None).unwrap();
         assert!(!mem.cas_u64(8, 5, 6).unwrap());
