@@ -15,7 +15,16 @@ HERE = Path(__file__).parent
 BENCHES = [
     ("core batch vs scalar translate (>= 1.5x)", ["bench_batch.py"]),
     ("I/O-bound concurrency (>= 6x at 8, >= 40x at 64)", ["bench_io.py", "--reps", "5"]),
-    ("core batch vs pycachesim (>= 1x, equal counts)", ["bench_pycachesim.py", "--reps", "3"]),
+    (
+        "core batch vs pycachesim (>= 1x, equal counts)",
+        [
+            "bench_pycachesim.py",
+            "--trace",
+            str(HERE.parent / "tests" / "data" / "ls_small.lackey.gz"),
+            "--reps",
+            "5",
+        ],
+    ),
     ("100M-address stream (< 500 MiB RSS)", ["bench_streaming.py"]),
 ]
 
