@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from vmopt.errors import ConfigError
 
-__all__ = ["POLICIES", "PREFETCHERS", "PrefetchConfig", "PwcConfig", "TlbConfig"]
+__all__ = ["POLICIES", "PREFETCHERS", "PrefetchConfig", "PwcConfig", "TlbConfig", "name_levels"]
 
 POLICIES: Final = ("lru", "fifo", "random", "plru")
 PREFETCHERS: Final = ("none", "next_page", "stride")
@@ -29,7 +30,8 @@ class TlbConfig:
     ``ways == entries`` is fully associative. ``page_sizes`` lists what the
     level holds; a larger page is cached as the largest listed size that fits
     inside it (splintered), as hardware does. ``latency`` is the lookup cost
-    in cycles. ``seed`` seeds the "random" policy.
+    in cycles. ``seed`` seeds the "random" policy. ``name`` left empty is
+    given by position (see :func:`name_levels`): ``l1``, ``l2``, ...
     """
 
     entries: int
@@ -37,7 +39,7 @@ class TlbConfig:
     policy: str = "lru"
     page_sizes: tuple[int, ...] = (4096,)
     latency: int = 1
-    name: str = "l1"
+    name: str = ""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,8 +65,8 @@ class TlbConfig:
         object.__setattr__(self, "page_sizes", tuple(sorted(sizes)))
         if not isinstance(self.latency, int) or self.latency < 0:
             raise ConfigError(f"latency must be a non-negative integer, got {self.latency!r}")
-        if not isinstance(self.name, str) or not self.name:
-            raise ConfigError(f"name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.name, str):
+            raise ConfigError(f"name must be a string, got {self.name!r}")
         if not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
 
@@ -72,6 +74,21 @@ class TlbConfig:
     def sets(self) -> int:
         """Number of sets."""
         return self.entries // self.ways
+
+
+def name_levels(levels: Sequence[Sequence[TlbConfig]]) -> list[list[TlbConfig]]:
+    """The hierarchy with its unnamed arrays named by position.
+
+    Level ``i``'s first array becomes ``l{i+1}``, its ``k``-th
+    ``l{i+1}_{k+1}`` (split arrays); named arrays keep their names.
+    """
+    return [
+        [
+            c if c.name else replace(c, name=f"l{i + 1}" if k == 0 else f"l{i + 1}_{k + 1}")
+            for k, c in enumerate(level)
+        ]
+        for i, level in enumerate(levels)
+    ]
 
 
 @dataclass(frozen=True)

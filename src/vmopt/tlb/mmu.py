@@ -32,7 +32,7 @@ from vmopt import _core
 from vmopt.errors import ConfigError, PageFault, VmoptError
 from vmopt.paging.types import Perm
 from vmopt.tlb._live import MMU_FIELDS, TLB_FIELDS, LiveMmuStats
-from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, TlbConfig
+from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, TlbConfig, name_levels
 from vmopt.tlb.pwc import PageWalkCache
 from vmopt.tlb.stats import MmuStats, TlbStats
 from vmopt.tlb.tlb import GLOBAL_ASID, TlbLevel, config_tuple
@@ -73,14 +73,14 @@ def _level_configs(spec: TlbSpec) -> list[list[TlbConfig]]:
     if spec is None:
         spec = DEFAULT_TLB_LEVELS
     if isinstance(spec, TlbConfig):
-        return [[spec]]
+        return name_levels([[spec]])
     levels = []
     for item in spec:
         cfgs = [item] if isinstance(item, TlbConfig) else list(item)
         if not cfgs:
             raise ConfigError("a TLB level needs at least one TlbConfig")
         levels.append(cfgs)
-    return levels
+    return name_levels(levels)
 
 
 def _check_asid(asid: int) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Final
 from vmopt import _core
 from vmopt.errors import ConfigError
 from vmopt.tlb._live import LiveTlbStats
-from vmopt.tlb.config import TlbConfig
+from vmopt.tlb.config import TlbConfig, name_levels
 from vmopt.tlb.stats import PrefetchStats, TlbStats
 
 __all__ = ["GLOBAL_ASID", "Tlb", "TlbEntry", "TlbLevel", "XorShift64"]
@@ -185,6 +185,7 @@ class Tlb:
     """
 
     def __init__(self, config: TlbConfig, stats: TlbStats | None = None) -> None:
+        config = name_levels([[config]])[0][0]
         core = _core.TlbLevel([config_tuple(config)])
         self._setup(config, core, 0, LiveTlbStats(config.name, core.stats))
         self._given = stats
@@ -322,6 +323,7 @@ class TlbLevel:
         cfgs = [configs] if isinstance(configs, TlbConfig) else list(configs)
         if not cfgs:
             raise ConfigError("a TLB level needs at least one TlbConfig")
+        cfgs = name_levels([cfgs])[0]
         self._setup(_core.TlbLevel([config_tuple(c) for c in cfgs]), cfgs)
 
     @classmethod
