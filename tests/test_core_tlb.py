@@ -445,3 +445,25 @@ def test_install_page_resolves_a_fault_as_a_handler_does() -> None:
     before = mmu_state(mmu, mem_p)
     assert mmu.install_page(HUGE + 8, "r", True, HUGE, GiB, [0], None, Perm.R, True) is None
     assert_same(mmu_state(mmu, mem_p), before)
+
+
+def test_unnamed_levels_are_named_by_position() -> None:
+    """Issue 11: arrays without a name are l1, l2, ... (split arrays l1_2, ...), as in the reference."""
+    for product in (True, False):
+        mem = (PhysicalMemory if product else RefMemory)(64 * MiB)
+        pt = (PageTable if product else RefPageTable)(mem, "x86_64")
+        mmu_cls = Mmu if product else RefMmu
+        mmu = mmu_cls(pt, [TlbConfig(16, 4), TlbConfig(64, 4)])
+        assert [lv.name for lv in mmu.levels] == ["l1", "l2"]
+        split = [[TlbConfig(8, 4), TlbConfig(4, 4, page_sizes=(2 * MiB,))], TlbConfig(64, 4, name="stlb")]
+        mmu = mmu_cls(pt, split)
+        assert [lv.name for lv in mmu.levels] == ["l1+l1_2", "stlb"]
+        assert [s.name for s in mmu.tlb_stats()] == ["l1+l1_2", "stlb"]
+        assert [c.name for c in mmu.levels[0].configs] == ["l1", "l1_2"]
+        assert (Tlb if product else RefTlb)(TlbConfig(8, 8)).stats.name == "l1"
+        try:
+            mmu_cls(pt, [TlbConfig(4, 4, name="x"), TlbConfig(8, 4, name="x")])
+        except Exception as exc:
+            assert "distinct" in str(exc)
+        else:
+            raise AssertionError("duplicate names accepted")

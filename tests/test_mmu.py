@@ -635,7 +635,7 @@ def test_levels_are_named_by_position_when_names_are_not_given() -> None:
     mmu = Mmu(pt, tlb=[TlbConfig(64, 4), TlbConfig(1536, 12)])
     assert [lv.name for lv in mmu.levels] == ["l1", "l2"]
     split = Mmu(pt, tlb=[[TlbConfig(64, 4), TlbConfig(32, 4, page_sizes=(M2,))], TlbConfig(256, 4)])
-    assert [lv.name for lv in split.levels] == ["l1+l1_2m", "l2"]
+    assert [lv.name for lv in split.levels] == ["l1+l1_2", "l2"]
     named_ = Mmu(pt, tlb=[TlbConfig(8, 2, name="dtlb"), TlbConfig(16, 4)])
     assert [lv.name for lv in named_.levels] == ["dtlb", "l2"]
     with pytest.raises(ConfigError, match="TLB level names must be distinct"):

@@ -14,6 +14,16 @@
 //! does with IPIs. Without it, invalidation is left to the caller, as on
 //! real hardware.
 //!
+//! Batches ([`Mmu::translate_batch`]) first ask L1's lookup memo (see
+//! `tlb::level`): a remembered lookup whose entry is still the same fill,
+//! allows the access, needs no D-bit re-walk and is no unused prefetch is a
+//! hit whose only effects are the touch of its replacement state (done by
+//! the array's own `touch`) and the lookup, hit, cycles and translation
+//! counts (summed in a local and added once per lock hold). That is exactly
+//! what `State::translate` does for such a hit, so results, counters and
+//! replacement state stay those of the scalar path; anything else takes the
+//! scalar path.
+//!
 //! Locking: all state sits behind one mutex, and a miss walks with it held,
 //! so the lock order is MMU -> `PageTable` frees (read). A shootdown arrives
 //! with the table's edit lock held and takes the MMU lock (edit -> MMU);
@@ -27,6 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::error::{Error, Result};
 use crate::paging::{Access, Fault, FaultCause, PageTable, Perm, Shootdown, Translation};
+use crate::tlb::level::MEMO_SLOTS;
 use crate::tlb::{
     MmuStats, PageWalkCache, PrefetchConfig, PrefetchMode, Prefetcher, PwcConfig, TlbConfig,
     TlbEntry, TlbLevel, TlbStats, GLOBAL_ASID,
@@ -184,11 +195,7 @@ impl State {
             let Some(hit) = self.levels[i].lookup(va, asid) else {
                 continue;
             };
-            let (entry, stats) = self.levels[i].entry_mut(hit);
-            if entry.prefetched && !entry.used {
-                entry.used = true;
-                stats.prefetch_useful += 1;
-            }
+            let entry = self.levels[i].mark_used(hit);
             // Field by field, not a copy of the entry: the hit has just
             // written its stamp, and a wide load over it would stall.
             let (rights, dirty, level) = (entry.rights, entry.dirty, entry.level);
@@ -217,6 +224,12 @@ impl State {
             }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Count `n` translations that hit in L1 through its memo.
+    fn count_fast_hits(&mut self, n: u64) {
+        self.stats.translations += n;
+        self.levels[0].count_hits(n);
     }
 
     /// x86 and RISC-V both drop the entry that caused a fault.
@@ -433,7 +446,11 @@ impl Mmu {
         let levels = config
             .levels
             .iter()
-            .map(|cfgs| TlbLevel::new(cfgs))
+            .enumerate()
+            .map(|(i, cfgs)| {
+                let slots = if i == 0 { MEMO_SLOTS } else { 1 };
+                TlbLevel::new(cfgs).map(|l| l.with_memo_slots(slots))
+            })
             .collect::<Result<Vec<_>>>()?;
         let names: Vec<&str> = levels.iter().map(TlbLevel::name).collect();
         if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
@@ -556,17 +573,37 @@ impl Mmu {
         user: bool,
     ) -> (usize, Option<Stop>) {
         let n = vas.len().min(out.len());
+        let (vas, out) = (&vas[..n], &mut out[..n]);
         let mut i = 0;
         while i < n {
             let end = (i + BATCH_LOCK_SPAN).min(n);
-            let mut st = self.lock();
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let Some(bit) = rights_bit(access, user) else {
+                // A probe: the scalar path refuses it before counting anything.
+                return (i, st.translate(vas[i], access, user).err());
+            };
+            let (write, asid) = (access == Access::Write, st.asid);
+            // The L1 memo fast path (see the module docs); its lookups,
+            // hits and cycles are counted once per span.
+            let mut fast = 0u64;
             while i < end {
+                let run = st.levels[0].memo_run(&vas[i..end], &mut out[i..end], asid, bit, write);
+                fast += run as u64;
+                i += run;
+                if i == end {
+                    break;
+                }
                 match st.translate(vas[i], access, user) {
                     Ok(pa) => out[i] = pa,
-                    Err(stop) => return (i, Some(stop)),
+                    Err(stop) => {
+                        st.count_fast_hits(fast);
+                        return (i, Some(stop));
+                    }
                 }
                 i += 1;
             }
+            st.count_fast_hits(fast);
         }
         (n, None)
     }

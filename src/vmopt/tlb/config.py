@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Final
 
 from vmopt.errors import ConfigError
@@ -15,6 +16,7 @@ __all__ = [
     "PrefetchConfig",
     "PwcConfig",
     "TlbConfig",
+    "name_levels",
 ]
 
 POLICIES: Final = ("lru", "fifo", "random", "plru")
@@ -37,9 +39,8 @@ class TlbConfig:
     ``ways == entries`` is fully associative. ``page_sizes`` lists what the
     level holds; a larger page is cached as the largest listed size that fits
     inside it (splintered), as hardware does. ``latency`` is the lookup cost
-    in cycles. ``seed`` seeds the "random" policy. ``name`` defaults by
-    position: ``l1``, ``l2``, ... for a hierarchy's levels (a split array
-    after a level's first gets its page size: ``l1_2m``).
+    in cycles. ``seed`` seeds the "random" policy. ``name`` left empty is
+    given by position (see :func:`name_levels`): ``l1``, ``l2``, ...
     """
 
     entries: int
@@ -47,7 +48,7 @@ class TlbConfig:
     policy: str = "lru"
     page_sizes: tuple[int, ...] = (4096,)
     latency: int = 1
-    name: str | None = None
+    name: str = ""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -81,8 +82,8 @@ class TlbConfig:
             raise ConfigError(
                 f"latency must be a non-negative integer, got {self.latency!r}", field="latency"
             )
-        if self.name is not None and (not isinstance(self.name, str) or not self.name):
-            raise ConfigError(f"name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.name, str):
+            raise ConfigError(f"name must be a string, got {self.name!r}")
         if not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
 
@@ -90,6 +91,21 @@ class TlbConfig:
     def sets(self) -> int:
         """Number of sets."""
         return self.entries // self.ways
+
+
+def name_levels(levels: Sequence[Sequence[TlbConfig]]) -> list[list[TlbConfig]]:
+    """The hierarchy with its unnamed arrays named by position.
+
+    Level ``i``'s first array becomes ``l{i+1}``, its ``k``-th
+    ``l{i+1}_{k+1}`` (split arrays); named arrays keep their names.
+    """
+    return [
+        [
+            c if c.name else replace(c, name=f"l{i + 1}" if k == 0 else f"l{i + 1}_{k + 1}")
+            for k, c in enumerate(level)
+        ]
+        for i, level in enumerate(levels)
+    ]
 
 
 @dataclass(frozen=True)

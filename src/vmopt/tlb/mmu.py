@@ -33,10 +33,10 @@ from vmopt.batching import Addrs, ArrayPath, BatchResult, run_sequential
 from vmopt.errors import ConfigError, PageFault, VmoptError
 from vmopt.paging.types import Perm
 from vmopt.tlb._live import MMU_FIELDS, TLB_FIELDS, LiveMmuStats
-from vmopt.tlb.config import DEFAULT_TLB_LEVELS, PrefetchConfig, PwcConfig, TlbConfig
+from vmopt.tlb.config import DEFAULT_TLB_LEVELS, PrefetchConfig, PwcConfig, TlbConfig, name_levels
 from vmopt.tlb.pwc import PageWalkCache
 from vmopt.tlb.stats import MmuStats, TlbStats
-from vmopt.tlb.tlb import GLOBAL_ASID, TlbLevel, config_tuple, named
+from vmopt.tlb.tlb import GLOBAL_ASID, TlbLevel, config_tuple
 
 if TYPE_CHECKING:
     from vmopt.paging.pagetable import PageTable
@@ -51,6 +51,9 @@ RIGHTS_BIT: Final = {
     ("r", True): 8, ("w", True): 16, ("x", True): 32,
 }  # fmt: skip
 
+#: Addresses per core call of an array batch (the core holds no GIL meanwhile).
+ARRAY_CHUNK: Final = 1 << 20
+
 TlbSpec = TlbConfig | Sequence[TlbConfig | Sequence[TlbConfig]] | None
 
 #: ``handler(va, access, user) -> bool``: called on a not-present fault; True
@@ -64,14 +67,14 @@ def _level_configs(spec: TlbSpec) -> list[list[TlbConfig]]:
     if spec is None:
         spec = DEFAULT_TLB_LEVELS
     if isinstance(spec, TlbConfig):
-        return [named([spec])]
+        return name_levels([[spec]])
     levels = []
-    for position, item in enumerate(spec):
+    for item in spec:
         cfgs = [item] if isinstance(item, TlbConfig) else list(item)
         if not cfgs:
             raise ConfigError("a TLB level needs at least one TlbConfig")
-        levels.append(named(cfgs, position))
-    return levels
+        levels.append(cfgs)
+    return name_levels(levels)
 
 
 def _check_asid(asid: int) -> None:
@@ -257,8 +260,13 @@ class Mmu:
                 lambda vas, out: self.translate_into(vas, out, access, user),
                 lambda va, error: self.handle_fault(va, access, user, error),
             )
+        # The core releases the GIL for the whole call: big chunks keep the per-call cost negligible.
         out: list[int] | U64 | BatchResult = run_sequential(
-            lambda va: self.translate(va, access, user), addrs, errors, array_path=path
+            lambda va: self.translate(va, access, user),
+            addrs,
+            errors,
+            chunk_size=ARRAY_CHUNK,
+            array_path=path,
         )
         return out
 

@@ -10,14 +10,13 @@ the same victims.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from vmopt import _core
 from vmopt.errors import ConfigError
 from vmopt.tlb._live import LiveTlbStats
-from vmopt.tlb.config import TlbConfig
+from vmopt.tlb.config import TlbConfig, name_levels
 from vmopt.tlb.stats import PrefetchStats, TlbStats
 
 __all__ = ["GLOBAL_ASID", "Tlb", "TlbEntry", "TlbLevel", "XorShift64"]
@@ -30,28 +29,9 @@ _MASK64: Final = (1 << 64) - 1
 EntryTuple = tuple[int, int, int, int, int, bool, int, bool, bool, int, int, int]
 
 
-_SIZE_SUFFIX: Final = {4096: "4k", 2 << 20: "2m", 1 << 30: "1g"}
-
-
-def named(configs: Sequence[TlbConfig], position: int = 0) -> list[TlbConfig]:
-    """The arrays of level ``position`` (0 is L1), unnamed ones named by position.
-
-    The level's first array is ``l{n}``, a further split array
-    ``l{n}_{its smallest page size}`` (``l1_2m``), as the default hierarchy's.
-    """
-    out = []
-    for j, c in enumerate(configs):
-        if c.name is None:
-            suffix = "" if j == 0 else "_" + _SIZE_SUFFIX[c.page_sizes[0]]
-            c = dataclasses.replace(c, name=f"l{position + 1}{suffix}")
-        out.append(c)
-    return out
-
-
 def config_tuple(c: TlbConfig) -> tuple[int, int, str, list[int], int, str, int]:
     """A config as the core takes it (the seed modulo 2^64, as the generator uses it)."""
-    name = "l1" if c.name is None else c.name
-    return (c.entries, c.ways, c.policy, list(c.page_sizes), c.latency, name, c.seed & _MASK64)
+    return (c.entries, c.ways, c.policy, list(c.page_sizes), c.latency, c.name, c.seed & _MASK64)
 
 
 class XorShift64:
@@ -205,7 +185,7 @@ class Tlb:
     """
 
     def __init__(self, config: TlbConfig, stats: TlbStats | None = None) -> None:
-        (config,) = named([config])
+        config = name_levels([[config]])[0][0]
         core = _core.TlbLevel([config_tuple(config)])
         self._setup(config, core, 0, LiveTlbStats(core.name, core.stats))
         self._given = stats
@@ -340,9 +320,10 @@ class TlbLevel:
     """
 
     def __init__(self, configs: TlbConfig | Sequence[TlbConfig]) -> None:
-        cfgs = named([configs] if isinstance(configs, TlbConfig) else list(configs))
+        cfgs = [configs] if isinstance(configs, TlbConfig) else list(configs)
         if not cfgs:
             raise ConfigError("a TLB level needs at least one TlbConfig")
+        cfgs = name_levels([cfgs])[0]
         self._setup(_core.TlbLevel([config_tuple(c) for c in cfgs]), cfgs)
 
     @classmethod

@@ -27,7 +27,7 @@ from reference.tlb.pwc import PageWalkCache
 from reference.tlb.tlb import GLOBAL_ASID, TlbEntry, TlbLevel
 from vmopt.errors import ConfigError
 from vmopt.paging.types import PageFault, Perm, Translation
-from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, TlbConfig
+from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, TlbConfig, name_levels
 from vmopt.tlb.stats import MmuStats, TlbStats
 
 if TYPE_CHECKING:
@@ -58,7 +58,9 @@ def _levels(spec: TlbSpec) -> list[TlbLevel]:
         spec = DEFAULT_TLB_LEVELS
     if isinstance(spec, TlbConfig):
         return [TlbLevel(spec)]
-    levels = [TlbLevel(item) for item in spec]
+    # Unnamed arrays are named by position (l1, l2, ...; issue 11).
+    configs = name_levels([[item] if isinstance(item, TlbConfig) else list(item) for item in spec])
+    levels = [TlbLevel(item) for item in configs]
     names = [lv.name for lv in levels]
     if len(set(names)) != len(names):
         raise ConfigError(f"TLB level names must be distinct, got {names}")

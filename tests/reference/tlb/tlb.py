@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Final
 
-from vmopt.tlb.config import TlbConfig
+from vmopt.tlb.config import TlbConfig, name_levels
 from vmopt.tlb.stats import PrefetchStats, TlbStats
 
 __all__ = ["GLOBAL_ASID", "Tlb", "TlbEntry", "TlbLevel", "XorShift64"]
@@ -107,6 +107,7 @@ class Tlb:
     """
 
     def __init__(self, config: TlbConfig, stats: TlbStats | None = None) -> None:
+        config = name_levels([[config]])[0][0]  # an unnamed array is "l1" (issue 11)
         self.config = config
         self.stats = stats if stats is not None else TlbStats(name=config.name)
         self.sets = config.sets
@@ -373,6 +374,7 @@ class TlbLevel:
                     f" appears twice (arrays {', '.join(x.name for x in cfgs)})"
                 )
             seen.update(c.page_sizes)
+        cfgs = name_levels([cfgs])[0]  # unnamed arrays named by position (issue 11)
         self.name = cfgs[0].name if len(cfgs) == 1 else "+".join(c.name for c in cfgs)
         self.latency = max(c.latency for c in cfgs)
         self.stats = TlbStats(name=self.name)

@@ -1,15 +1,16 @@
 //! One set-associative TLB array.
 //!
-//! A hit is one hash probe per page size the array holds, keyed by the
-//! virtual page number and the ASID (global entries under [`GLOBAL_ASID`]).
+//! A lookup scans one set per page size the array holds, as hardware and
+//! pycachesim do: the set follows from the virtual page number, and a
+//! compact tag per way (vpn and shift, 0 when invalid) keeps the scan to a
+//! cache line or two; a tag match then checks the ASID (global entries are
+//! stored under [`GLOBAL_ASID`]; an exact ASID wins over a global entry).
 //! Replacement state has the forms of the Python reference so both choose
 //! the same victims: a stamp per way and a clock for LRU and FIFO (LRU
 //! refreshes it on hits and in-place updates, FIFO only on fills), tree bits
 //! per set for PLRU, an xorshift64 state for random. Invalid ways fill
 //! first, lowest way first, whatever the policy; invalidations clear a way
 //! and leave the replacement state alone, as hardware does.
-
-use rustc_hash::FxHashMap;
 
 use crate::error::{Error, Result};
 use crate::tlb::config::{Policy, TlbConfig};
@@ -100,6 +101,20 @@ impl TlbEntry {
     }
 }
 
+/// What an LRU hit (or in-place update) does to the clock and the entry.
+#[inline(always)]
+pub fn lru_touch(clock: &mut u64, e: &mut TlbEntry) {
+    *clock += 1;
+    e.stamp = *clock;
+}
+
+/// The way tag of an entry of `vpn` at `shift`: never 0, as a vpn fits in
+/// `64 - shift <= 52` bits and the shift (12, 21 or 30) goes above them.
+#[inline(always)]
+fn tag(vpn: u64, shift: u8) -> u64 {
+    vpn | (shift as u64) << 56
+}
+
 /// One set-associative array (see [`TlbConfig`]).
 ///
 /// Lookups here do not count statistics: [`TlbLevel`](super::TlbLevel)
@@ -112,8 +127,10 @@ pub struct TlbArray {
     set_mask: u64,
     /// Shifts of the page sizes held, ascending.
     shifts: Vec<u8>,
-    /// Per shift: (vpn, asid) -> slot.
-    maps: Vec<FxHashMap<(u64, u32), u32>>,
+    /// Per way, set-major: [`tag`] of its entry, 0 if invalid.
+    tags: Vec<u64>,
+    /// Valid ways.
+    valid: usize,
     /// `sets * ways` ways, set-major.
     slots: Vec<Option<TlbEntry>>,
     clock: u64,
@@ -137,14 +154,6 @@ impl TlbArray {
             .iter()
             .map(|s| s.trailing_zeros() as u8)
             .collect();
-        let maps = shifts
-            .iter()
-            .map(|_| {
-                let mut m = FxHashMap::default();
-                m.reserve(cfg.entries as usize);
-                m
-            })
-            .collect();
         let plru_words = if cfg.policy == Policy::Plru {
             ways.div_ceil(64)
         } else {
@@ -155,7 +164,8 @@ impl TlbArray {
             ways,
             set_mask: sets as u64 - 1,
             shifts,
-            maps,
+            tags: vec![0; sets * ways],
+            valid: 0,
             slots: vec![None; sets * ways],
             clock: 0,
             plru: vec![0; sets * plru_words],
@@ -189,20 +199,34 @@ impl TlbArray {
 
     // -- lookup ---------------------------------------------------------------
 
-    #[inline]
-    fn find(&self, va: u64, asid: u32) -> Option<usize> {
-        for (map, &shift) in self.maps.iter().zip(&self.shifts) {
-            let vpn = va >> shift;
-            if let Some(&slot) = map.get(&(vpn, asid)) {
-                return Some(slot as usize);
-            }
-            if self.globals != 0 {
-                if let Some(&slot) = map.get(&(vpn, GLOBAL_ASID)) {
-                    return Some(slot as usize);
+    /// The slot of `(vpn, shift)`'s entry for `asid`, else of its global
+    /// one (if `globals`), scanning the one set it can sit in.
+    #[inline(always)]
+    fn scan(&self, vpn: u64, shift: u8, asid: u32, globals: bool) -> Option<usize> {
+        let base = (vpn & self.set_mask) as usize * self.ways;
+        let want = tag(vpn, shift);
+        let mut global = None;
+        for (w, &t) in self.tags[base..base + self.ways].iter().enumerate() {
+            if t == want {
+                let slot = base + w;
+                let code = self.entry(slot).asid;
+                if code == asid {
+                    return Some(slot);
+                }
+                if globals && code == GLOBAL_ASID {
+                    global = Some(slot);
                 }
             }
         }
-        None
+        global
+    }
+
+    #[inline]
+    fn find(&self, va: u64, asid: u32) -> Option<usize> {
+        let globals = self.globals != 0;
+        self.shifts
+            .iter()
+            .find_map(|&shift| self.scan(va >> shift, shift, asid, globals))
     }
 
     /// The slot of the entry covering `va` for `asid` (or a global one),
@@ -221,8 +245,11 @@ impl TlbArray {
 
     /// The slot of the entry cached under exactly `(vpn, shift, asid)`.
     pub fn peek_exact(&self, vpn: u64, shift: u8, asid: u32) -> Option<usize> {
-        let mi = self.map_index(shift)?;
-        self.maps[mi].get(&(vpn, asid)).map(|&s| s as usize)
+        self.map_index(shift)?;
+        if shift >= 64 || vpn >> (64 - shift as u32) != 0 {
+            return None;
+        }
+        self.scan(vpn, shift, asid, false)
     }
 
     /// The entry in `slot`, if the way is valid.
@@ -253,12 +280,27 @@ impl TlbArray {
     pub fn touch(&mut self, slot: usize) {
         match self.cfg.policy {
             Policy::Lru => {
-                self.clock += 1;
-                self.entry_mut(slot).stamp = self.clock;
+                let (clock, ways) = self.lru_parts();
+                if let Some(e) = ways[slot].as_mut() {
+                    lru_touch(clock, e);
+                }
             }
             Policy::Plru => self.plru_touch(slot / self.ways, slot % self.ways),
             Policy::Fifo | Policy::Random => {}
         }
+    }
+
+    /// The replacement policy.
+    #[inline]
+    pub fn policy(&self) -> Policy {
+        self.cfg.policy
+    }
+
+    /// The LRU clock and the ways, for a caller that applies [`lru_touch`]
+    /// itself over many hits (the batch fast path keeps the clock in a register).
+    #[inline]
+    pub fn lru_parts(&mut self) -> (&mut u64, &mut [Option<TlbEntry>]) {
+        (&mut self.clock, &mut self.slots)
     }
 
     fn plru_bit(&self, set: usize, node: usize) -> bool {
@@ -341,7 +383,7 @@ impl TlbArray {
         mut entry: TlbEntry,
         stats: &mut TlbStats,
     ) -> Result<Option<TlbEntry>> {
-        let mi = self.map_index(entry.shift).ok_or_else(|| {
+        self.map_index(entry.shift).ok_or_else(|| {
             Error::Config(format!(
                 "this TLB array holds no {}-byte entries",
                 1u64 << entry.shift.min(63)
@@ -356,9 +398,7 @@ impl TlbArray {
         self.serials += 1;
         self.mutations += 1;
         entry.serial = self.serials;
-        let key = (entry.vpn, entry.asid);
-        if let Some(&slot) = self.maps[mi].get(&key) {
-            let slot = slot as usize;
+        if let Some(slot) = self.scan(entry.vpn, entry.shift, entry.asid, false) {
             let old = self.entry(slot);
             entry.prefetched = old.prefetched;
             entry.used = old.used;
@@ -377,11 +417,12 @@ impl TlbArray {
             None => {
                 let way = self.victim(set);
                 let old = self.slots[base + way].take().expect("a full set");
-                self.unlink(&old, stats);
+                self.unlink(base + way, &old, stats);
                 stats.evictions += 1;
                 (way, Some(old))
             }
         };
+        self.valid += 1;
         let slot = base + way;
         if entry.asid == GLOBAL_ASID {
             self.globals += 1;
@@ -397,15 +438,15 @@ impl TlbArray {
             Policy::Plru => self.plru_touch(set, way),
             Policy::Random => {}
         }
-        self.maps[mi].insert(key, slot as u32);
+        self.tags[slot] = tag(entry.vpn, entry.shift);
         self.slots[slot] = Some(entry);
         Ok(victim)
     }
 
-    /// Take `e` out of the lookup maps (its way is overwritten or cleared by the caller).
-    fn unlink(&mut self, e: &TlbEntry, stats: &mut TlbStats) {
-        let mi = self.map_index(e.shift).expect("a cached shift");
-        self.maps[mi].remove(&(e.vpn, e.asid));
+    /// Count `e` out of `slot` (its way is overwritten or cleared by the caller).
+    fn unlink(&mut self, slot: usize, e: &TlbEntry, stats: &mut TlbStats) {
+        self.tags[slot] = 0;
+        self.valid -= 1;
         if e.asid == GLOBAL_ASID {
             self.globals -= 1;
         }
@@ -417,7 +458,7 @@ impl TlbArray {
     fn remove(&mut self, slot: usize, stats: &mut TlbStats) {
         if let Some(e) = self.slots[slot].take() {
             self.mutations += 1;
-            self.unlink(&e, stats);
+            self.unlink(slot, &e, stats);
             stats.invalidations += 1;
         }
     }
@@ -456,16 +497,11 @@ impl TlbArray {
             let vpn = va >> shift;
             match asid {
                 None => {
-                    if self.maps[mi].is_empty() {
-                        continue;
-                    }
                     // Entries of this vpn and size can only sit in its set.
                     let base = (vpn & self.set_mask) as usize * self.ways;
+                    let want = tag(vpn, shift);
                     for slot in base..base + self.ways {
-                        if self.slots[slot]
-                            .as_ref()
-                            .is_some_and(|e| e.vpn == vpn && e.shift == shift)
-                        {
+                        if self.tags[slot] == want {
                             self.remove(slot, stats);
                             n += 1;
                         }
@@ -473,8 +509,8 @@ impl TlbArray {
                 }
                 Some(a) => {
                     for code in [a, GLOBAL_ASID] {
-                        if let Some(&slot) = self.maps[mi].get(&(vpn, code)) {
-                            self.remove(slot as usize, stats);
+                        if let Some(slot) = self.scan(vpn, shift, code, false) {
+                            self.remove(slot, stats);
                             n += 1;
                         }
                         if a == GLOBAL_ASID {
@@ -514,7 +550,7 @@ impl TlbArray {
 
     /// Valid entries.
     pub fn len(&self) -> usize {
-        self.maps.iter().map(|m| m.len()).sum()
+        self.valid
     }
 
     /// True if no way is valid.

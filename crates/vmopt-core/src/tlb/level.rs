@@ -1,8 +1,8 @@
 //! One level of the TLB hierarchy: one array, or split arrays probed together.
 
 use crate::error::{Error, Result};
-use crate::tlb::array::{TlbArray, TlbEntry};
-use crate::tlb::config::TlbConfig;
+use crate::tlb::array::{lru_touch, TlbArray, TlbEntry};
+use crate::tlb::config::{Policy, TlbConfig};
 use crate::tlb::stats::TlbStats;
 
 /// Where a lookup found its entry: array index and slot within it.
@@ -14,33 +14,63 @@ pub struct Hit {
     pub slot: usize,
 }
 
-/// Slots of the lookup memo.
-const MEMO_SLOTS: usize = 16;
+/// Default slots of the lookup memo (a power of two; 1024 slots of 32 bytes
+/// keep the pages of real programs' hot loops apart, see [`memo_index`]).
+pub const MEMO_SLOTS: usize = 1024;
 
-/// A remembered lookup: while no array of the level changed contents, a
-/// lookup of the same 4 KiB page and ASID finds the same entry.
+/// The memo slot of a 4 KiB page: the low page bits folded with the next
+/// ones, so buffers a multiple of 4 MiB apart do not share slots.
+#[inline(always)]
+fn memo_index(page: u64, mask: usize) -> usize {
+    (page ^ (page >> 10)) as usize & mask
+}
+
+/// A remembered lookup: `page` (a 4 KiB page number) and `asid` found the
+/// entry in `slot` of array `array`, a copy of whose fixed fields it holds.
+///
+/// It is valid while its `epoch` is the level's, and the level keeps that
+/// true only while the entry is still in its slot and still the first
+/// match: every change of contents goes through the level, which forgets
+/// what it may invalidate. A 4 KiB fill or eviction clears the memo slot
+/// of its page (the only page a 4 KiB entry covers); a larger fill or
+/// eviction, any removal (flush, invalidation) and any direct array access
+/// start a new epoch. A lookup whose entry is an unused prefetch is not
+/// remembered, so a remembered entry's prefetch flags never change (only a
+/// new fill sets them). Recency is no part of a lookup's result.
 #[derive(Clone, Copy, Debug, Default)]
 struct Memo {
     page: u64,
-    asid: u32,
-    array: u32,
+    /// The entry's `page_pa`.
+    page_pa: u64,
+    /// The level's epoch when it was made (0: empty; epochs start at 1).
+    epoch: u32,
     slot: u32,
-    /// The level's mutation count when it was made (0: empty, counts start at 1).
-    mutations: u64,
+    asid: u32,
+    array: u8,
+    /// The entry's `shift`, `rights` and `dirty`.
+    shift: u8,
+    rights: u8,
+    dirty: bool,
 }
 
 /// A TLB level: a lookup counts once here, whichever array answers.
 ///
 /// Split arrays hold disjoint page sizes (as x86's separate 4 KiB / 2 MiB /
 /// 1 GiB L1s). `stats` is shared by the arrays. A small direct-mapped memo
-/// of recent hits skips the hash probes for pages looked up again before
-/// the level changes; it changes no result, only the cost.
+/// of recent hits (see [`Memo`]) skips the array probes for pages looked up
+/// again; it changes no result, only the cost. Contents change only through
+/// the level's methods (or [`array_mut`](Self::array_mut), which forgets
+/// the memo), so the level can keep the memo valid.
 #[derive(Clone, Debug)]
 pub struct TlbLevel {
     name: String,
     latency: u64,
     arrays: Vec<TlbArray>,
-    memo: [Memo; MEMO_SLOTS],
+    memo: Box<[Memo]>,
+    /// Memo slots - 1.
+    memo_mask: usize,
+    /// Bumped whenever remembered lookups may have gone stale wholesale.
+    epoch: u32,
     /// The level's counters.
     pub stats: TlbStats,
 }
@@ -84,9 +114,22 @@ impl TlbLevel {
             name,
             latency: configs.iter().map(|c| c.latency).max().unwrap_or(0),
             arrays: configs.iter().map(TlbArray::new).collect(),
-            memo: [Memo::default(); MEMO_SLOTS],
+            memo: vec![Memo::default(); MEMO_SLOTS].into_boxed_slice(),
+            memo_mask: MEMO_SLOTS - 1,
+            epoch: 1,
             stats: TlbStats::default(),
         })
+    }
+
+    /// The level with a lookup memo of `slots` (a power of two; at least 1).
+    ///
+    /// Levels behind L1 see mostly misses, where a big memo only costs
+    /// cache lines; one slot keeps their probes and forgets on one line.
+    pub fn with_memo_slots(mut self, slots: usize) -> TlbLevel {
+        let slots = slots.max(1).next_power_of_two();
+        self.memo = vec![Memo::default(); slots].into_boxed_slice();
+        self.memo_mask = slots - 1;
+        self
     }
 
     /// `"l1"`, or the split arrays' names joined by `+`.
@@ -105,16 +148,104 @@ impl TlbLevel {
     }
 
     /// One array, with the level's counters (for standalone array operations).
+    ///
+    /// The caller may change the array in any way, so every remembered
+    /// lookup is forgotten.
     pub fn array_mut(&mut self, index: usize) -> (&mut TlbArray, &mut TlbStats) {
+        self.forget_all();
         (&mut self.arrays[index], &mut self.stats)
     }
 
-    /// Changes of contents of every array (1 + their sum, so never 0).
+    /// Invalidate every remembered lookup: a new epoch (clearing the memo
+    /// when the epoch would wrap, so an old one can never match again).
+    fn forget_all(&mut self) {
+        if self.epoch == u32::MAX {
+            self.memo.fill(Memo::default());
+            self.epoch = 0;
+        }
+        self.epoch += 1;
+    }
+
+    /// The remembered lookup of `va`'s page for `asid`, if still valid (see [`Memo`]).
+    #[inline(always)]
+    fn memo_probe(&self, va: u64, asid: u32) -> Option<&Memo> {
+        let page = va >> 12;
+        let m = &self.memo[memo_index(page, self.memo_mask)];
+        (m.page == page && m.asid == asid && m.epoch == self.epoch).then_some(m)
+    }
+
+    /// A demand lookup answered by the memo that needs nothing but a touch:
+    /// the batch fast path.
+    ///
+    /// Returns the physical address if the memo holds `va`'s page for
+    /// `asid` and the entry allows `bit` (and is dirty if `write`). Then it
+    /// has done exactly what [`lookup`](Self::lookup) followed by a clean
+    /// hit in `Mmu::translate` does (a remembered entry is no unused
+    /// prefetch), except counting: the caller adds the lookups, hits and
+    /// cycles with [`count_hits`](Self::count_hits). Otherwise nothing
+    /// changed and the caller takes the full path.
+    #[inline(always)]
+    pub fn memo_hit(&mut self, va: u64, asid: u32, bit: u8, write: bool) -> Option<u64> {
+        let m = *self.memo_probe(va, asid)?;
+        if m.rights & bit == 0 || (write && !m.dirty) {
+            return None;
+        }
+        self.arrays[m.array as usize].touch(m.slot as usize);
+        Some(m.page_pa | (va & ((1u64 << m.shift) - 1)))
+    }
+
+    /// [`memo_hit`](Self::memo_hit) over `vas` into `out` while it answers:
+    /// how many it answered (the caller counts their lookups and hits).
+    ///
+    /// A one-array LRU level (the common L1) runs a specialised loop that
+    /// keeps the clock in a local: the same [`lru_touch`] per hit, in order.
     #[inline]
-    fn mutations(&self) -> u64 {
-        self.arrays
-            .iter()
-            .fold(1u64, |n, a| n.wrapping_add(a.mutations()))
+    pub fn memo_run(
+        &mut self,
+        vas: &[u64],
+        out: &mut [u64],
+        asid: u32,
+        bit: u8,
+        write: bool,
+    ) -> usize {
+        if self.arrays.len() == 1 && self.arrays[0].policy() == Policy::Lru {
+            let (memo, epoch, mask) = (&self.memo, self.epoch, self.memo_mask);
+            let (clock_ref, ways) = self.arrays[0].lru_parts();
+            let mut clock = *clock_ref;
+            let mut done = vas.len().min(out.len());
+            for (i, (&va, pa)) in vas.iter().zip(out.iter_mut()).enumerate() {
+                let page = va >> 12;
+                let m = &memo[memo_index(page, mask)];
+                let valid = m.page == page && m.asid == asid && m.epoch == epoch;
+                if !valid || m.rights & bit == 0 || (write && !m.dirty) {
+                    done = i;
+                    break;
+                }
+                let Some(e) = ways[m.slot as usize].as_mut() else {
+                    done = i;
+                    break;
+                };
+                lru_touch(&mut clock, e);
+                *pa = m.page_pa | (va & ((1u64 << m.shift) - 1));
+            }
+            *clock_ref = clock;
+            return done;
+        }
+        for (i, (&va, pa)) in vas.iter().zip(out.iter_mut()).enumerate() {
+            match self.memo_hit(va, asid, bit, write) {
+                Some(p) => *pa = p,
+                None => return i,
+            }
+        }
+        vas.len().min(out.len())
+    }
+
+    /// Count `n` lookups that hit (the batch fast path's deferred counting).
+    #[inline]
+    pub fn count_hits(&mut self, n: u64) {
+        self.stats.lookups += n;
+        self.stats.hits += n;
+        self.stats.cycles += n * self.latency;
     }
 
     /// Probe every array, counting one lookup and its latency.
@@ -122,13 +253,10 @@ impl TlbLevel {
     pub fn lookup(&mut self, va: u64, asid: u32) -> Option<Hit> {
         self.stats.lookups += 1;
         self.stats.cycles += self.latency;
-        let page = va >> 12;
-        let mutations = self.mutations();
-        let memo = self.memo[page as usize % MEMO_SLOTS];
-        if memo.mutations == mutations && memo.page == page && memo.asid == asid {
+        if let Some(m) = self.memo_probe(va, asid) {
             let hit = Hit {
-                array: memo.array as usize,
-                slot: memo.slot as usize,
+                array: m.array as usize,
+                slot: m.slot as usize,
             };
             self.arrays[hit.array].touch(hit.slot);
             self.stats.hits += 1;
@@ -137,13 +265,22 @@ impl TlbLevel {
         for (array, arr) in self.arrays.iter_mut().enumerate() {
             if let Some(slot) = arr.lookup(va, asid) {
                 self.stats.hits += 1;
-                self.memo[page as usize % MEMO_SLOTS] = Memo {
-                    page,
-                    asid,
-                    array: array as u32,
-                    slot: slot as u32,
-                    mutations,
-                };
+                let e = arr.entry(slot);
+                // An unused prefetch is not remembered: its first hit counts it useful.
+                if !e.prefetched || e.used {
+                    let page = va >> 12;
+                    self.memo[memo_index(page, self.memo_mask)] = Memo {
+                        page,
+                        page_pa: e.page_pa,
+                        epoch: self.epoch,
+                        slot: slot as u32,
+                        asid,
+                        array: array as u8,
+                        shift: e.shift,
+                        rights: e.rights,
+                        dirty: e.dirty,
+                    };
+                }
                 return Some(Hit { array, slot });
             }
         }
@@ -165,10 +302,16 @@ impl TlbLevel {
         self.arrays[hit.array].entry(hit.slot)
     }
 
-    /// The entry a lookup found, mutably, with the level's counters.
+    /// A demand access used the entry a lookup found: the first use of a
+    /// prefetched entry counts it useful. Returns the entry.
     #[inline]
-    pub fn entry_mut(&mut self, hit: Hit) -> (&mut TlbEntry, &mut TlbStats) {
-        (self.arrays[hit.array].entry_mut(hit.slot), &mut self.stats)
+    pub fn mark_used(&mut self, hit: Hit) -> &TlbEntry {
+        let e = self.arrays[hit.array].entry_mut(hit.slot);
+        if e.prefetched && !e.used {
+            e.used = true;
+            self.stats.prefetch_useful += 1;
+        }
+        e
     }
 
     /// The array that caches a page of `page_size`, and the shift it uses.
@@ -187,41 +330,74 @@ impl TlbLevel {
     }
 
     /// Install `entry` in array `array`; the evicted entry, if any.
+    ///
+    /// The new entry may shadow remembered lookups of the pages it covers:
+    /// a 4 KiB entry forgets its page's memo slot, a larger one every slot.
     pub fn insert(&mut self, array: usize, entry: TlbEntry) -> Result<Option<TlbEntry>> {
-        self.arrays[array].insert(entry, &mut self.stats)
+        self.forget(&entry);
+        let victim = self.arrays[array].insert(entry, &mut self.stats)?;
+        if let Some(v) = &victim {
+            self.forget(v);
+        }
+        Ok(victim)
+    }
+
+    /// Forget the remembered lookups `e` could answer or shadow.
+    #[inline]
+    fn forget(&mut self, e: &TlbEntry) {
+        if e.shift == 12 {
+            self.memo[memo_index(e.vpn, self.memo_mask)].epoch = 0;
+        } else {
+            self.forget_all();
+        }
+    }
+
+    /// Forget every remembered lookup if `removed` entries left.
+    fn forget_if(&mut self, removed: u64) -> u64 {
+        if removed != 0 {
+            self.forget_all();
+        }
+        removed
     }
 
     /// Invalidate everything.
     pub fn flush(&mut self) -> u64 {
         let stats = &mut self.stats;
-        self.arrays.iter_mut().map(|a| a.flush(stats)).sum()
+        let n = self.arrays.iter_mut().map(|a| a.flush(stats)).sum();
+        self.forget_if(n)
     }
 
     /// Invalidate one ASID's non-global entries.
     pub fn flush_asid(&mut self, asid: u32) -> u64 {
         let stats = &mut self.stats;
-        self.arrays
+        let n = self
+            .arrays
             .iter_mut()
             .map(|a| a.flush_asid(asid, stats))
-            .sum()
+            .sum();
+        self.forget_if(n)
     }
 
     /// Invalidate the entries covering `va`.
     pub fn flush_va(&mut self, va: u64, asid: Option<u32>) -> u64 {
         let stats = &mut self.stats;
-        self.arrays
+        let n = self
+            .arrays
             .iter_mut()
             .map(|a| a.flush_va(va, asid, stats))
-            .sum()
+            .sum();
+        self.forget_if(n)
     }
 
     /// Invalidate the entries overlapping `[va, va + size)`.
     pub fn flush_range(&mut self, va: u64, size: u64, asid: Option<u32>) -> u64 {
         let stats = &mut self.stats;
-        self.arrays
+        let n = self
+            .arrays
             .iter_mut()
             .map(|a| a.flush_range(va, size, asid, stats))
-            .sum()
+            .sum();
+        self.forget_if(n)
     }
 
     /// Valid entries in every array.
