@@ -340,6 +340,35 @@ pub trait Format: Send + Sync + fmt::Debug {
     ) -> Result<Translation>;
 }
 
+/// What every format's walk does around its own pass over the tables: refuse
+/// a non-canonical address, then run `walk_once` until a pass completes.
+///
+/// A pass returns `Ok(None)` when an A/D compare-exchange found the PTE
+/// changed since it was read; the walk then restarts from the root, so it
+/// never writes an old PTE back.
+pub(crate) fn walk_until_done(
+    canonical: bool,
+    va: u64,
+    access: Access,
+    user: bool,
+    mut walk_once: impl FnMut() -> Result<Option<Translation>>,
+) -> Result<Translation> {
+    if !canonical {
+        return Err(crate::Error::Fault(Fault {
+            va,
+            access,
+            cause: FaultCause::NonCanonical,
+            level: None,
+            user,
+        }));
+    }
+    loop {
+        if let Some(t) = walk_once()? {
+            return Ok(t);
+        }
+    }
+}
+
 /// `4096 -> "4K"`, `2 MiB -> "2M"`, `1 GiB -> "1G"`.
 pub fn page_size_name(size: u64) -> String {
     for (unit, name) in [(1u64 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")] {

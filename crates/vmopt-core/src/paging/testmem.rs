@@ -96,3 +96,13 @@ pub(crate) fn put(
     mem.set(pa, leaf);
     pa
 }
+
+/// The cause and level of a walk that must have faulted.
+pub(crate) fn fault_of(
+    r: Result<crate::paging::Translation>,
+) -> (crate::paging::FaultCause, Option<u8>) {
+    match r {
+        Err(crate::Error::Fault(f)) => (f.cause, f.level),
+        other => panic!("expected a fault, got {other:?}"),
+    }
+}

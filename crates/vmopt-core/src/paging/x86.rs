@@ -10,7 +10,9 @@
 
 use crate::error::{Error, Result};
 use crate::memory::PteMemory;
-use crate::paging::{Access, Fault, FaultCause, Format, LeafInfo, Perm, TableRights, Translation};
+use crate::paging::{
+    walk_until_done, Access, Fault, FaultCause, Format, LeafInfo, Perm, TableRights, Translation,
+};
 
 /// Present.
 pub const P: u64 = 1 << 0;
@@ -409,40 +411,22 @@ impl Format for X86_64 {
         user: bool,
         update_ad: bool,
     ) -> Result<Translation> {
-        if !self.is_canonical(va) {
-            return Err(Error::Fault(Fault {
-                va,
-                access,
-                cause: FaultCause::NonCanonical,
-                level: None,
-                user,
-            }));
-        }
-        loop {
-            if let Some(t) = self.walk_once(mem, root, va, access, user, update_ad)? {
-                return Ok(t);
-            }
-        }
+        walk_until_done(self.is_canonical(va), va, access, user, || {
+            self.walk_once(mem, root, va, access, user, update_ad)
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paging::testmem::{put, TestMem};
+    use crate::paging::testmem::{fault_of, put, TestMem};
 
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
 
     fn x86(levels: i64) -> X86_64 {
         X86_64::new(levels, 46, true, true, false, false).unwrap()
-    }
-
-    fn fault_of(r: Result<Translation>) -> (FaultCause, Option<u8>) {
-        match r {
-            Err(Error::Fault(f)) => (f.cause, f.level),
-            other => panic!("expected a fault, got {other:?}"),
-        }
     }
 
     #[test]
