@@ -27,7 +27,6 @@ from __future__ import annotations
 import bisect
 import logging
 import random
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from thread_model import Clock, Record, State, fast_thread_switching
 from vmopt import MappingError, Mmu, PageFault, PageTable, Perm, PhysicalMemory, TlbConfig
 
 pytestmark = pytest.mark.slow
@@ -44,46 +44,6 @@ pytestmark = pytest.mark.slow
 K4 = 4096
 BASE = 0x7000_0000
 PAGES = 4  # few pages, so edits and translations often meet; page 0 stays mapped (its table stays)
-
-
-class Clock:
-    """A shared counter: the only notion of time here."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._n = 0
-
-    def tick(self) -> int:
-        with self._lock:
-            self._n += 1
-            return self._n
-
-
-@dataclass(frozen=True)
-class State:
-    """What a page maps to from one edit on: ``frame`` None when unmapped."""
-
-    start: int  # tick just before the edit that began it
-    done: int  # tick just after that edit returned
-    frame: int | None
-    writable: bool
-
-    def result(self, offset: int, access: str) -> object:
-        if self.frame is None:
-            return "not_present"
-        if access == "w" and not self.writable:
-            return "protection"
-        return self.frame + offset
-
-
-@dataclass(frozen=True)
-class Record:
-    start: int
-    end: int
-    page: int
-    offset: int
-    access: str
-    result: object
 
 
 class History:
@@ -105,16 +65,6 @@ class History:
     def last_done_before(self, tick: int) -> int:
         """Index of the last state whose edit returned before ``tick``."""
         return bisect.bisect_left(self.dones, tick) - 1
-
-
-@contextmanager
-def fast_thread_switching() -> Iterator[None]:
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
 
 
 @contextmanager
@@ -258,7 +208,7 @@ def run(
     ]
     rng = random.Random(2025)
     counts = {"map": 0, "unmap": 0, "protect": 0}
-    with fast_thread_switching(), quiet_batch_log():
+    with fast_thread_switching(1e-6), quiet_batch_log():
         for t in threads:
             t.start()
         try:

@@ -21,14 +21,12 @@ using the stale translation until ``invlpg()``, exactly as hardware does.
 from __future__ import annotations
 
 import random
-import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import suppress
 
 import pytest
 
+from thread_model import Clock, Record, State, fast_thread_switching
 from vmopt import Mmu, PageFault, PageTable, PhysicalMemory, TlbConfig
 
 pytestmark = pytest.mark.slow
@@ -36,56 +34,6 @@ pytestmark = pytest.mark.slow
 K4 = 4096
 BASE = 0x7000_0000
 PAGES = 12  # page 0 is never touched, so the page-table page is never freed
-
-
-class Clock:
-    """A shared counter: the only notion of time in these tests."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._n = 0
-
-    def tick(self) -> int:
-        with self._lock:
-            self._n += 1
-            return self._n
-
-
-@dataclass(frozen=True)
-class State:
-    """What a page maps to for a while: ``frame`` None when unmapped."""
-
-    start: int  # tick taken just before the change that made this state began
-    done: int  # tick taken just after that change returned
-    frame: int | None
-    writable: bool
-
-    def result(self, offset: int, access: str) -> object:
-        if self.frame is None:
-            return "not_present"
-        if access == "w" and not self.writable:
-            return "protection"
-        return self.frame + offset
-
-
-@dataclass(frozen=True)
-class Record:
-    start: int
-    end: int
-    page: int
-    offset: int
-    access: str
-    result: object  # a physical address, or the fault's cause
-
-
-@contextmanager
-def fast_thread_switching() -> Iterator[None]:
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
 
 
 def tlb() -> list[TlbConfig]:
