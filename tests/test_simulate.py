@@ -18,10 +18,11 @@ import pytest
 import zstandard
 
 from vmopt.cli.main import main
+from vmopt.errors import PageFault
 from vmopt.sim.config import load_config
 from vmopt.sim.driver import MAX_WINDOWS, Simulator, Windows
 from vmopt.sim.run import Input, simulate
-from vmopt.traces import WORKLOADS, make_workload
+from vmopt.traces import WORKLOADS, TraceChunk, make_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 LACKEY = ROOT / "tests" / "data" / "ls.lackey.gz"
@@ -297,15 +298,27 @@ def test_windows_stay_bounded() -> None:
 
 
 def test_driver_matches_scalar_translation() -> None:
-    """The chunked, per-vCPU, compiled driver gives the counters of translate() in trace order."""
-    cfg = load_config(sets=["prefetch.kind=stride"])
+    """The chunked, per-vCPU driver gives the counters of the guest's translate() in trace order."""
+    cfg = load_config(sets=["prefetch.kind=stride", "numa.policy=interleave:0,1"])
     chunks = list(make_workload("numa_mix", length=6000, footprint=1 << 20, cpus=2, seed=1, chunk_size=1000))
+    chunks.append(TraceChunk(np.array([1 << 63, 0x1000], dtype=np.uint64), np.zeros(2, np.uint8),
+                                      np.array([1, 0], dtype=np.uint16)))  # fmt: skip
     fast = Simulator(cfg, 2)
     fast.run(iter(chunks))
     slow = Simulator(cfg, 2)
-    slow._kernel = None
-    slow.run(iter(chunks))
+    failed = 0
+    for chunk in chunks:
+        slow.opt.prefault(chunk.addrs, chunk.cpus)
+        for va, cpu in zip(chunk.addrs.tolist(), chunk.cpus.tolist(), strict=True):
+            try:
+                slow.opt.translate(va, "r", cpu)
+            except PageFault:
+                failed += 1
+    assert failed == fast.failed == 1  # the non-canonical access
     for a, b in zip(fast.opt.mmus, slow.opt.mmus, strict=True):
         assert [lv.stats for lv in a.levels] == [lv.stats for lv in b.levels]
         assert a.stats == b.stats
-    assert fast.local == slow.local and fast.remote == slow.remote and fast.pages == slow.pages
+    assert fast.local == slow.local and fast.remote == slow.remote
+    assert sum(fast.local) + sum(fast.remote) == fast.accesses - fast.failed
+    assert [s.pages for s in fast.opt.node_stats()] == [s.pages for s in slow.opt.node_stats()]
+    assert sum(fast.pages) == fast.demand_faults == slow.opt.anonymous_pages

@@ -3,7 +3,8 @@
 Layers, bottom up: guest physical memory (:mod:`vmopt.memory`), page tables
 in real formats (:mod:`vmopt.paging`), TLBs and the per-vCPU MMU
 (:mod:`vmopt.tlb`), NUMA placement (:mod:`vmopt.numa`), batch translation
-(:mod:`vmopt.batch`) and backing stores (:mod:`vmopt.stores`).
+(:mod:`vmopt.batch`), backing stores (:mod:`vmopt.stores`) and the guest
+facade over them all (:mod:`vmopt.guest`).
 The design report's names live in :mod:`vmopt.compat`.
 """
 
@@ -18,9 +19,9 @@ from vmopt.errors import (
     ReadOnlyMemoryError,
     VmoptError,
 )
+from vmopt.guest import MemoryOptimizer
 from vmopt.memory import PhysicalMemory
 from vmopt.numa import MemPolicy, NumaConfig, NumaMemory
-from vmopt.optimizer import MemoryOptimizer
 from vmopt.paging import Mapping, PageFault, PageTable, Perm, Translation
 from vmopt.stores import FileStore, LatencyStore, StoreError
 from vmopt.tlb import (

@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from vmopt.errors import ConfigError, VmoptError
+from vmopt.errors import AddressError, ConfigError, VmoptError
 
 __all__ = [
     "Addrs",
@@ -47,7 +47,9 @@ __all__ = [
     "BatchOperationFailed",
     "BatchResult",
     "as_addresses",
+    "bad_address",
     "finish",
+    "is_address",
     "run_sequential",
 ]
 
@@ -124,8 +126,23 @@ def check_errors_mode(errors: str) -> ErrorMode:
     return errors  # type: ignore[return-value]
 
 
-def as_addresses(addrs: Addrs) -> tuple[list[int] | npt.NDArray[np.uint64], bool]:
-    """Normalise input: (addresses, is_array). Arrays become uint64; lists stay lists of ints."""
+def is_address(a: object) -> bool:
+    """True for an integer (NumPy's too) that is not a bool: what a list batch may hold."""
+    return isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))
+
+
+def bad_address(index: int, a: object) -> AddressError:
+    """The failure recorded for a list entry that is not an address."""
+    return AddressError(f"batch index {index}: an address must be an integer, got {a!r}")
+
+
+def as_addresses(addrs: Addrs) -> tuple[list[Any] | npt.NDArray[np.uint64], bool]:
+    """Normalise input: (addresses, is_array). Arrays become uint64; lists stay lists.
+
+    A list entry that is not an integer (see :func:`is_address`) is kept as it
+    is, to fail at its own index; input that is neither an array nor an
+    iterable of entries raises :class:`AddressError`.
+    """
     if isinstance(addrs, np.ndarray):
         if addrs.ndim != 1 or not np.issubdtype(addrs.dtype, np.integer):
             raise ConfigError(
@@ -134,22 +151,19 @@ def as_addresses(addrs: Addrs) -> tuple[list[int] | npt.NDArray[np.uint64], bool
         if np.issubdtype(addrs.dtype, np.signedinteger) and addrs.size and int(addrs.min()) < 0:
             raise ConfigError(f"address array holds a negative value: {int(addrs.min())}")
         return addrs.astype(np.uint64, copy=False), True
-    out = []
-    for a in addrs:
-        if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
-            raise ConfigError(f"addresses must be integers, got {a!r}")
-        out.append(int(a))
-    return out, False
+    if isinstance(addrs, (str, bytes, bytearray)) or not isinstance(addrs, Iterable):
+        raise AddressError(f"addresses must be a sequence of integers or an integer array, got {addrs!r}")
+    return [int(a) if is_address(a) else a for a in addrs], False
 
 
 #: Failed indices a batch's summary line names.
 SUMMARY_INDICES: Final = 5
 
 
-def record_failure(errors: dict[int, BaseException], index: int, va: int, exc: BaseException) -> None:
+def record_failure(errors: dict[int, BaseException], index: int, va: object, exc: BaseException) -> None:
     """Note one failed operation (logged at DEBUG; :func:`finish` logs the batch's summary)."""
     errors[index] = exc
-    log.debug("batch index %d (va %#x) failed: %s", index, va, exc)
+    log.debug("batch index %d (va %s) failed: %s", index, hex(va) if isinstance(va, int) else repr(va), exc)
 
 
 def log_summary(errors: dict[int, BaseException], total: int) -> None:
@@ -167,9 +181,15 @@ def finish(
     errors: dict[int, BaseException],
     mode: ErrorMode,
     total: int,
+    *,
+    log_failures: bool = True,
 ) -> Any:
-    """Return values, raise :class:`BatchOperationFailed`, or wrap a :class:`BatchResult`."""
-    if errors:
+    """Return values, raise :class:`BatchOperationFailed`, or wrap a :class:`BatchResult`.
+
+    ``log_failures=False`` skips the summary WARNING (for callers that expect
+    failures and count them, such as a trace replay).
+    """
+    if errors and log_failures:
         log_summary(errors, total)
     if mode == "collect":
         ok = np.ones(total, dtype=bool)
@@ -188,11 +208,13 @@ def run_sequential(
     *,
     chunk_size: int = 10_000,
     array_path: ArrayPath | None = None,
+    log_failures: bool = True,
 ) -> Any:
     """Apply ``op`` to every address in order.
 
     Array input goes through ``array_path`` when given (see
-    :class:`ArrayPath`), ``chunk_size`` addresses per call.
+    :class:`ArrayPath`), ``chunk_size`` addresses per call; ``log_failures``
+    as for :func:`finish`.
     """
     mode = check_errors_mode(errors)
     values, is_array = as_addresses(addrs)
@@ -202,10 +224,12 @@ def run_sequential(
         results: list[Any] = [None] * total
         for i, va in enumerate(values):
             try:
+                if not is_address(va):
+                    raise bad_address(i, va)
                 results[i] = op(va)
             except VmoptError as exc:
                 record_failure(failures, i, va, exc)
-        return finish(results, failures, mode, total)
+        return finish(results, failures, mode, total, log_failures=log_failures)
     arr = np.ascontiguousarray(values, dtype=np.uint64)
     out = np.zeros(total, dtype=np.uint64)
     for start in range(0, total, chunk_size):
@@ -230,7 +254,7 @@ def run_sequential(
             except VmoptError as exc:
                 record_failure(failures, pos, va, exc)
             pos += 1
-    return finish(out, failures, mode, total)
+    return finish(out, failures, mode, total, log_failures=log_failures)
 
 
 async def run_chunked_async(op: Callable[[int], Any], addrs: Addrs, errors: str, *, chunk_size: int) -> Any:
@@ -246,9 +270,11 @@ async def run_chunked_async(op: Callable[[int], Any], addrs: Addrs, errors: str,
     results: Any = np.zeros(total, dtype=np.uint64) if is_array else [None] * total
     for start in range(0, total, chunk_size):
         for i in range(start, min(start + chunk_size, total)):
-            va = int(values[i])
+            va = values[i]
             try:
-                results[i] = op(va)
+                if not is_address(va):
+                    raise bad_address(i, va)
+                results[i] = op(int(va))
             except VmoptError as exc:
                 record_failure(failures, i, va, exc)
         await asyncio.sleep(0)

@@ -27,8 +27,8 @@ from typing import Any
 
 from vmopt.batching import Addrs, as_addresses, run_chunked_async
 from vmopt.fetching.concurrency import ConcurrencyConfig
+from vmopt.guest import MemoryOptimizer
 from vmopt.numa.config import NumaConfig
-from vmopt.optimizer import MemoryOptimizer
 from vmopt.paging.pagetable import PageTable
 from vmopt.paging.types import Leaf
 from vmopt.tlb.config import PrefetchConfig

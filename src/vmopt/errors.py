@@ -60,16 +60,24 @@ class PageFault(VmoptError):
 
     ``cause`` is one of ``FAULT_CAUSES``; ``level`` is where the walk stopped
     (0 is the last level, the one holding 4 KiB PTEs; ``None`` when no table
-    was read, as for a non-canonical address).
+    was read, as for a non-canonical address). ``restartable`` is True for a
+    not-present fault of a TLB miss's walk, the one a fault handler may
+    resolve by mapping the page and restarting the access
+    (:meth:`vmopt.Mmu.restart`, :meth:`vmopt.Mmu.install_page`); the core
+    sets it.
     """
 
-    def __init__(self, va: int, access: str, cause: str, level: int | None, *, user: bool = False) -> None:
+    def __init__(
+        self, va: int, access: str, cause: str, level: int | None, *, user: bool = False,
+        restartable: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__(va, access, cause, level)
         self.va = va
         self.access = access
         self.cause = cause
         self.level = level
         self.user = user
+        self.restartable = restartable
 
     def __str__(self) -> str:
         # Built on demand: faults are frequent and most are handled, never printed.
@@ -79,8 +87,10 @@ class PageFault(VmoptError):
         return f"page fault: {mode} {kind} of {self.va:#x}: {self.cause}{where}"
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_fault, (self.va, self.access, self.cause, self.level, self.user))
+        return (_rebuild_fault, (self.va, self.access, self.cause, self.level, self.user, self.restartable))
 
 
-def _rebuild_fault(va: int, access: str, cause: str, level: int | None, user: bool) -> PageFault:
-    return PageFault(va, access, cause, level, user=user)
+def _rebuild_fault(
+    va: int, access: str, cause: str, level: int | None, user: bool, restartable: bool = False
+) -> PageFault:
+    return PageFault(va, access, cause, level, user=user, restartable=restartable)

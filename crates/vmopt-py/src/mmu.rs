@@ -1,9 +1,9 @@
 //! Binding of vmopt-core's `mmu` layer as `vmopt._core.Mmu`.
 //!
 //! A fault that a demand-paging handler may resolve (a not-present fault of
-//! the miss walk) is raised as a `PageFault` whose `_restart` attribute is
-//! True; the Python wrapper then runs the handler with no core lock held
-//! and calls `translate_restart`.
+//! the miss walk) is raised as a `PageFault` whose public `restartable`
+//! attribute is True; the Python wrapper then runs the handler with no core
+//! lock held and calls `translate_restart`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -62,7 +62,7 @@ fn stop_to_py(py: Python<'_>, stop: Stop) -> PyErr {
     let err = to_py(stop.error);
     if stop.restartable {
         // Best effort: without the mark the fault is simply not demand-paged.
-        let _ = err.value(py).setattr("_restart", true);
+        let _ = err.value(py).setattr("restartable", true);
     }
     err
 }

@@ -25,8 +25,8 @@ import numpy as np
 
 from vmopt.errors import ConfigError
 from vmopt.fetching.concurrency import ConcurrencyConfig
+from vmopt.guest import MemoryOptimizer
 from vmopt.numa.config import NumaConfig
-from vmopt.optimizer import MemoryOptimizer
 from vmopt.stores.latency import LatencyStore
 
 __all__ = ["register", "run"]

@@ -10,6 +10,7 @@ takes the block from the first node that has one.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 
 from vmopt import _core
@@ -49,6 +50,9 @@ class NumaMemory(PhysicalMemory):
         self.nodes: list[BuddyAllocator] = [BuddyAllocator.from_core(core.allocator(i)) for i in range(n)]
         self._allocator = self.nodes[0]
         self._rotation = 0
+        #: Rotations repeat with this period (every tie group has at most n nodes).
+        self._period = math.lcm(*range(1, n + 1))
+        self._orders: dict[tuple[int, int], list[int]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -84,48 +88,70 @@ class NumaMemory(PhysicalMemory):
         """A zeroed block on ``node``, or on the nearest node with room (node 0 when None)."""
         size = block_size(size, "block")
         origin = 0 if node is None else self._check_node(node)
-        return self._alloc_from(self._nearest[origin], size, origin)[0]
+        return self._alloc_from(self._nearest[origin], size)[0]
 
     def alloc_policy(self, size: int, policy: MemPolicy, index: int, local: int) -> int:
         """A zeroed block for page ``index`` of a region under ``policy``, first touched from ``local``."""
         size = block_size(size, "block")
-        if policy.mode not in ("bind", "preferred_many"):
-            # Fast path: the policy's own node has room, so no fallback order is needed.
-            first = policy.target(index, local, self.usage, self.config.num_nodes)
-            got = self.core.try_alloc_on([first], size)
-            if got is not None:
-                return got[0]
-        with self._lock:
-            rotation = self._rotation
-        nodes = policy.order(index, local, self.config.distances, self.usage, rotation)  # type: ignore[arg-type]
-        pa, node = self._alloc_from(nodes, size, nodes[0], strict=policy.mode == "bind", policy=policy)
-        if node != nodes[0]:
-            with self._lock:
-                self._rotation += 1  # ties go round-robin across successive fallbacks
-        return pa
-
-    def _alloc_from(
-        self, nodes: list[int], size: int, first: int, *, strict: bool = False,
-        policy: MemPolicy | None = None,
-    ) -> tuple[int, int]:  # fmt: skip
-        """``(pa, node)`` of a zeroed block from the first of ``nodes`` with room."""
+        nodes = self.placement(policy, index, local)
         got = self.core.try_alloc_on(nodes, size)
-        if got is not None:
-            if got[1] != first:
-                log.debug(
-                    "fell back from node %d to node %d for a %s block", first, got[1], format_size(size)
-                )
-            return got
+        if got is None:
+            raise self.out_of_frames(nodes, size, policy)
+        self.placed(nodes, got[1], size)
+        return got[0]
+
+    def placement(self, policy: MemPolicy, index: int, local: int) -> list[int]:
+        """The nodes to try, in order, for page ``index`` of a region under ``policy`` first
+        touched from node ``local``: what :meth:`alloc_policy` tries (and a one-call install
+        such as ``Mmu.install_page`` is given)."""
+        with self._lock:
+            rotation = self._rotation % self._period
+        if policy.mode in ("bind", "preferred_many"):
+            return policy.order(index, local, self.config.distances, self.usage, rotation)  # type: ignore[arg-type]
+        # Every other mode falls back by distance from its target: cache that order.
+        first = policy.target(index, local, self.usage, self.config.num_nodes)
+        key = (first, rotation)
+        order = self._orders.get(key)
+        if order is None:
+            distances = self.config.distances
+            assert distances is not None  # NumaConfig fills the default matrix
+            order = self._orders[key] = MemPolicy.preferred(first).order(
+                index, first, distances, self.usage, rotation
+            )
+        return order
+
+    def placed(self, nodes: list[int], node: int, size: int) -> None:
+        """Note that a block for :meth:`placement`'s ``nodes`` landed on ``node``.
+
+        A fallback (not the first node) moves the round-robin rotation that
+        breaks distance ties for the next one.
+        """
+        if node != nodes[0]:
+            log.debug("fell back from node %d to node %d for a %s block", nodes[0], node, format_size(size))
+            with self._lock:
+                self._rotation += 1
+
+    def out_of_frames(self, nodes: list[int], size: int, policy: MemPolicy | None = None) -> OutOfFramesError:
+        """The error for no free ``size`` block on any of ``nodes`` (``policy`` named when given)."""
         where = f"nodes {nodes}" if len(nodes) > 1 else f"node {nodes[0]}"
         rule = f" (policy {policy})" if policy is not None else ""
         free = ", ".join(
             f"node {n}: {format_size(self.nodes[n].free_pages << FRAME_SHIFT)} free" for n in nodes
         )
-        raise OutOfFramesError(
+        return OutOfFramesError(
             f"out of memory on {where}{rule}: no free {format_size(size)} block ({free})",
             size=size,
-            node=nodes[0] if strict or len(nodes) == 1 else first,
+            node=nodes[0],
         )
+
+    def _alloc_from(self, nodes: list[int], size: int) -> tuple[int, int]:
+        """``(pa, node)`` of a zeroed block from the first of ``nodes`` with room."""
+        got = self.core.try_alloc_on(nodes, size)
+        if got is None:
+            raise self.out_of_frames(nodes, size)
+        if got[1] != nodes[0]:
+            log.debug("fell back from node %d to node %d for a %s block", nodes[0], got[1], format_size(size))
+        return got
 
     def free(self, pa: int, size: int = FRAME_SIZE) -> None:
         """Return a block to its node's allocator."""

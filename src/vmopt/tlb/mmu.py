@@ -188,8 +188,20 @@ class Mmu:
         again, the same TLB miss, counted once. Anything else is raised.
         """
         handler = self.fault_handler
-        if handler is None or not getattr(error, "_restart", False) or not handler(va, access, user):
+        if handler is None or not isinstance(error, PageFault) or not error.restartable:
             raise error
+        if not handler(va, access, user):
+            raise error
+        return self.restart(va, access, user)
+
+    def restart(self, va: int, access: str, user: bool) -> int:
+        """Walk ``va`` again after a :attr:`~vmopt.PageFault.restartable` fault was resolved.
+
+        For a caller that resolved the fault itself (mapped the page, or found
+        it mapped meanwhile by another vCPU): counts one demand fault and
+        walks again, the same TLB miss, then fills the TLB, as a fault
+        handler's True does.
+        """
         pa: int = self._core.translate_restart(va, access, user)
         return pa
 

@@ -1,0 +1,619 @@
+"""``MemoryOptimizer``: one guest, made of its address space, its NUMA memory and one MMU per vCPU.
+
+Regions are reserved by ``allocate`` and populated lazily: the first touch
+of a page faults, and the guest resolves the fault as a kernel's demand
+paging does, in one core call (:meth:`vmopt.Mmu.install_page`): a frame on
+the first node the region's policy picks for the touching vCPU that has
+room, filled with the store's data (or zeros), mapped, and the access
+restarted. The MMUs carry no fault handler of their own: faults are
+resolved here, on the guest's ``translate`` and batch paths.
+
+With ``anonymous_page_size``, every canonical page outside the regions is
+anonymous memory (mapped user ``rwx`` under the guest's policy on first
+touch, accessed and dirty from the start, as Linux sets A/D when it
+handles an anonymous fault): the model ``vmopt simulate`` plays traces
+through. :meth:`MemoryOptimizer.prefault` maps a batch's new anonymous
+pages before the batch runs, so their faults cost no walk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from vmopt.batching import (
+    Addrs,
+    ArrayPath,
+    as_addresses,
+    bad_address,
+    check_errors_mode,
+    finish,
+    is_address,
+    record_failure,
+    run_sequential,
+)
+from vmopt.errors import AddressError, ConfigError, PageFault, VmoptError
+from vmopt.fetching.concurrency import ConcurrencyConfig
+from vmopt.fetching.loader import PageLoader
+from vmopt.guest.migration import Migrator, NumaBalancer
+from vmopt.guest.regions import NodeStats, Region, RegionMap
+from vmopt.guest.traffic import Traffic
+from vmopt.numa.config import NumaConfig
+from vmopt.numa.memory import NumaMemory
+from vmopt.numa.policy import MemPolicy
+from vmopt.paging.format import PagingFormat
+from vmopt.paging.pagetable import PageTable
+from vmopt.paging.types import Perm
+from vmopt.stores.base import BackingStore
+from vmopt.tlb.config import PrefetchConfig, PwcConfig
+from vmopt.tlb.mmu import RIGHTS_BIT, Mmu, TlbSpec
+from vmopt.tlb.stats import TlbStats
+from vmopt.units import format_size
+
+__all__ = ["ANONYMOUS_PAGE_SIZES", "MemoryOptimizer"]
+
+log = logging.getLogger(__name__)
+
+#: Page sizes anonymous memory may use (4 KiB, 2 MiB, 1 GiB).
+ANONYMOUS_PAGE_SIZES = (4096, 2 << 20, 1 << 30)
+#: Page sizes a region may use.
+REGION_PAGE_SIZES = (4096, 2 << 20)
+
+U64 = npt.NDArray[np.uint64]
+
+
+class MemoryOptimizer:
+    """A guest: NUMA physical memory, one address space, an MMU per vCPU.
+
+    ``policy`` is the guest's default mempolicy (set_mempolicy); regions may
+    override it (mbind). ``numa_balancing`` enables automatic NUMA
+    balancing with Linux's two-stage filter, sampling one access in
+    ``balance_period`` per vCPU. ``walk_ref_cycles`` is every MMU's cost of
+    one PTE read. ``anonymous_page_size`` (None: off) makes every canonical
+    page outside the regions anonymous memory of that page size (see the
+    module docstring).
+    """
+
+    def __init__(
+        self,
+        numa: NumaConfig | None = None,
+        *,
+        paging: str | PagingFormat = "x86_64",
+        tlb: TlbSpec = None,
+        prefetch: PrefetchConfig | str | None = None,
+        pwc: PwcConfig | bool | None = None,
+        cpus: int | None = None,
+        policy: MemPolicy | None = None,
+        numa_balancing: bool = False,
+        balance_period: int = 64,
+        concurrency: ConcurrencyConfig | None = None,
+        walk_ref_cycles: int = 20,
+        anonymous_page_size: int | None = None,
+    ) -> None:
+        self.numa = numa or NumaConfig(1, 1 << 30)
+        ncpus = 1 if cpus is None else cpus
+        if not isinstance(ncpus, int) or ncpus < 1:
+            raise ConfigError(f"cpus must be a positive integer, got {cpus!r}")
+        if ncpus > self.numa.num_cpus:
+            raise ConfigError(
+                f"cpus={ncpus} but the NUMA topology places only {self.numa.num_cpus} vCPUs"
+                " (raise cpus_per_node or list cpu_nodes)"
+            )
+        self.policy = _check_policy(policy, self.numa.num_nodes) or MemPolicy.local()
+        if anonymous_page_size is not None and anonymous_page_size not in ANONYMOUS_PAGE_SIZES:
+            raise ConfigError(
+                f"anonymous_page_size must be 4 KiB, 2 MiB or 1 GiB, got {anonymous_page_size!r}"
+            )
+        self.anonymous_page_size = anonymous_page_size
+        self.mem = NumaMemory(self.numa)
+        self.page_table = PageTable(self.mem, paging)
+        self.cpu_node = [self.numa.node_of_cpu(c) for c in range(ncpus)]
+        self.mmus = [
+            Mmu(self.page_table, tlb, prefetch, 0, pwc=pwc, walk_ref_cycles=walk_ref_cycles)
+            for _ in range(ncpus)
+        ]
+        self._lock = threading.RLock()
+        self._regions = RegionMap(self.page_table.fmt)
+        #: Local/remote accesses and their cost, per node.
+        self.traffic = Traffic(self.mem.node_base, self.numa.distances)  # type: ignore[arg-type]
+        self.migrator = Migrator(self.mem, self.page_table, self._regions, self._lock)
+        self.balancer = NumaBalancer(self.migrator, ncpus, balance_period)
+        self.numa_balancing = numa_balancing
+        self.concurrency = (concurrency or ConcurrencyConfig()).validate()
+        self.store_fetches = 0
+        self.limit_history: list[tuple[int, int]] = []
+        #: Anonymous page number (va // anonymous_page_size) -> frame.
+        self._anonymous: dict[int, int] = {}
+
+    @property
+    def cpus(self) -> int:
+        """Number of vCPUs."""
+        return len(self.mmus)
+
+    @property
+    def balance_period(self) -> int:
+        """One access in this many is sampled per vCPU by the NUMA balancer."""
+        return self.balancer.period
+
+    @property
+    def bytes_migrated(self) -> int:
+        """Bytes moved between nodes so far (migrate, rebalance and the balancer)."""
+        return self.migrator.bytes_migrated
+
+    @property
+    def balancing_migrations(self) -> int:
+        """Pages the automatic NUMA balancer moved."""
+        return self.balancer.migrations
+
+    @property
+    def anonymous_pages(self) -> int:
+        """Anonymous pages mapped so far (one demand fault each)."""
+        return len(self._anonymous)
+
+    def __repr__(self) -> str:
+        return f"MemoryOptimizer({self.mem!r}, {self.page_table.fmt.name}, cpus={self.cpus})"
+
+    # -- regions ----------------------------------------------------------------------
+
+    def allocate(
+        self,
+        size: int,
+        *,
+        policy: MemPolicy | None = None,
+        page_size: int = 4096,
+        perms: str = "rw",
+        user: bool = True,
+        store: BackingStore | None = None,
+    ) -> int:
+        """Reserve ``size`` bytes of guest-virtual space; pages appear on first touch.
+
+        ``policy`` overrides the guest default for this region (mbind).
+        ``store`` serves each page's initial contents (see :mod:`vmopt.stores`).
+        """
+        if page_size not in REGION_PAGE_SIZES:
+            raise ConfigError(f"region page_size must be 4 KiB or 2 MiB, got {page_size!r}")
+        if not isinstance(size, int) or size <= 0:
+            raise ConfigError(f"region size must be a positive integer, got {size!r}")
+        policy = _check_policy(policy, self.numa.num_nodes) or self.policy
+        perm = Perm.parse(perms)
+        why = self.page_table.fmt.check_perms(perm)
+        if why:
+            raise ConfigError(f"perms {perms!r}: {why}")
+        size = -(-size // page_size) * page_size
+        with self._lock:
+            region = self._regions.reserve(size, page_size, policy, perm, user, store)
+        log.debug(
+            "region %#x+%s (%s pages, policy %s)",
+            region.va,
+            format_size(size),
+            format_size(page_size),
+            policy,
+        )
+        return region.va
+
+    def region_of(self, va: int) -> Region | None:
+        """The region containing ``va``, if any."""
+        return self._regions.find(va)
+
+    def regions(self) -> Iterator[Region]:
+        """Every region, in address order."""
+        return iter(self._regions)
+
+    def free(self, va: int) -> None:
+        """Release the region that starts at ``va`` and every frame it holds."""
+        with self._lock:
+            region = self._regions.remove(va)
+            for index, pa in sorted(region.resident.items()):
+                page_va = region.page_va(index)
+                self.page_table.unmap(page_va, region.page_size)
+                self.mem.free(pa, region.page_size)
+                self.balancer.forget(page_va)
+            region.resident.clear()
+
+    # -- demand paging ----------------------------------------------------------------
+
+    def _fault(
+        self, mmu: Mmu, va: int, access: str, cpu: int, fault: BaseException, data: bytes | None
+    ) -> int:
+        """Resolve the error of a translation of ``va`` as a kernel's fault handler would; its pa.
+
+        A restartable (not-present) fault in a region installs the page
+        (``data``, staged by a concurrent batch, else the store's, else
+        zeros); one outside the regions maps an anonymous page when the
+        guest has anonymous memory. Anything else is raised.
+        """
+        if not isinstance(fault, PageFault) or not fault.restartable:
+            raise fault
+        region = self._regions.find(va)
+        if region is None:
+            if self.anonymous_page_size is None:
+                raise fault
+            with self._lock:
+                if va // self.anonymous_page_size not in self._anonymous:
+                    self._map_anonymous(va // self.anonymous_page_size, cpu)
+            return mmu.restart(va, access, True)
+        with self._lock:
+            index = region.index_of(va)
+            if index not in region.resident:  # else another vCPU (or a migration) got there first
+                if data is None:
+                    data = self._fetch(region, index)
+                return self._install(mmu, va, access, cpu, region, index, data)
+        return mmu.restart(va, access, True)
+
+    def _install(
+        self, mmu: Mmu, va: int, access: str, cpu: int, region: Region, index: int, data: bytes | None
+    ) -> int:
+        """Page ``index`` of ``region`` in one core call; the pa of ``va`` (caller holds the lock)."""
+        size = region.page_size
+        page_va = region.page_va(index)
+        nodes = self.mem.placement(region.policy, index, self.cpu_node[cpu])
+        try:
+            placed = mmu.install_page(va, access, True, page_va, size, nodes, data, region.perms, region.user)
+        except VmoptError:
+            # The page went in but the restarted access failed (say, a write to a read-only
+            # region): the frame is the region's all the same.
+            leaf = self.page_table.lookup(page_va)
+            if leaf is not None:
+                region.resident[index] = leaf.page_pa
+            raise
+        if placed is None:
+            raise self.mem.out_of_frames(nodes, size, region.policy)
+        pa, frame, node = placed
+        self.mem.placed(nodes, node, size)
+        region.resident[index] = frame
+        return pa
+
+    def _fetch(self, region: Region, index: int) -> bytes | None:
+        """A page's initial contents from its region's store, synchronously (None: zeros)."""
+        if region.store is None:
+            return None
+        pages_per = region.page_size // 4096
+        chunks = [region.store.fetch_sync(index * pages_per + k) for k in range(pages_per)]
+        self.store_fetches += pages_per
+        return b"".join(chunks)
+
+    def _map_anonymous(self, page: int, cpu: int) -> int:
+        """Map anonymous page number ``page``, first touched by ``cpu``, accessed and dirty; its node."""
+        size = self.anonymous_page_size
+        assert size is not None  # callers check that the guest has anonymous memory
+        va = page * size
+        nodes = self.mem.placement(self.policy, page, self.cpu_node[cpu])
+        placed = self.page_table.install(va, size, nodes, None, Perm.R | Perm.W | Perm.X, True)
+        if placed is None:
+            raise self.mem.out_of_frames(nodes, size, self.policy)
+        frame, node = placed
+        self.mem.placed(nodes, node, size)
+        self.page_table.walk(va, "w", True)  # the OS sets A and D when it handles the first touch
+        self._anonymous[page] = frame
+        return node
+
+    def prefault(self, vas: U64, cpus: npt.NDArray[np.integer[Any]] | None = None) -> list[int]:
+        """Map the anonymous pages ``vas`` will touch first, in first-touch order, before they run.
+
+        ``cpus[i]`` is the vCPU of access ``i`` (None: vCPU 0); each page goes
+        where the guest's policy puts it for its first toucher's node.
+        Region pages and non-canonical addresses are left to the accesses
+        themselves. The faults' own walks are not counted (the kernel's
+        work); returns the pages mapped per node.
+        """
+        size = self.anonymous_page_size
+        if size is None:
+            raise ConfigError("prefault needs anonymous memory: build the guest with anonymous_page_size")
+        placed = [0] * self.numa.num_nodes
+        canon = _canonical_mask(vas, self.page_table.fmt.va_bits)
+        idx = None if canon.all() else np.flatnonzero(canon)
+        touched = vas if idx is None else vas[idx]
+        if not len(touched):
+            return placed
+        pages, first = np.unique(touched // np.uint64(size), return_index=True)
+        order = np.argsort(first, kind="stable")
+        known = self._anonymous
+        with self._lock:
+            for page, f in zip(pages[order].tolist(), first[order].tolist(), strict=True):
+                if page in known or self._regions.find(page * size) is not None:
+                    continue
+                where = f if idx is None else int(idx[f])
+                placed[self._map_anonymous(page, 0 if cpus is None else int(cpus[where]))] += 1
+        return placed
+
+    # -- translation and access ---------------------------------------------------------
+
+    def _check_cpu(self, cpu: int) -> Mmu:
+        if not isinstance(cpu, int) or not 0 <= cpu < len(self.mmus):
+            raise ConfigError(f"vCPU {cpu!r} does not exist (0..{len(self.mmus) - 1})")
+        return self.mmus[cpu]
+
+    def translate(self, va: int, access: str = "r", cpu: int = 0) -> int:
+        """Translate through vCPU ``cpu``'s MMU, demand-paging as needed; count NUMA traffic."""
+        return self.translate_fetched(va, None, access, cpu)
+
+    def translate_fetched(self, va: int, data: bytes | None, access: str = "r", cpu: int = 0) -> int:
+        """:meth:`translate`, where a first touch of a store-backed page installs ``data``.
+
+        ``data`` is the page's contents fetched ahead (None: fetch it now):
+        how a concurrent batch installs the pages it fetched.
+        """
+        mmu = self._check_cpu(cpu)
+        try:
+            pa = mmu.translate(va, access, True)
+        except PageFault as fault:
+            pa = self._fault(mmu, va, access, cpu, fault, data)
+        self._account(pa, cpu, va)
+        return pa
+
+    def _account(self, pa: int, cpu: int, va: int) -> None:
+        home = self.cpu_node[cpu]
+        self.traffic.count(pa, home)
+        if self.numa_balancing:
+            self.balancer.sample(va, pa, cpu, home)
+
+    def read(self, va: int, n: int, cpu: int = 0) -> bytes:
+        """Read ``n`` guest-virtual bytes as vCPU ``cpu``.
+
+        A migration between the translation and the copy would leave this
+        read looking at a freed frame; the page table's generation (a
+        seqlock) detects that and the read is retried.
+        """
+        while True:
+            generation = self.page_table.generation
+            out = bytearray()
+            for pa, k in self._pieces(va, n, "r", cpu):
+                out += self.mem.read(pa, k)
+            if self.page_table.generation == generation:
+                return bytes(out)
+
+    def write(self, va: int, data: bytes | bytearray | memoryview, cpu: int = 0) -> None:
+        """Write guest-virtual bytes as vCPU ``cpu``; every page is translated before any byte is written.
+
+        Writes exclude migration (they hold the guest's lock), so no byte
+        lands in a frame that a migration has already copied.
+        """
+        view = memoryview(data).cast("B")
+        with self._lock:
+            pos = 0
+            for pa, k in self._pieces(va, len(view), "w", cpu):
+                self.mem.write(pa, view[pos : pos + k])
+                pos += k
+
+    def _pieces(self, va: int, n: int, access: str, cpu: int) -> list[tuple[int, int]]:
+        if not isinstance(n, int) or n < 0:
+            raise AddressError(f"length must be a non-negative int, got {n!r}")
+        pieces = []
+        pos = 0
+        while pos < n:
+            cur = va + pos
+            pa = self.translate(cur, access, cpu)
+            chunk = min(4096 - (cur & 0xFFF), n - pos)
+            pieces.append((pa, chunk))
+            pos += chunk
+        return pieces
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def batch_access(
+        self,
+        addrs: Addrs,
+        access: str = "r",
+        cpu: int = 0,
+        errors: str = "raise",
+        *,
+        log_failures: bool = True,
+    ) -> Any:
+        """Translate a batch in order; same results and statistics as ``translate`` in a loop.
+
+        A list gives a list; a NumPy integer array gives a uint64 array and
+        goes through the core's translate loop (faults, demand paging
+        included, are finished one by one as ``translate`` finishes them).
+        Faults on store-backed regions are served one after another.
+        ``log_failures=False`` drops the WARNING a batch with failures logs
+        (for callers that expect failures and count them, such as a trace
+        replay).
+        """
+        mmu = self._check_cpu(cpu)
+        return run_sequential(
+            lambda va: self.translate(va, access, cpu), addrs, errors, chunk_size=self.concurrency.chunk_size,
+            array_path=self._array_path(mmu, access, cpu), log_failures=log_failures,
+        )  # fmt: skip
+
+    def _array_path(self, mmu: Mmu, access: str, cpu: int) -> ArrayPath | None:
+        """The core's array loop for this vCPU, with NUMA accounting, or None when it cannot apply."""
+        if self.numa_balancing or (access, True) not in RIGHTS_BIT:
+            return None  # balancing samples per access; bad arguments fail per index
+        home = self.cpu_node[cpu]
+
+        def translate(vas: U64, out: U64) -> tuple[int, BaseException | None]:
+            done, error = mmu.translate_into(vas, out, access, True)
+            if done:
+                self.traffic.count(out[:done], home)
+            return done, error
+
+        def resume(va: int, error: BaseException) -> int:
+            pa = self._fault(mmu, va, access, cpu, error, None)
+            self.traffic.count(pa, home)
+            return pa
+
+        return ArrayPath(translate, resume)
+
+    async def batch_access_concurrent(
+        self, addrs: Addrs, access: str = "r", cpu: int = 0, errors: str = "raise"
+    ) -> Any:
+        """Translate a batch, overlapping the store fetches its faults need.
+
+        At most ``concurrency.max_concurrent`` fetches are in flight;
+        duplicate faults on one page share one fetch; results come back in
+        input order and equal the sequential path's, and so do the
+        statistics. Small batches, or a disabled config, take the sequential
+        path.
+        """
+        mode = check_errors_mode(errors)
+        self._check_cpu(cpu)
+        cfg = self.concurrency
+        values, is_array = as_addresses(addrs)
+        if not cfg.enabled or len(values) <= cfg.tlb_batch_threshold:
+            return self.batch_access(values, access, cpu, errors)
+        total = len(values)
+        results: Any = np.zeros(total, dtype=np.uint64) if is_array else [None] * total
+        failures: dict[int, BaseException] = {}
+        for start in range(0, total, cfg.chunk_size):
+            chunk = values[start : start + cfg.chunk_size]
+            await self._run_concurrent_chunk(chunk, start, access, cpu, results, failures)
+        return finish(results, failures, mode, total)
+
+    def _pages_to_fetch(self, chunk: Any) -> list[tuple[Region, int]]:
+        """Store-backed, non-resident pages ``chunk`` will fault on, in first-touch order."""
+        out: list[tuple[Region, int]] = []
+        seen: set[tuple[int, int]] = set()
+        last_page = -1
+        for va in chunk:
+            if not is_address(va):
+                continue
+            va = int(va)
+            if va >> 12 == last_page:
+                continue
+            last_page = va >> 12
+            region = self._regions.find(va)
+            if region is None or region.store is None:
+                continue
+            index = region.index_of(va)
+            key = (region.va, index)
+            if key in seen or index in region.resident:
+                continue
+            seen.add(key)
+            out.append((region, index))
+        return out
+
+    async def _run_concurrent_chunk(
+        self, chunk: Any, start: int, access: str, cpu: int, results: Any,
+        failures: dict[int, BaseException],
+    ) -> None:  # fmt: skip
+        loader = PageLoader(self.concurrency)
+
+        async def fetch(region: Region, index: int) -> bytes:
+            pages_per = region.page_size // 4096
+            assert region.store is not None  # _pages_to_fetch plans store-backed pages only
+            data = await loader.load(region.store.fetch, index * pages_per, pages_per)
+            self.store_fetches += pages_per
+            return data
+
+        tasks = {(r.va, i): asyncio.ensure_future(fetch(r, i)) for r, i in self._pages_to_fetch(chunk)}
+        installed = 0
+        try:
+            for k, va in enumerate(chunk):
+                idx = start + k
+                if not is_address(va):
+                    record_failure(failures, idx, va, bad_address(idx, va))
+                    continue
+                va = int(va)
+                data = None
+                region = self._regions.find(va) if tasks else None
+                task = None if region is None else tasks.get((region.va, region.index_of(va)))
+                if task is not None:
+                    try:
+                        data = await task
+                    except VmoptError as exc:
+                        record_failure(failures, idx, va, exc)
+                        continue
+                try:
+                    # Installs happen here, in input order, as the sequential path's faults would.
+                    results[idx] = self.translate_fetched(va, data, access, cpu)
+                except VmoptError as exc:
+                    record_failure(failures, idx, va, exc)
+                    continue
+                if task is not None:
+                    installed += 1
+                    if installed % 4 == 0:
+                        # Let finished fetches release their slots so the
+                        # next ones start while this loop installs pages.
+                        await asyncio.sleep(0)
+        finally:
+            pending = [t for t in tasks.values() if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            if loader.history is not None:
+                self.limit_history = loader.history
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def get_tlb_stats(self, cpu: int = 0) -> TlbStats:
+        """The whole TLB hierarchy of ``cpu`` as one: lookups asked, hits by any level, misses = walks."""
+        return self._check_cpu(cpu).total_stats()
+
+    def process_prefetch(self) -> int:
+        """Drain every vCPU's deferred prefetch queue; translations installed."""
+        return sum(m.process_prefetch() for m in self.mmus)
+
+    def node_of(self, pa: int) -> int:
+        """The NUMA node holding ``pa``."""
+        return self.mem.node_of(pa)
+
+    def node_stats(self) -> list[NodeStats]:
+        """Per node: size, used bytes, data pages (4 KiB units), local/remote accesses, access cost."""
+        pages = [0] * self.numa.num_nodes
+        for region in self._regions:
+            for pa in region.resident.values():
+                pages[self.mem.node_of(pa)] += region.page_size // 4096
+        if self.anonymous_page_size is not None:
+            for pa in self._anonymous.values():
+                pages[self.mem.node_of(pa)] += self.anonymous_page_size // 4096
+        t = self.traffic
+        return [
+            NodeStats(
+                n,
+                self.numa.node_sizes[n],
+                self.mem.used_bytes(n),
+                pages[n],
+                t.local[n],
+                t.remote[n],
+                t.cost[n],
+            )
+            for n in range(self.numa.num_nodes)
+        ]
+
+    def access_cost(self) -> int:
+        """Distance-weighted cost of every access so far (10 per local access)."""
+        return sum(self.traffic.cost)
+
+    # -- migration ------------------------------------------------------------------------
+
+    def migrate(self, va: int, length: int, node: int) -> int:
+        """Move the resident pages of ``[va, va+length)`` to ``node``; return bytes moved.
+
+        Each page is copied, its PTE repointed and every vCPU's TLB shot down
+        before the old frame is freed, so contents are identical byte for
+        byte and no stale translation survives. Raises before moving
+        anything if ``node`` lacks room for all of it.
+        """
+        return self.migrator.migrate(va, length, node)
+
+    def rebalance(self) -> int:
+        """The report's rebalance, made real: even out node usage; return bytes moved.
+
+        Pages move from the most to the least used node (by fraction in use)
+        while that narrows the gap; regions under ``bind`` stay put.
+        """
+        return self.migrator.rebalance()
+
+
+def _check_policy(policy: object, num_nodes: int) -> MemPolicy | None:
+    """``policy`` if it is a MemPolicy valid for ``num_nodes`` nodes (None passes)."""
+    if policy is None:
+        return None
+    if not isinstance(policy, MemPolicy):
+        raise ConfigError(f"policy must be a MemPolicy (MemPolicy.parse reads text), got {policy!r}")
+    policy.check(num_nodes)
+    return policy
+
+
+def _canonical_mask(addrs: U64, va_bits: int) -> npt.NDArray[np.bool_]:
+    """Which of ``addrs`` are canonical for a ``va_bits``-bit format (sign-extended from bit va_bits-1)."""
+    top = addrs >> np.uint64(va_bits - 1)
+    mask: npt.NDArray[np.bool_] = (top == 0) | (top == np.uint64((1 << (65 - va_bits)) - 1))
+    return mask
