@@ -1,17 +1,19 @@
 """Installing a fetched page: allocate on the chosen node, copy 4 KiB, map, fill the TLB.
 
-The CPU cost (``time.process_time``) per page of ``Mmu.install_page``, the
-core's one call for a store-backed fault whose data has arrived: it
-allocates a zeroed frame on the first of the given nodes with room, copies
-the page's bytes, maps it, and restarts the faulting access (one demand
-fault, the walk, the fills). Beside it, in the same run, the same work done
-the way the pure-Python reference does it (``alloc`` + ``write`` + ``map``
-+ ``translate``), as a ratio. Each repetition installs ``--pages`` pages
-into a fresh 2-node guest.
+The CPU cost (``time.process_time``) per store-backed page installed
+through the guest facade: a ``MemoryOptimizer`` region backed by a
+``LatencyStore``, its pages fetched first, then installed the way a
+concurrent batch installs them (``MemoryOptimizer.translate_fetched``: the
+first touch faults, the guest resolves it with the core's one call,
+``Mmu.install_page``, under the region's interleave policy, and counts the
+access's NUMA traffic). Beside it, in the same run, the bare core call
+(``Mmu.install_page`` alone) and the same work done the way the pure-Python
+reference does it (``alloc`` + ``write`` + ``map`` + ``translate``), as a
+ratio. Each repetition installs ``--pages`` pages into a fresh 2-node guest.
 
     python benchmarks/bench_install.py [--pages N] [--reps R]
 
-Exits 1 if the median exceeds 5 µs of CPU per page.
+Exits 1 if the facade's median exceeds 5 µs of CPU per page.
 """
 
 from __future__ import annotations
@@ -26,10 +28,26 @@ from _common import median
 from reference.numa_memory import NumaMemory as RefNumaMemory
 from reference.paging.pagetable import PageTable as RefPageTable
 from reference.tlb.mmu import Mmu as RefMmu
-from vmopt import Mmu, NumaConfig, NumaMemory, PageTable, Perm
+from vmopt import LatencyStore, MemoryOptimizer, MemPolicy, Mmu, NumaConfig, NumaMemory, PageTable, Perm
 
 BASE = 0x10_0000_0000
 BAR_US = 5.0
+
+
+def facade_run(pages: int, data: list[bytes]) -> float:
+    opt = MemoryOptimizer(NumaConfig(2, 256 << 20))
+    store = LatencyStore(0.0, data=lambda i: data[i], num_pages=pages)
+    va = opt.allocate(pages * 4096, policy=MemPolicy.interleave([0, 1]), store=store)
+    fetched = [store.fetch_sync(i) for i in range(pages)]  # the batch's fetches, done ahead
+    install = opt.translate_fetched
+    t0 = time.process_time()
+    for i in range(pages):
+        install(va + i * 4096, fetched[i], "w")
+    cpu = time.process_time() - t0
+    region = opt.region_of(va)
+    if region is None or len(region.resident) != pages or opt.store_fetches:
+        raise SystemExit("the facade did not install every page from the fetched data")
+    return cpu / pages * 1e6
 
 
 def core_run(pages: int, data: list[bytes]) -> float:
@@ -64,15 +82,17 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
     data = [bytes([i & 0xFF]) * 4096 for i in range(args.pages)]
-    core, ref = [], []
+    facade, core, ref = [], [], []
     for _ in range(args.reps):
+        facade.append(facade_run(args.pages, data))
         core.append(core_run(args.pages, data))
         ref.append(reference_run(args.pages // 4, data))
-    c, r = median(core), median(ref)
-    ok = c <= BAR_US
+    f, c, r = median(facade), median(core), median(ref)
+    ok = f <= BAR_US
     print(
-        f"install a fetched 4 KiB page, CPU per page, medians of {args.reps}: core {c:.2f} µs,"
-        f" reference {r:.1f} µs ({r / c:.0f}x); bar <= {BAR_US:.0f} µs: {'ok' if ok else 'MISSED'}"
+        f"install a fetched 4 KiB page, CPU per page, medians of {args.reps}: facade {f:.2f} µs"
+        f" (core call alone {c:.2f} µs), reference {r:.1f} µs ({r / f:.0f}x);"
+        f" bar <= {BAR_US:.0f} µs: {'ok' if ok else 'MISSED'}"
     )
     return 0 if ok else 1
 

@@ -104,8 +104,7 @@ class NumaMemory(PhysicalMemory):
         """The nodes to try, in order, for page ``index`` of a region under ``policy`` first
         touched from node ``local``: what :meth:`alloc_policy` tries (and a one-call install
         such as ``Mmu.install_page`` is given)."""
-        with self._lock:
-            rotation = self._rotation % self._period
+        rotation = self._rotation % self._period  # an int read needs no lock
         if policy.mode in ("bind", "preferred_many"):
             return policy.order(index, local, self.config.distances, self.usage, rotation)  # type: ignore[arg-type]
         # Every other mode falls back by distance from its target: cache that order.

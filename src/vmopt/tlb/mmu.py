@@ -176,6 +176,8 @@ class Mmu:
             pa: int = self._translate(va, access, user)
             return pa
         except PageFault as fault:
+            if self.fault_handler is None:
+                raise  # as the core raised it: the caller resolves faults itself
             return self.handle_fault(va, access, user, fault)
 
     def handle_fault(self, va: int, access: str, user: bool, error: BaseException) -> int:
