@@ -135,7 +135,7 @@ def test_without_anonymous_memory_pages_outside_regions_fault() -> None:
 @pytest.mark.parametrize("size", [PAGE, 2 * MiB])
 def test_anonymous_pages_map_on_first_touch(size: int) -> None:
     opt = MemoryOptimizer(NumaConfig(2, 64 * MiB), cpus=2, anonymous_page_size=size)
-    pa = opt.translate(HIGH + 5, "w", cpu=1)
+    pa = opt.translate(HIGH + 5, "r", cpu=1)
     assert opt.node_of(pa) == 1 and opt.anonymous_pages == 1
     assert opt.mmus[1].stats.demand_faults == 1
     assert opt.translate(HIGH + size - 1, "x", cpu=0) == pa - 5 + size - 1  # same page, rwx
@@ -159,6 +159,8 @@ def test_prefault_maps_in_first_touch_order_for_the_first_toucher() -> None:
     assert opt.node_of(opt.page_table.translate(HIGH + 3 * PAGE)) == 1  # first touched by vCPU 1
     assert opt.node_of(opt.page_table.translate(HIGH)) == 0
     assert opt.page_table.lookup(region) is None  # region pages are left to their faults
+    leaf = opt.page_table.lookup(HIGH + PAGE)
+    assert leaf is not None and leaf.accessed and leaf.dirty  # as the kernel leaves a first touch
     assert opt.prefault(vas, cpus) == [0, 0]  # all mapped already
     before = opt.mmus[0].stats
     assert opt.translate(HIGH) == opt.page_table.translate(HIGH)
