@@ -243,6 +243,7 @@ def test_a_bad_entry_fails_at_its_index_only(concurrent: bool) -> None:
     assert res.values[0] == opt.translate(heap) and res.values[2] == opt.translate(heap + PAGE)
     assert isinstance(res.errors[1], AddressError) and "None" in str(res.errors[1])
     assert "index 3" in str(res.errors[3]) and "2.5" in str(res.errors[4])
+    assert all(e.__traceback__ is None for e in res.errors.values())  # no cycle through the batch loop
     with pytest.raises(BatchOperationFailed) as err:
         run("raise")
     assert err.value.failed == [1, 3, 4] and err.value.success == 2

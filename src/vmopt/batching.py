@@ -161,9 +161,17 @@ SUMMARY_INDICES: Final = 5
 
 
 def record_failure(errors: dict[int, BaseException], index: int, va: object, exc: BaseException) -> None:
-    """Note one failed operation (logged at DEBUG; :func:`finish` logs the batch's summary)."""
-    errors[index] = exc
-    log.debug("batch index %d (va %s) failed: %s", index, hex(va) if isinstance(va, int) else repr(va), exc)
+    """Note one failed operation (logged at DEBUG; :func:`finish` logs the batch's summary).
+
+    The exception is kept without its traceback: that would only show the
+    batch loop, and would tie every recorded failure to the loop's frames in
+    a reference cycle.
+    """
+    errors[index] = exc.with_traceback(None)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "batch index %d (va %s) failed: %s", index, hex(va) if isinstance(va, int) else repr(va), exc
+        )
 
 
 def log_summary(errors: dict[int, BaseException], total: int) -> None:
