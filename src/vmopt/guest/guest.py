@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,7 @@ import numpy.typing as npt
 from vmopt.batching import (
     Addrs,
     ArrayPath,
+    BatchResult,
     as_addresses,
     bad_address,
     check_errors_mode,
@@ -396,6 +397,40 @@ class MemoryOptimizer:
 
     # -- batches ----------------------------------------------------------------------------
 
+    @overload
+    def batch_access(
+        self,
+        addrs: Sequence[int],
+        access: str = ...,
+        cpu: int = ...,
+        errors: Literal["raise"] = ...,
+        *,
+        log_failures: bool = ...,
+    ) -> list[int]: ...
+    @overload
+    def batch_access(
+        self,
+        addrs: npt.NDArray[np.integer[Any]],
+        access: str = ...,
+        cpu: int = ...,
+        errors: Literal["raise"] = ...,
+        *,
+        log_failures: bool = ...,
+    ) -> U64: ...
+    @overload
+    def batch_access(
+        self,
+        addrs: Addrs,
+        access: str = ...,
+        cpu: int = ...,
+        *,
+        errors: Literal["collect"],
+        log_failures: bool = ...,
+    ) -> BatchResult: ...
+    @overload
+    def batch_access(
+        self, addrs: Addrs, access: str = ..., cpu: int = ..., errors: str = ..., *, log_failures: bool = ...
+    ) -> list[int] | U64 | BatchResult: ...
     def batch_access(
         self,
         addrs: Addrs,
@@ -404,7 +439,7 @@ class MemoryOptimizer:
         errors: str = "raise",
         *,
         log_failures: bool = True,
-    ) -> Any:
+    ) -> list[int] | U64 | BatchResult:
         """Translate a batch in order; same results and statistics as ``translate`` in a loop.
 
         A list gives a list; a NumPy integer array gives a uint64 array and
@@ -416,10 +451,11 @@ class MemoryOptimizer:
         replay).
         """
         mmu = self._check_cpu(cpu)
-        return run_sequential(
+        out: list[int] | U64 | BatchResult = run_sequential(
             lambda va: self.translate(va, access, cpu), addrs, errors, chunk_size=self.concurrency.chunk_size,
             array_path=self._array_path(mmu, access, cpu), log_failures=log_failures,
         )  # fmt: skip
+        return out
 
     def _array_path(self, mmu: Mmu, access: str, cpu: int) -> ArrayPath | None:
         """The core's array loop for this vCPU, with NUMA accounting, or None when it cannot apply."""
@@ -442,7 +478,7 @@ class MemoryOptimizer:
 
     async def batch_access_concurrent(
         self, addrs: Addrs, access: str = "r", cpu: int = 0, errors: str = "raise"
-    ) -> Any:
+    ) -> list[int] | U64 | BatchResult:
         """Translate a batch, overlapping the store fetches its faults need.
 
         At most ``concurrency.max_concurrent`` fetches are in flight;
@@ -463,7 +499,8 @@ class MemoryOptimizer:
         for start in range(0, total, cfg.chunk_size):
             chunk = values[start : start + cfg.chunk_size]
             await self._run_concurrent_chunk(chunk, start, access, cpu, results, failures)
-        return finish(results, failures, mode, total)
+        done: list[int] | U64 | BatchResult = finish(results, failures, mode, total)
+        return done
 
     def _pages_to_fetch(self, chunk: Any) -> list[tuple[Region, int]]:
         """Store-backed, non-resident pages ``chunk`` will fault on, in first-touch order."""
