@@ -256,8 +256,8 @@ class MemoryOptimizer:
         nodes = self.mem.placement(region.policy, index, self.cpu_node[cpu])
         try:
             placed = mmu.install_page(va, access, True, page_va, size, nodes, data, region.perms, region.user)
-        except VmoptError:
-            # The page went in but the restarted access failed (say, a write to a read-only
+        except PageFault:
+            # The page went in but the restarted access faulted (say, a write to a read-only
             # region): the frame is the region's all the same.
             leaf = self.page_table.lookup(page_va)
             if leaf is not None:
