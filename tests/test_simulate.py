@@ -55,6 +55,10 @@ def check_consistent(r: dict[str, Any]) -> None:
     nodes = r["numa"]["nodes"]
     served = sum(n["local_accesses"] + n["remote_accesses"] for n in nodes)
     assert served == r["accesses"] - r["faults"]["failed_accesses"]
+    w = r["windows"]
+    assert sum(w["page_walks"]) == r["page_walks"] and sum(w["l1_misses"]) == levels[0]["misses"]
+    for key in ("local_accesses", "remote_accesses"):
+        assert [sum(col) for col in zip(*w[key], strict=True)] == [n[key] for n in nodes]
 
 
 def sim(tmp_path: Path, args: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -297,9 +301,16 @@ def test_windows_stay_bounded() -> None:
     assert sum(x[1] for x in w.local) == 6 * MAX_WINDOWS
 
 
-def test_driver_matches_scalar_translation() -> None:
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["prefetch.kind=stride", "numa.policy=interleave:0,1"],
+        ["paging.page_size=2M", "pwc.enabled=true", "prefetch.kind=next_page"],
+    ],
+)
+def test_driver_matches_scalar_translation(sets: list[str]) -> None:
     """The chunked, per-vCPU driver gives the counters of the guest's translate() in trace order."""
-    cfg = load_config(sets=["prefetch.kind=stride", "numa.policy=interleave:0,1"])
+    cfg = load_config(sets=sets)
     chunks = list(make_workload("numa_mix", length=6000, footprint=1 << 20, cpus=2, seed=1, chunk_size=1000))
     chunks.append(TraceChunk(np.array([1 << 63, 0x1000], dtype=np.uint64), np.zeros(2, np.uint8),
                                       np.array([1, 0], dtype=np.uint16)))  # fmt: skip
@@ -320,5 +331,8 @@ def test_driver_matches_scalar_translation() -> None:
         assert a.stats == b.stats
     assert fast.local == slow.local and fast.remote == slow.remote
     assert sum(fast.local) + sum(fast.remote) == fast.accesses - fast.failed
+    assert len(fast.windows.accesses) == len(chunks)
+    assert [sum(col) for col in zip(*fast.windows.local, strict=True)] == fast.local
+    assert [sum(col) for col in zip(*fast.windows.remote, strict=True)] == fast.remote
     assert [s.pages for s in fast.opt.node_stats()] == [s.pages for s in slow.opt.node_stats()]
     assert sum(fast.pages) == fast.demand_faults == slow.opt.anonymous_pages
