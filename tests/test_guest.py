@@ -10,21 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmopt import (
-    AddressError,
-    BatchOperationFailed,
-    BatchResult,
-    ConcurrencyConfig,
-    ConfigError,
-    LatencyStore,
-    MemoryOptimizer,
-    MemPolicy,
-    NumaConfig,
-    OutOfFramesError,
-    PageFault,
-    VmoptError,
-)
-from vmopt.guest import Traffic
+from vmopt import BatchOperationFailed, BatchResult, ConcurrencyConfig, LatencyStore, MemPolicy, NumaConfig
+from vmopt.errors import AddressError, ConfigError, OutOfFramesError, PageFault, VmoptError
+from vmopt.guest import MemoryOptimizer, Traffic
 
 PAGE = 4096
 MiB = 1 << 20
