@@ -53,7 +53,7 @@ from vmopt.paging.pagetable import PageTable
 from vmopt.paging.types import Perm
 from vmopt.stores.base import BackingStore
 from vmopt.tlb.config import PrefetchConfig, PwcConfig
-from vmopt.tlb.mmu import RIGHTS_BIT, Mmu, TlbSpec
+from vmopt.tlb.mmu import ARRAY_CHUNK, RIGHTS_BIT, Mmu, TlbSpec
 from vmopt.tlb.stats import TlbStats
 from vmopt.units import format_size
 
@@ -452,7 +452,7 @@ class MemoryOptimizer:
         """
         mmu = self._check_cpu(cpu)
         out: list[int] | U64 | BatchResult = run_sequential(
-            lambda va: self.translate(va, access, cpu), addrs, errors, chunk_size=self.concurrency.chunk_size,
+            lambda va: self.translate(va, access, cpu), addrs, errors, chunk_size=ARRAY_CHUNK,
             array_path=self._array_path(mmu, access, cpu), log_failures=log_failures,
         )  # fmt: skip
         return out

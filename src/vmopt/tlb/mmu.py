@@ -41,7 +41,7 @@ from vmopt.tlb.tlb import GLOBAL_ASID, TlbLevel, config_tuple
 if TYPE_CHECKING:
     from vmopt.paging.pagetable import PageTable
 
-__all__ = ["DEFAULT_TLB_LEVELS", "RIGHTS_BIT", "Mmu", "TlbSpec"]
+__all__ = ["ARRAY_CHUNK", "DEFAULT_TLB_LEVELS", "RIGHTS_BIT", "Mmu", "TlbSpec"]
 
 log = logging.getLogger(__name__)
 
