@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final
 
 from vmopt import _core
@@ -26,7 +26,7 @@ from vmopt.errors import AddressError, ConfigError, MappingError
 from vmopt.memory.physical import FRAME_SIZE, PhysicalMemory
 from vmopt.paging.format import CoreFormat, PagingFormat
 from vmopt.paging.riscv import RiscV
-from vmopt.paging.types import Leaf, Mapping, PageFault, Perm, Translation
+from vmopt.paging.types import Leaf, PageFault, Perm, Translation
 from vmopt.paging.x86 import X86_64
 from vmopt.units import format_size
 
@@ -61,6 +61,14 @@ def make_format(fmt: str | PagingFormat) -> PagingFormat:
 
 def _is_u64(value: object) -> bool:
     return isinstance(value, int) and 0 <= value < _U64_LIMIT
+
+
+def _max_tables(n: object) -> int | None:
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < _U64_LIMIT:
+        raise ConfigError(f"max_tables must be a positive int or None, got {n!r}")
+    return n
 
 
 class PageTable:
@@ -412,18 +420,27 @@ class PageTable:
 
     # -- enumeration ----------------------------------------------------------------
 
-    def leaves(self) -> Iterator[tuple[int, Leaf, Perm, bool, bool]]:
-        """Every leaf in VA order: (va, leaf, effective perms, effective user, global)."""
-        it: Iterator[tuple[int, Leaf, Perm, bool, bool]] = self.core.leaves()
+    def leaves(self, *, max_tables: int | None = None) -> _core.LeafIter:
+        """Every leaf in VA order: (va, leaf, effective perms, effective user, global).
+
+        A streaming iterator, bounded for any memory contents: a table entry
+        pointing back at a table on its own path is not descended (and, not
+        being a leaf, not listed; :meth:`mappings` shows it), and at most
+        ``max_tables`` tables are read (the iterator's ``truncated`` tells).
+        """
+        it: _core.LeafIter = self.core.leaves(_max_tables(max_tables))
         return it
 
-    def mappings(self) -> Iterator[Mapping]:
-        """The address space as coalesced regions, like QEMU's ``info mem``.
+    def mappings(self, *, max_tables: int | None = None) -> _core.MappingIter:
+        """The address space as coalesced regions, like QEMU's ``info mem`` (streamed).
 
         Adjacent pages merge when they are contiguous in both VA and PA and
-        share perms, user, global and page size.
+        share perms, user, global and page size. A table entry pointing back
+        at a table on its own path (a self-map) is one ``recursive`` region,
+        not descended. At most ``max_tables`` tables are read; the iterator's
+        ``truncated`` is then True.
         """
-        it: Iterator[Mapping] = self.core.mappings()
+        it: _core.MappingIter = self.core.mappings(_max_tables(max_tables))
         return it
 
     def table_frames(self) -> list[int]:

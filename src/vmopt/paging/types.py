@@ -22,10 +22,19 @@ __all__ = [
 ]
 
 Access = Literal["r", "w", "x"]
-FaultCause = Literal["not_present", "protection", "reserved", "non_canonical", "misaligned"]
+FaultCause = Literal[
+    "not_present", "protection", "reserved", "non_canonical", "misaligned", "table_outside_memory"
+]
 
 ACCESS_KINDS: Final = ("r", "w", "x")
-FAULT_CAUSES: Final = ("not_present", "protection", "reserved", "non_canonical", "misaligned")
+FAULT_CAUSES: Final = (
+    "not_present",
+    "protection",
+    "reserved",
+    "non_canonical",
+    "misaligned",
+    "table_outside_memory",
+)
 
 
 class Perm(enum.IntFlag):
@@ -123,7 +132,12 @@ class Leaf:
 
 @dataclass(frozen=True, slots=True)
 class Mapping:
-    """A run of virtually and physically contiguous pages with equal attributes."""
+    """A run of virtually and physically contiguous pages with equal attributes.
+
+    ``recursive`` marks a table entry that points back at a table on its own
+    path (a self-map): ``pa`` is that table and ``size`` the entry's span;
+    listings show it once and do not descend it.
+    """
 
     va: int
     pa: int
@@ -132,9 +146,15 @@ class Mapping:
     page_size: int
     user: bool
     global_: bool
+    recursive: bool = False
 
     def __str__(self) -> str:
         flags = ("u" if self.user else "s") + ("g" if self.global_ else "-")
+        if self.recursive:
+            return (
+                f"{self.va:016x}-{self.va + self.size:016x} {self.size:016x}"
+                f" {perms_str(self.perms)}{flags} -> {self.pa:012x} (recursive: table on its own path)"
+            )
         return (
             f"{self.va:016x}-{self.va + self.size:016x} {self.size:016x}"
             f" {perms_str(self.perms)}{flags} -> {self.pa:012x} ({page_size_name(self.page_size)})"
