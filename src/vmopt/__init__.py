@@ -12,6 +12,7 @@ from vmopt.compat import AsyncPrefetchingTlb
 from vmopt.errors import (
     AddressError,
     ConfigError,
+    InputError,
     MappingError,
     OutOfFramesError,
     PhysicalAccessError,
@@ -42,6 +43,7 @@ __all__ = [
     "ConcurrencyConfig",
     "ConfigError",
     "FileStore",
+    "InputError",
     "LatencyStore",
     "Mapping",
     "MappingError",

@@ -255,7 +255,10 @@ fn va_of(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
     })
 }
 
-/// A Python truth value (`bool(x)`), as the pure-Python API accepted for its flags.
+/// A flag argument (`user`, `global_`, `update_ad`): a bool, or a number equal to 0 or 1.
+///
+/// Anything else (`"yes"`, `None`) is refused with `InputError`: a truth
+/// test would read every non-empty string as True.
 struct Truthy(bool);
 
 impl<'py> FromPyObject<'py> for Truthy {
@@ -263,7 +266,18 @@ impl<'py> FromPyObject<'py> for Truthy {
         if let Ok(b) = obj.downcast::<PyBool>() {
             return Ok(Truthy(b.is_true()));
         }
-        obj.is_truthy().map(Truthy)
+        if obj.downcast::<PyString>().is_err() && obj.downcast::<PyBytes>().is_err() {
+            if let Ok(v) = obj.extract::<f64>() {
+                if v == 0.0 || v == 1.0 {
+                    return Ok(Truthy(v == 1.0));
+                }
+            }
+        }
+        let class = obj.py().import("vmopt.errors")?.getattr("InputError")?;
+        Err(PyErr::from_value(class.call1((format!(
+            "a flag (user, global_, update_ad) must be a bool, got {}",
+            obj.repr()?
+        ),))?))
     }
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import numbers
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -37,13 +38,28 @@ FAULT_CAUSES: Final = (
 )
 
 
-class Perm(enum.IntFlag):
+class _PermType(enum.EnumType):
+    """Refuses a non-int value before the enum machinery compares it (an array would be ambiguous)."""
+
+    def __call__(cls, value: object, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+        if not args and not kwargs and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise ConfigError(f"Perm takes an int of R|W|X bits (0..7), got {value!r:.80}")
+        return super().__call__(value, *args, **kwargs)  # type: ignore[call-overload]
+
+
+class Perm(enum.IntFlag, metaclass=_PermType):
     """Page permissions: read, write, execute."""
 
     NONE = 0
     R = 4
     W = 2
     X = 1
+
+    @classmethod
+    def _missing_(cls, value: object) -> Perm:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return super()._missing_(value)  # type: ignore[no-any-return]
+        raise ConfigError(f"Perm takes an int of R|W|X bits (0..7), got {value!r}")
 
     @classmethod
     def parse(cls, text: str | Perm) -> Perm:
