@@ -43,7 +43,11 @@ def check_file(path: str, option: str) -> None:
         if p.resolve().is_relative_to("/proc") or p.resolve().is_relative_to("/sys"):
             raise ConfigError(f"{option} {path!r} is a kernel interface file, not an output file")
         return
-    _writable_ancestor(p, option)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path!r}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path!r}: directory {str(parent)!r} is not writable")
 
 
 def check_dir(path: str, option: str) -> None:

@@ -347,9 +347,18 @@ class SimConfig:
     def __post_init__(self) -> None:
         if not self.tlb:
             raise ConfigError("tlb: at least one level ([tlb.l1]) is required")
+        page = self.paging.page_size
         for i, level in enumerate(self.tlb):
             if level.name != f"l{i + 1}":
                 raise ConfigError(f"tlb.{level.name}: levels must be named l1, l2, ... in order")
+            arrays = (level.main, *(a for _, a in level.split))
+            if not any(size <= page for arr in arrays for size in arr.page_sizes):
+                held = sorted({size_name(size) for arr in arrays for size in arr.page_sizes})
+                raise ConfigError(
+                    f"tlb.{level.name}.page_sizes: {held} can never hold the {size_name(page)} pages"
+                    f" paging.page_size maps (a page is cached as a listed size no larger than it),"
+                    f" so every lookup would miss; add {size_name(page)!r}"
+                )
 
     def tlb_levels(self) -> list[list[TlbConfig]]:
         """The hierarchy as :class:`~vmopt.tlb.Mmu` takes it."""
