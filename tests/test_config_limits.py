@@ -117,3 +117,13 @@ def test_deep_set_values_are_refused() -> None:
 def test_an_unreadable_config_path_names_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"--config '.*': cannot read: Is a directory"):
         load_config(tmp_path)
+
+
+def test_a_workload_asking_for_too_many_vcpus_fails_fast(capsys: pytest.CaptureFixture[str]) -> None:
+    from vmopt.cli.main import main
+
+    start = time.monotonic()
+    args = ["simulate", "--param", "cpus=30000", "--param", "footprint=1G", "--param", "length=100"]
+    assert main([*args, "--no-progress"]) == 2
+    assert time.monotonic() - start < 10
+    assert f"places 30,000 vCPUs; at most {MAX_CPUS}" in capsys.readouterr().err
