@@ -34,7 +34,7 @@ Not compared, on purpose:
   does not settle the faulting case, and the issue asks for translations and
   faults. After a successful access the tables must be identical.
 - a table that lies outside physical memory: QEMU reads zeros (x86: #PF with
-  P=0; RISC-V: page fault), vmopt reports ``reserved`` (real x86 buses read
+  P=0; RISC-V: page fault), vmopt reports ``table_outside_memory`` (real x86 buses read
   all-ones; RISC-V's spec wants an access fault). Platform behaviour.
 - RISC-V encodings newer than QEMU 5.0 (the base of Unicorn 2): PTE bits
   63:54 and D/A/U in non-leaf PTEs are reserved by the current privileged

@@ -278,7 +278,7 @@ def test_table_outside_image_faults_and_is_skipped(
     mem.save(path)
     out = _inspect(capsys, str(path), "--root", hex(pt.root), "--va", hex(5 << 39))
     assert len(_parse(out)[0]) == 1
-    assert _walk_block(out, 5 << 39)[-1] == "  => fault: reserved at level 2"
+    assert _walk_block(out, 5 << 39)[-1] == "  => fault: table_outside_memory at level 2"
 
 
 # -- JSON --------------------------------------------------------------------------------
@@ -296,11 +296,12 @@ def test_json_output(guests: dict[str, Guest], tmp_path: Path, capsys: pytest.Ca
     assert doc["image"] == str(g.path) and doc["image_size"] == MEM_SIZE and doc["filter"] == "all"
     assert doc["regions"] == [
         {"va": m.va, "end": m.va + m.size, "size": m.size, "pa": m.pa, "perms": perms_str(m.perms),
-         "user": m.user, "global": m.global_, "page_size": m.page_size}
+         "user": m.user, "global": m.global_, "page_size": m.page_size, "recursive": False}
         for m in g.pt.mappings()
     ]  # fmt: skip
     assert doc["summary"] == {
         "regions": 8,
+        "recursive": 0,
         "pages": {"4K": 10, "2M": 2, "1G": 1},
         "mapped_bytes": sum(r[1] for r in g.expected),
     }

@@ -13,6 +13,7 @@ from vmopt.compat import AsyncPrefetchingTlb
 from vmopt.errors import (
     AddressError,
     ConfigError,
+    InputError,
     MappingError,
     OutOfFramesError,
     PhysicalAccessError,
@@ -43,6 +44,7 @@ __all__ = [
     "ConcurrencyConfig",
     "ConfigError",
     "FileStore",
+    "InputError",
     "LatencyStore",
     "Mapping",
     "MappingError",

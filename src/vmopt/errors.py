@@ -26,6 +26,19 @@ class ConfigError(VmoptError, ValueError):
         self.field = field
 
 
+class InputError(VmoptError, TypeError):
+    """An argument of the wrong kind: ``None``, a float or a string where an int, a
+    bool or an object of the API is expected. Also a :class:`TypeError`, so
+    callers that already catch that keep working.
+    """
+
+
+def bad_input(call: str, why: object = None, /, **args: object) -> InputError:
+    """The :class:`InputError` of ``call`` given ``args`` (each named with its value) and ``why``."""
+    shown = ", ".join(f"{name}={value!r:.80}" for name, value in args.items())
+    return InputError(f"{call}: invalid argument(s) {shown}" + (f": {why}" if why is not None else ""))
+
+
 class AddressError(VmoptError, ValueError):
     """An address is out of range, unaligned or non-canonical."""
 

@@ -4,7 +4,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyFloat, PyString};
 use vmopt_core::Error;
 
 /// Raise `err` as its `vmopt.errors` class.
@@ -87,4 +87,27 @@ pub fn panic_to_py(panic: Box<dyn std::any::Any + Send>) -> PyErr {
             PyRuntimeError::new_err(format!("internal error in the vmopt core: {what}"))
         })
     })
+}
+
+/// An int argument that must fit `T`; anything else is an `InputError` naming the value.
+///
+/// PyO3's own conversion raises `TypeError` or `OverflowError`, which are not
+/// `VmoptError`s; this keeps the promise that every error derives from it.
+pub struct Int<T>(pub T);
+
+impl<'py, T: FromPyObject<'py>> FromPyObject<'py> for Int<T> {
+    fn extract_bound(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        if obj.downcast::<PyFloat>().is_err() && obj.downcast::<PyString>().is_err() {
+            if let Ok(v) = obj.extract::<T>() {
+                return Ok(Int(v));
+            }
+        }
+        let py = obj.py();
+        let what = std::any::type_name::<T>();
+        let class = py.import("vmopt.errors")?.getattr("InputError")?;
+        Err(PyErr::from_value(class.call1((format!(
+            "expected an int that fits {what}, got {}",
+            obj.repr()?
+        ),))?))
+    }
 }

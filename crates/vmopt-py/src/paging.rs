@@ -58,7 +58,16 @@ const LEAF_FIELDS: [&str; 11] = [
     "accessed",
     "dirty",
 ];
-const MAPPING_FIELDS: [&str; 7] = ["va", "pa", "size", "perms", "page_size", "user", "global_"];
+const MAPPING_FIELDS: [&str; 8] = [
+    "va",
+    "pa",
+    "size",
+    "perms",
+    "page_size",
+    "user",
+    "global_",
+    "recursive",
+];
 
 /// One frozen dataclass of `vmopt.paging.types` and its field names, interned.
 struct ValueType {
@@ -207,6 +216,7 @@ fn mapping_obj(py: Python<'_>, m: &Mapping) -> PyResult<PyObject> {
             int(py, m.page_size),
             boolean(py, m.user),
             boolean(py, m.global),
+            boolean(py, m.recursive),
         ],
     )
 }
@@ -245,7 +255,10 @@ fn va_of(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
     })
 }
 
-/// A Python truth value (`bool(x)`), as the pure-Python API accepted for its flags.
+/// A flag argument (`user`, `global_`, `update_ad`): a bool, or a number equal to 0 or 1.
+///
+/// Anything else (`"yes"`, `None`) is refused with `InputError`: a truth
+/// test would read every non-empty string as True.
 struct Truthy(bool);
 
 impl<'py> FromPyObject<'py> for Truthy {
@@ -253,7 +266,18 @@ impl<'py> FromPyObject<'py> for Truthy {
         if let Ok(b) = obj.downcast::<PyBool>() {
             return Ok(Truthy(b.is_true()));
         }
-        obj.is_truthy().map(Truthy)
+        if obj.downcast::<PyString>().is_err() && obj.downcast::<PyBytes>().is_err() {
+            if let Ok(v) = obj.extract::<f64>() {
+                if v == 0.0 || v == 1.0 {
+                    return Ok(Truthy(v == 1.0));
+                }
+            }
+        }
+        let class = obj.py().import("vmopt.errors")?.getattr("InputError")?;
+        Err(PyErr::from_value(class.call1((format!(
+            "a flag (user, global_, update_ad) must be a bool, got {}",
+            obj.repr()?
+        ),))?))
     }
 }
 
@@ -685,13 +709,26 @@ impl PyPageTable {
     }
 
     /// Every leaf in VA order: `(va, Leaf, effective perms, effective user, global)`.
-    fn leaves(&self) -> PyLeafIter {
-        PyLeafIter(Mutex::new(self.inner.leaves()))
+    ///
+    /// Recursive entries (tables pointing back at their ancestors) are not
+    /// leaves: they are skipped here and listed by `mappings()`.
+    #[pyo3(signature = (max_tables=None))]
+    fn leaves(&self, max_tables: Option<u64>) -> PyLeafIter {
+        let it = self.inner.leaves();
+        PyLeafIter(Mutex::new(match max_tables {
+            Some(n) => it.max_tables(n),
+            None => it,
+        }))
     }
 
-    /// Coalesced regions (`Mapping`s), like QEMU's `info mem`.
-    fn mappings(&self) -> PyMappingIter {
-        PyMappingIter(Mutex::new(self.inner.mappings()))
+    /// Coalesced regions (`Mapping`s), like QEMU's `info mem`; at most `max_tables` tables are read.
+    #[pyo3(signature = (max_tables=None))]
+    fn mappings(&self, max_tables: Option<u64>) -> PyMappingIter {
+        let it = self.inner.mappings();
+        PyMappingIter(Mutex::new(match max_tables {
+            Some(n) => it.max_tables(n),
+            None => it,
+        }))
     }
 
     /// Physical addresses of every table page, root first.
@@ -750,9 +787,16 @@ impl PyLeafIter {
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
     }
+    /// True once the listing stopped at its `max_tables` cap.
+    #[getter]
+    fn truncated(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).truncated()
+    }
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
-        let next: Option<LeafEntry> =
-            guarded(|| Ok(self.0.lock().unwrap_or_else(|e| e.into_inner()).next()))?;
+        let next: Option<LeafEntry> = guarded(|| {
+            let mut it = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(it.by_ref().find(|e| !e.recursive))
+        })?;
         let Some(e) = next else {
             return Ok(None);
         };
@@ -780,6 +824,16 @@ pub struct PyMappingIter(Mutex<Mappings>);
 impl PyMappingIter {
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
+    }
+    /// True once the listing stopped at its `max_tables` cap.
+    #[getter]
+    fn truncated(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).truncated()
+    }
+    /// Tables read so far, the root included.
+    #[getter]
+    fn tables(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).tables()
     }
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
         let next = guarded(|| Ok(self.0.lock().unwrap_or_else(|e| e.into_inner()).next()))?;

@@ -16,7 +16,7 @@ use vmopt_core::tlb::{
     TlbConfig, TlbEntry, TlbLevel,
 };
 
-use crate::errors::guarded;
+use crate::errors::{guarded, Int};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTlbLevel>()?;
@@ -142,7 +142,8 @@ impl PyTlbLevel {
     }
 
     /// A counted lookup of the whole level: `(array, entry)` or None.
-    fn lookup(&self, va: u64, asid: u32) -> PyResult<Option<(usize, EntryTuple)>> {
+    fn lookup(&self, va: Int<u64>, asid: Int<u32>) -> PyResult<Option<(usize, EntryTuple)>> {
+        let (va, asid) = (va.0, asid.0);
         self.on(|l| {
             Ok(l.lookup(va, asid)
                 .map(|h| (h.array, entry_tuple(l.entry(h), h.slot))))
@@ -150,7 +151,8 @@ impl PyTlbLevel {
     }
 
     /// An uncounted probe of the level: `(array, entry)` or None.
-    fn peek(&self, va: u64, asid: u32) -> PyResult<Option<(usize, EntryTuple)>> {
+    fn peek(&self, va: Int<u64>, asid: Int<u32>) -> PyResult<Option<(usize, EntryTuple)>> {
+        let (va, asid) = (va.0, asid.0);
         self.on(|l| {
             Ok(l.peek(va, asid)
                 .map(|h| (h.array, entry_tuple(l.entry(h), h.slot))))
@@ -158,12 +160,19 @@ impl PyTlbLevel {
     }
 
     /// `(array, shift)` that caches a page of `page_size`, or None.
-    fn array_for(&self, page_size: u64) -> PyResult<Option<(usize, u8)>> {
+    fn array_for(&self, page_size: Int<u64>) -> PyResult<Option<(usize, u8)>> {
+        let page_size = page_size.0;
         self.on(|l| Ok(l.array_for(page_size)))
     }
 
     /// One array's lookup (recency updated, nothing counted).
-    fn array_lookup(&self, array: usize, va: u64, asid: u32) -> PyResult<Option<EntryTuple>> {
+    fn array_lookup(
+        &self,
+        array: usize,
+        va: Int<u64>,
+        asid: Int<u32>,
+    ) -> PyResult<Option<EntryTuple>> {
+        let (va, asid) = (va.0, asid.0);
         self.on(|l| {
             let (arr, _) = l.array_mut(array_index(l, array)?);
             Ok(arr
@@ -173,7 +182,13 @@ impl PyTlbLevel {
     }
 
     /// One array's probe (no recency update).
-    fn array_peek(&self, array: usize, va: u64, asid: u32) -> PyResult<Option<EntryTuple>> {
+    fn array_peek(
+        &self,
+        array: usize,
+        va: Int<u64>,
+        asid: Int<u32>,
+    ) -> PyResult<Option<EntryTuple>> {
+        let (va, asid) = (va.0, asid.0);
         self.on(|l| {
             let arr = &l.arrays()[array_index(l, array)?];
             Ok(arr
@@ -183,7 +198,8 @@ impl PyTlbLevel {
     }
 
     /// The shift array `array` would cache a page of `page_size` at.
-    fn array_fits(&self, array: usize, page_size: u64) -> PyResult<Option<u8>> {
+    fn array_fits(&self, array: usize, page_size: Int<u64>) -> PyResult<Option<u8>> {
+        let page_size = page_size.0;
         self.on(|l| Ok(l.arrays()[array_index(l, array)?].fits(page_size)))
     }
 
@@ -251,7 +267,8 @@ impl PyTlbLevel {
 
     /// Invalidate one ASID's entries.
     #[pyo3(signature = (asid, array=None))]
-    fn flush_asid(&self, asid: u32, array: Option<usize>) -> PyResult<u64> {
+    fn flush_asid(&self, asid: Int<u32>, array: Option<usize>) -> PyResult<u64> {
+        let asid = asid.0;
         self.on(|l| match array {
             None => Ok(l.flush_asid(asid)),
             Some(a) => {
@@ -263,7 +280,13 @@ impl PyTlbLevel {
 
     /// Invalidate the entries covering `va`.
     #[pyo3(signature = (va, asid=None, array=None))]
-    fn flush_va(&self, va: u64, asid: Option<u32>, array: Option<usize>) -> PyResult<u64> {
+    fn flush_va(
+        &self,
+        va: Int<u64>,
+        asid: Option<Int<u32>>,
+        array: Option<usize>,
+    ) -> PyResult<u64> {
+        let (va, asid) = (va.0, asid.map(|v| v.0));
         self.on(|l| match array {
             None => Ok(l.flush_va(va, asid)),
             Some(a) => {
@@ -277,11 +300,12 @@ impl PyTlbLevel {
     #[pyo3(signature = (va, size, asid=None, array=None))]
     fn flush_range(
         &self,
-        va: u64,
-        size: u64,
-        asid: Option<u32>,
+        va: Int<u64>,
+        size: Int<u64>,
+        asid: Option<Int<u32>>,
         array: Option<usize>,
     ) -> PyResult<u64> {
+        let (va, size, asid) = (va.0, size.0, asid.map(|v| v.0));
         self.on(|l| match array {
             None => Ok(l.flush_range(va, size, asid)),
             Some(a) => {

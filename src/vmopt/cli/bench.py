@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from vmopt.cli.outputs import check_file, write_error
 from vmopt.errors import ConfigError
 from vmopt.fetching.concurrency import ConcurrencyConfig
 from vmopt.guest import MemoryOptimizer
@@ -45,7 +46,12 @@ def register(sub: Any) -> None:
     p.add_argument("--reps", type=int, default=3, help="repetitions per figure (median)")
     p.add_argument("--working-set", default="16M", help="resident working set (default 16 MiB)")
     p.add_argument("--json", dest="json_path", help="write the results as JSON")
-    p.add_argument("--plot", dest="plot_path", help="write a PNG of throughput against batch size")
+    p.add_argument(
+        "--plot",
+        dest="plot_path",
+        metavar="FILE",
+        help="write a PNG of throughput against batch size to FILE",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run)
 
@@ -171,7 +177,7 @@ def _plot(path: str, results: dict[str, Any]) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")  # exactly ``path``: no ".png" appended
     plt.close(fig)
 
 
@@ -191,6 +197,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--working-set: cannot parse {args.working_set!r}") from exc
     if working_set < 4096 or working_set > 256 << 20:
         raise ConfigError(f"--working-set must be between 4 KiB and 256 MiB, got {args.working_set!r}")
+    if args.json_path:
+        check_file(args.json_path, "--json")
+    if args.plot_path:
+        check_file(args.plot_path, "--plot")
     env = environment()
     out = print
     out(
@@ -205,9 +215,15 @@ def run(args: argparse.Namespace) -> int:
     results = {"environment": env, "reps": args.reps, "latency_s": args.latency,
                "working_set": working_set, "resident": resident, "faulting": faulting}  # fmt: skip
     if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(results, f, indent=2)
+        try:
+            with open(args.json_path, "w") as f:
+                json.dump(results, f, indent=2)
+        except OSError as exc:
+            raise write_error("--json", args.json_path, exc) from exc
     if args.plot_path:
-        _plot(args.plot_path, results)
+        try:
+            _plot(args.plot_path, results)
+        except OSError as exc:
+            raise write_error("--plot", args.plot_path, exc) from exc
     sys.stdout.flush()
     return 0

@@ -3,7 +3,13 @@
 The image is mmap'd read-only (never loaded whole) and walked without
 setting accessed/dirty bits, so inspecting a dump never changes it. The
 listing is :meth:`PageTable.mappings`, one coalesced region per line, like
-QEMU's ``info mem``; ``--va`` prints the walk of an address PTE by PTE.
+QEMU's ``info mem``, printed as it is found; ``--va`` prints the walk of an
+address PTE by PTE.
+
+Any image takes bounded time and memory: a table that points back at a
+table on its own path (a self-map) is one ``recursive`` line, not descended;
+``--max-regions`` (default :data:`DEFAULT_MAX_REGIONS`) and ``--max-tables``
+(default :data:`DEFAULT_MAX_TABLES`) stop the listing with a warning.
 
 ``--root`` takes an address or a full register value: for x86 a CR3 (the
 low 12 bits, PCID or PWT/PCD, and bits 63:61, no-flush and LAM, are
@@ -19,20 +25,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
+from vmopt.cli.outputs import check_file, write_error
 from vmopt.errors import AddressError, ConfigError
 from vmopt.memory.physical import FRAME_SIZE, PhysicalMemory
 from vmopt.paging.pagetable import FORMATS, PageTable
 from vmopt.paging.types import Mapping, PageFault, page_size_name, perms_str
 from vmopt.units import format_size
 
-__all__ = ["Root", "parse_address", "register", "resolve_root", "run"]
+__all__ = [
+    "DEFAULT_MAX_REGIONS",
+    "DEFAULT_MAX_TABLES",
+    "Root",
+    "parse_address",
+    "register",
+    "resolve_root",
+    "run",
+]
 
 DEFAULT_FORMAT = "x86_64"
+#: Regions listed before ``inspect`` stops with a warning (``--max-regions``).
+DEFAULT_MAX_REGIONS: Final = 100_000
+#: Page-table pages read before ``inspect`` stops with a warning (``--max-tables``):
+#: 512 GiB mapped with 4 KiB pages needs 262,657 tables.
+DEFAULT_MAX_TABLES: Final = 1 << 20
 #: satp MODE field values (RV64) that select a format when --format is omitted.
 SATP_MODES = {8: "sv39", 9: "sv48"}
 #: The satp MODE of each RISC-V format.
@@ -77,6 +98,20 @@ def register(sub: Any) -> None:
         help="print the walk of this virtual address PTE by PTE (repeatable)",
     )
     p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the regions as JSON")
+    p.add_argument(
+        "--max-regions",
+        type=int,
+        default=DEFAULT_MAX_REGIONS,
+        metavar="N",
+        help=f"stop after N regions, with a warning (default {DEFAULT_MAX_REGIONS:,})",
+    )
+    p.add_argument(
+        "--max-tables",
+        type=int,
+        default=DEFAULT_MAX_TABLES,
+        metavar="N",
+        help=f"stop after reading N page-table pages, with a warning (default {DEFAULT_MAX_TABLES:,})",
+    )
     only = p.add_mutually_exclusive_group()
     only.add_argument("--user-only", action="store_true", help="list only user-accessible regions")
     only.add_argument("--kernel-only", action="store_true", help="list only supervisor-only regions")
@@ -169,18 +204,34 @@ def _region_json(m: Mapping) -> dict[str, Any]:
         "user": m.user,
         "global": m.global_,
         "page_size": m.page_size,
+        "recursive": m.recursive,
     }
 
 
-def _summary(regions: Sequence[Mapping]) -> dict[str, Any]:
-    pages: Counter[int] = Counter()
-    for m in regions:
-        pages[m.page_size] += m.size // m.page_size
-    return {
-        "regions": len(regions),
-        "pages": {page_size_name(size): pages[size] for size in sorted(pages)},
-        "mapped_bytes": sum(m.size for m in regions),
-    }
+class _Tally:
+    """The summary of the regions printed so far (counted as they stream by)."""
+
+    def __init__(self) -> None:
+        self.regions = 0
+        self.recursive = 0
+        self.pages: Counter[int] = Counter()
+        self.mapped = 0
+
+    def add(self, m: Mapping) -> None:
+        self.regions += 1
+        if m.recursive:
+            self.recursive += 1
+            return
+        self.pages[m.page_size] += m.size // m.page_size
+        self.mapped += m.size
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "regions": self.regions,
+            "recursive": self.recursive,
+            "pages": {page_size_name(size): self.pages[size] for size in sorted(self.pages)},
+            "mapped_bytes": self.mapped,
+        }
 
 
 def _walk(pt: PageTable, va: int) -> tuple[list[str], dict[str, Any]]:
@@ -217,14 +268,47 @@ def _walk(pt: PageTable, va: int) -> tuple[list[str], dict[str, Any]]:
     return lines, record
 
 
+def _positive(value: int, option: str) -> int:
+    if value < 1:
+        raise ConfigError(f"{option} must be >= 1, got {value}")
+    return value
+
+
+def _stream(
+    regions: Iterable[Mapping], args: argparse.Namespace, max_regions: int
+) -> tuple[_Tally, list[dict[str, Any]], bool]:
+    """Print each region as it is found; the tally, the JSON regions and whether the cap stopped it."""
+    tally = _Tally()
+    kept: list[dict[str, Any]] = []
+    for m in regions:
+        if (args.user_only and not m.user) or (args.kernel_only and m.user):
+            continue
+        if tally.regions >= max_regions:
+            return tally, kept, True
+        tally.add(m)
+        print(str(m))
+        if args.json_path:
+            kept.append(_region_json(m))
+    return tally, kept, False
+
+
+def _warn(message: str) -> None:
+    sys.stdout.flush()
+    print(f"vmopt inspect: warning: {message}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Open the image, attach its tables, print the regions, summary and requested walks."""
+    """Open the image, attach its tables, stream the regions, print the summary and requested walks."""
     fmt = args.format.strip().lower() if args.format is not None else None
     if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"unknown paging format {args.format!r}; expected one of {', '.join(FORMATS)}")
+    max_regions = _positive(args.max_regions, "--max-regions")
+    max_tables = _positive(args.max_tables, "--max-tables")
     raw_root = parse_address(args.root, "--root")
     vas = [parse_address(text, "--va") for text in args.va]
     root = resolve_root(raw_root, fmt)
+    if args.json_path:
+        check_file(args.json_path, "--json")
     with _open_image(args.image) as mem:
         if not mem.contains(root.address, FRAME_SIZE):
             shown = f"{root.address:#x}" + (f" (from --root {args.root})" if root.address != raw_root else "")
@@ -232,29 +316,30 @@ def run(args: argparse.Namespace) -> int:
                 f"page-table root {shown} is outside the image {args.image!r} ({mem.size:#x} bytes)"
             )
         pt = PageTable.attach(mem, root.address, root.fmt, update_ad=False)
-        regions = list(pt.mappings())
-        if args.user_only:
-            regions = [m for m in regions if m.user]
-        elif args.kernel_only:
-            regions = [m for m in regions if not m.user]
-        walks = [_walk(pt, va) for va in vas]
         fm = pt.fmt
+        which = " (user only)" if args.user_only else " (kernel only)" if args.kernel_only else ""
+        print(
+            f"image {args.image} ({format_size(mem.size)}), {fm.name} ({fm.levels} levels,"
+            f" {fm.va_bits}-bit VA), root {root.address:#x}" + (f" ({root.note})" if root.note else "")
+        )
+        print(f"regions{which}: va range, size, perms + u(ser)/s(upervisor) + g(lobal), pa, page size")
+        listing = pt.mappings(max_tables=max_tables)
+        tally, kept, capped = _stream(listing, args, max_regions)
+        walks = [_walk(pt, va) for va in vas]
         image_size = mem.size
-    which = " (user only)" if args.user_only else " (kernel only)" if args.kernel_only else ""
-    print(
-        f"image {args.image} ({format_size(image_size)}), {fm.name} ({fm.levels} levels,"
-        f" {fm.va_bits}-bit VA), root {root.address:#x}" + (f" ({root.note})" if root.note else "")
-    )
-    print(f"regions{which}: va range, size, perms + u(ser)/s(upervisor) + g(lobal), pa, page size")
-    for m in regions:
-        print(str(m))
-    summary = _summary(regions)
+    summary = tally.summary()
     pages = ", ".join(f"{name}: {n}" for name, n in summary["pages"].items()) or "none"
     total = summary["mapped_bytes"]
+    recursive = f", {tally.recursive} recursive" if tally.recursive else ""
     print(
-        f"summary: regions {summary['regions']}; pages {pages};"
+        f"summary: regions {summary['regions']}{recursive}; pages {pages};"
         f" mapped {format_size(total)} ({total:#x} bytes)"
     )
+    truncated = capped or listing.truncated
+    if capped:
+        _warn(f"stopped after {max_regions:,} regions (--max-regions); the listing is incomplete")
+    elif listing.truncated:
+        _warn(f"stopped after reading {max_tables:,} page tables (--max-tables); the listing is incomplete")
     for lines, _record in walks:
         print()
         print("\n".join(lines))
@@ -266,7 +351,8 @@ def run(args: argparse.Namespace) -> int:
             "root": root.address,
             "root_value": raw_root,
             "filter": "user" if args.user_only else "kernel" if args.kernel_only else "all",
-            "regions": [_region_json(m) for m in regions],
+            "regions": kept,
+            "truncated": truncated,
             "summary": summary,
             "walks": [record for _lines, record in walks],
         }
@@ -275,5 +361,5 @@ def run(args: argparse.Namespace) -> int:
                 json.dump(doc, f, indent=2)
                 f.write("\n")
         except OSError as exc:
-            raise ConfigError(f"cannot write JSON to {args.json_path!r}: {exc}") from exc
+            raise write_error("--json", args.json_path, exc) from exc
     return 0

@@ -2,13 +2,15 @@
 
 Each subcommand lives in its own module and registers itself here. Errors
 that come from bad input (any :class:`VmoptError`, or an unreadable file)
-print one clear line and exit with status 2, never a traceback.
+print one clear line and exit with status 2, never a traceback. A stdout
+closed by its reader ends the command quietly (status 141).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,6 +21,8 @@ from vmopt.errors import VmoptError
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+#: A closed stdout: 128 + SIGPIPE, what a shell reports for a tool killed by the signal.
+EXIT_PIPE = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _closed_stdout() -> int:
+    """stdout was closed by its reader (``| head``): end quietly, as a SIGPIPE'd tool would."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+    except (OSError, ValueError):
+        pass
+    return EXIT_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
@@ -49,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         status: int = args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _closed_stdout()
     except (VmoptError, OSError) as exc:
         print(f"vmopt {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,4 +1,9 @@
-"""``vmopt simulate [TRACE]``: play an address stream through the whole memory system and report."""
+"""``vmopt simulate [TRACE]``: play an address stream through the whole memory system and report.
+
+Output paths are checked before the run; the JSON and plots are written
+before the report prints, so a closed stdout (``| head``) loses nothing.
+Warnings (most accesses faulted) go to stderr.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ import logging
 import sys
 from typing import Any
 
+from vmopt.cli.outputs import check_dir, check_file, write_error
+from vmopt.errors import ConfigError
 from vmopt.sim.config import load_config
-from vmopt.sim.report import render_report, write_json
+from vmopt.sim.report import render_report, report_warnings, write_json
 from vmopt.sim.run import Input, parse_params, simulate
 from vmopt.traces import FORMATS, WORKLOADS
 
@@ -43,10 +50,15 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
 def input_from_args(args: argparse.Namespace, trace: str | None) -> Input:
     """The :class:`Input` the options describe."""
     params = parse_params(args.param)
-    if args.seed is not None:
-        params["seed"] = args.seed
-    if args.length is not None:
-        params["length"] = args.length
+    for key in ("seed", "length"):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key in params and params[key] != value:
+            raise ConfigError(f"--param {key}={params[key]} and --{key} {value} disagree; give one")
+        params[key] = value
+    if trace == "-" and (sys.stdin is None or sys.stdin.closed):
+        raise ConfigError("TRACE '-' reads standard input, which is closed; pipe a trace in or name a file")
     workload = args.workload
     if trace is None and workload is None and params:
         from vmopt.sim.run import DEFAULT_WORKLOAD, DEFAULT_WORKLOAD_PARAMS
@@ -54,8 +66,6 @@ def input_from_args(args: argparse.Namespace, trace: str | None) -> Input:
         workload = DEFAULT_WORKLOAD
         params = {**DEFAULT_WORKLOAD_PARAMS, **params}
     if trace is not None and (params or workload):
-        from vmopt.errors import ConfigError
-
         raise ConfigError("--workload, --param, --seed and --length apply to workloads, not to a TRACE")
     fmt = None if args.format == "auto" else args.format
     return Input(trace=trace, format=fmt, skip_bad=args.skip_bad, workload=workload, params=params)
@@ -79,17 +89,35 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Simulate, print the report, write JSON and plots."""
+    """Check the outputs, simulate, write JSON and plots, then print warnings and the report."""
     config = load_config(args.config, args.sets)
     inp = input_from_args(args, args.trace)
-    show_progress = not args.no_progress and sys.stderr.isatty()
-    report = simulate(config, inp, progress=show_progress)
-    render_report(report, sys.stdout)
     if args.json_path:
-        write_json(report, args.json_path)
+        check_file(args.json_path, "--json")
+    if args.plot_dir:
+        check_dir(args.plot_dir, "--plot")
+    show_progress = not args.no_progress and sys.stderr.isatty()
+    if show_progress:
+        # Building the guest (TLBs, NUMA memory) comes before the first progress update.
+        print(f"vmopt simulate: preparing {inp.label} ...", file=sys.stderr, flush=True)
+    report = simulate(config, inp, progress=show_progress)
+    written = []
+    if args.json_path:
+        try:
+            write_json(report, args.json_path)
+        except OSError as exc:
+            raise write_error("--json", args.json_path, exc) from exc
+        written.append(args.json_path)
     if args.plot_dir:
         from vmopt.sim.plots import write_plots
 
-        for path in write_plots(report, args.plot_dir):
-            print(f"wrote {path}")
+        try:
+            written += [str(p) for p in write_plots(report, args.plot_dir)]
+        except OSError as exc:
+            raise write_error("--plot", args.plot_dir, exc) from exc
+    for warning in report_warnings(report):
+        print(f"vmopt simulate: warning: {warning}", file=sys.stderr)
+    render_report(report, sys.stdout)
+    for path in written:
+        print(f"wrote {path}")
     return 0

@@ -1,4 +1,10 @@
-"""``vmopt sweep``: run a grid of configurations over traces or workloads, in parallel."""
+"""``vmopt sweep``: run a grid of configurations over traces or workloads, in parallel.
+
+Each point prints its line as it finishes. A point that fails (a bad trace)
+is listed on stderr and the others still run and are written; the exit
+status is then 2. Ctrl-C stops the running points at once and writes the
+finished ones, marked ``partial`` in sweep.json; the exit status is 130.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,15 @@ import argparse
 import sys
 from typing import Any
 
+from vmopt.cli.outputs import check_dir
 from vmopt.cli.simulate import add_input_args, input_from_args
 from vmopt.errors import ConfigError
 from vmopt.sim.sweep import parse_grid, run_sweep, write_results
 
 __all__ = ["register", "run"]
+
+EXIT_FAILED_POINTS = 2
+EXIT_INTERRUPTED = 130
 
 
 def register(sub: Any) -> None:
@@ -29,21 +39,46 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
+def _line(result: dict[str, Any], keys: list[str]) -> str:
+    shown = " ".join(f"{k}={result['params'][k]}" for k in keys)
+    if "error" in result:
+        return f"{result['input']}: {shown}: FAILED: {result['error']}"
+    rep = result["report"]
+    l1 = next(iter(rep["tlb"].values()))
+    return (f"{result['input']}: {shown}: L1 hit rate {100 * l1['hit_rate']:.2f}%,"
+            f" {rep['page_walks']:,} walks, {rep['cycles']['per_access']:.2f} cycles/access")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the grid, print one line per run, write CSV, JSON and a PNG."""
+    """Run the grid, print one line per run as it ends, write CSV, JSON and a PNG of what finished."""
     grid = parse_grid(args.grid)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    check_dir(args.out, "--out")
     inputs = [input_from_args(args, t) for t in args.traces] or [input_from_args(args, None)]
-    results = run_sweep(grid, inputs, config_path=args.config, sets=args.sets, workers=args.workers)
     keys = [k for k, _ in grid]
-    for r in results:
-        rep = r["report"]
-        l1 = next(iter(rep["tlb"].values()))
-        shown = " ".join(f"{k}={r['params'][k]}" for k in keys)
-        print(f"{r['input']}: {shown}: L1 hit rate {100 * l1['hit_rate']:.2f}%,"
-              f" {rep['page_walks']:,} walks, {rep['cycles']['per_access']:.2f} cycles/access")  # fmt: skip
-    for path in write_results(results, keys, args.out):
+
+    def show(result: dict[str, Any]) -> None:
+        stream = sys.stderr if "error" in result else sys.stdout
+        print(_line(result, keys), file=stream, flush=True)
+
+    outcome = run_sweep(
+        grid, inputs, config_path=args.config, sets=args.sets, workers=args.workers, on_result=show
+    )
+    paths = write_results(outcome, keys, args.out)
+    for path in paths:
         print(f"wrote {path}")
     sys.stdout.flush()
+    if outcome.interrupted:
+        print(
+            f"vmopt sweep: interrupted: {len(outcome.finished)} of {outcome.total} points finished;"
+            f" wrote them to {args.out} marked partial",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if outcome.failures:
+        print(f"vmopt sweep: {len(outcome.failures)} of {outcome.total} points failed:", file=sys.stderr)
+        for r in outcome.failures:
+            print(f"  {_line(r, keys)}", file=sys.stderr)
+        return EXIT_FAILED_POINTS
     return 0

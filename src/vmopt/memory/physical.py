@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 from collections.abc import Iterator
 from typing import Final, NoReturn, cast
 
 from vmopt import _core
-from vmopt.errors import AddressError, ConfigError, PhysicalAccessError, ReadOnlyMemoryError
+from vmopt.errors import AddressError, ConfigError, PhysicalAccessError, ReadOnlyMemoryError, bad_input
 from vmopt.memory.buddy import BuddyAllocator
 from vmopt.units import format_size
 
@@ -32,7 +31,6 @@ log = logging.getLogger(__name__)
 FRAME_SHIFT: Final = 12
 FRAME_SIZE: Final = 1 << FRAME_SHIFT
 _FRAME_MASK: Final = FRAME_SIZE - 1
-_U64 = struct.Struct("<Q")
 _SAVE_CHUNK: Final = 16 << 20
 
 #: Block sizes ``alloc`` hands out, mapped to their buddy order.
@@ -53,7 +51,10 @@ def block_size(size: object, what: str) -> int:
         except OverflowError:
             key = None  # negative or past 2**64
     else:
-        key = _SIZES.get(size)  # type: ignore[call-overload]
+        try:
+            key = _SIZES.get(size)  # type: ignore[call-overload]
+        except TypeError:  # unhashable: a list, an array
+            key = None
     if not isinstance(key, int):
         raise ConfigError(f"{what} size must be 4 KiB, 2 MiB or 1 GiB, got {size!r}")
     return key
@@ -117,7 +118,13 @@ class PhysicalMemory:
         ``copy_on_write=True`` the memory is writable but writes stay in this
         process (a private mapping) and the file is never changed.
         """
+        if not isinstance(writable, bool | int) or not isinstance(copy_on_write, bool | int):
+            raise bad_input("PhysicalMemory.from_file", writable=writable, copy_on_write=copy_on_write)
         mode = "cow" if copy_on_write else "w" if writable else "r"
+        if not isinstance(path, str | os.PathLike):
+            raise bad_input("PhysicalMemory.from_file", path=path)
+        if os.path.isdir(path):
+            raise ConfigError(f"memory image {os.fspath(path)!r} is a directory, not a file")
         mem = cls.__new__(cls)
         mem._attach(_core.PhysMem.from_file(os.fspath(path), mode))
         log.debug("mapped image %s (%s, mode %s)", path, format_size(mem.size), mode)
@@ -146,6 +153,8 @@ class PhysicalMemory:
 
     def contains(self, pa: int, n: int = 1) -> bool:
         """True if ``[pa, pa+n)`` lies inside this memory."""
+        if not (isinstance(pa, int) and isinstance(n, int)):
+            raise bad_input("contains", pa=pa, n=n)
         return self.base <= pa and pa + n <= self.end
 
     def _access_error(self, pa: object, n: object) -> PhysicalAccessError:
@@ -175,9 +184,22 @@ class PhysicalMemory:
         raise self._access_error(pa, n)
 
     def write(self, pa: int, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data`` (bytes or any buffer) at physical address ``pa``."""
-        n = len(data)
-        if isinstance(pa, int):
+        """Write ``data`` (bytes or any buffer) at physical address ``pa``.
+
+        Every byte of the buffer is written: a 3-element uint64 array is 24
+        bytes, a non-contiguous array its elements in C order.
+        """
+        if type(data) is bytes:
+            n = len(data)
+        else:
+            try:
+                view = memoryview(data)
+            except TypeError:
+                raise bad_input("PhysicalMemory.write", data=data) from None
+            n = view.nbytes
+            if not view.c_contiguous:
+                data = view.tobytes()
+        if isinstance(pa, int) and not isinstance(pa, bool):
             try:
                 self.core.write(pa, data)
                 return
@@ -191,24 +213,29 @@ class PhysicalMemory:
             return self.core.read_u64(pa)
         except OverflowError:
             raise self._word_error(pa) from None
+        except TypeError:
+            raise bad_input("read_u64", pa=pa) from None
 
     def write_u64(self, pa: int, value: int) -> None:
         """Write a little-endian 64-bit word; ``pa`` must be 8-byte aligned."""
         try:
             self.core.write_u64(pa, value)
+        except TypeError:
+            raise bad_input("write_u64", pa=pa, value=value) from None
         except OverflowError:
             if not 0 <= pa < 1 << 64:  # else the value does not fit
                 raise self._word_error(pa) from None
             self.core.read_u64(pa)  # the address's own error, if any
             if not self.writable:
                 raise ReadOnlyMemoryError(f"memory is read-only; 8-byte write at {pa:#x} refused") from None
-            _U64.pack(value)  # raises struct.error, as packing the word did
-            raise
+            raise AddressError(f"write_u64 at {pa:#x}: value {value!r} does not fit in 64 bits") from None
 
     def frame_is_zero(self, pa: int) -> bool:
         """True if the 4 KiB frame at ``pa`` holds only zeros."""
         try:
             return self.core.frame_is_zero(pa)
+        except TypeError:
+            raise bad_input("frame_is_zero", pa=pa) from None
         except OverflowError:
             raise self._access_error(pa & ~_FRAME_MASK, FRAME_SIZE) from None
 
@@ -234,6 +261,16 @@ class PhysicalMemory:
         """Write the memory as a raw image (a sparse file: untouched frames are holes)."""
         if self.base:
             raise ConfigError(f"only memory based at 0 can be saved as an image, base is {self.base:#x}")
+        if not isinstance(path, str | os.PathLike):
+            raise bad_input("PhysicalMemory.save", path=path)
+        try:
+            self._save(path)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot save memory image to {os.fspath(path)!r}: {exc.strerror or exc}"
+            ) from exc
+
+    def _save(self, path: str | os.PathLike[str]) -> None:
         core = self.core
         with open(path, "wb") as f:
             f.truncate(self.size)

@@ -11,12 +11,18 @@ from pathlib import Path
 from vmopt.errors import ConfigError
 from vmopt.units import format_size
 
-__all__ = ["LOCAL_DISTANCE", "REMOTE_DISTANCE", "NumaConfig"]
+__all__ = ["LOCAL_DISTANCE", "MAX_CPUS", "MAX_NODES", "MAX_NODE_MEMORY", "REMOTE_DISTANCE", "NumaConfig"]
 
 log = logging.getLogger(__name__)
 
 LOCAL_DISTANCE = 10
 REMOTE_DISTANCE = 20
+#: Most NUMA nodes (Linux's x86-64 default MAX_NUMNODES is 64 with NODES_SHIFT 6).
+MAX_NODES = 64
+#: Most vCPUs a topology places (KVM's KVM_MAX_VCPUS on x86-64 is 4096).
+MAX_CPUS = 4096
+#: Most memory per node: 64 TiB (guest memory is sparse, but the allocator covers it all).
+MAX_NODE_MEMORY = 64 << 40
 
 
 @dataclass(frozen=True)
@@ -40,16 +46,31 @@ class NumaConfig:
         n = self.num_nodes
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigError(f"num_nodes must be a positive integer, got {n!r}", field="nodes")
-        sizes = [self.mem_per_node] * n if isinstance(self.mem_per_node, int) else list(self.mem_per_node)
+        if n > MAX_NODES:
+            raise ConfigError(f"num_nodes must be at most {MAX_NODES}, got {n:,}", field="nodes")
+        per = self.mem_per_node
+        if isinstance(per, int):
+            sizes = [per] * n
+        elif isinstance(per, Sequence) and not isinstance(per, str | bytes):
+            sizes = list(per)
+        else:
+            raise ConfigError(
+                f"mem_per_node must be a size in bytes or a list of sizes, got {per!r}", field="mem_per_node"
+            )
         if len(sizes) != n:
             raise ConfigError(
                 f"mem_per_node lists {len(sizes)} sizes for {n} nodes: {self.mem_per_node!r}",
                 field="mem_per_node",
             )
         for i, size in enumerate(sizes):
-            if not isinstance(size, int) or size <= 0 or size % 4096:
+            if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % 4096:
                 raise ConfigError(
                     f"node {i} memory must be a positive multiple of 4096, got {size!r}", field="mem_per_node"
+                )
+            if size > MAX_NODE_MEMORY:
+                raise ConfigError(
+                    f"node {i} memory must be at most {format_size(MAX_NODE_MEMORY)}, got {size:,} bytes",
+                    field="mem_per_node",
                 )
         object.__setattr__(self, "mem_per_node", tuple(sizes))
         if self.distances is None:
@@ -57,7 +78,10 @@ class NumaConfig:
                 tuple(LOCAL_DISTANCE if i == j else REMOTE_DISTANCE for j in range(n)) for i in range(n)
             )
         else:
-            dist = tuple(tuple(row) for row in self.distances)
+            rows = self.distances
+            if not isinstance(rows, Sequence) or not all(isinstance(r, Sequence) for r in rows):
+                raise ConfigError(f"distances must be a {n}x{n} matrix, got {rows!r}", field="distances")
+            dist = tuple(tuple(row) for row in rows)
             if len(dist) != n or any(len(row) != n for row in dist):
                 raise ConfigError(
                     f"distances must be a {n}x{n} matrix, got {self.distances!r}", field="distances"
@@ -76,9 +100,22 @@ class NumaConfig:
                             f"distance [{i}][{j}] must be greater than {LOCAL_DISTANCE}, got {d}", field=at
                         )
         object.__setattr__(self, "distances", dist)
-        if not isinstance(self.cpus_per_node, int) or self.cpus_per_node < 1:
+        if (
+            not isinstance(self.cpus_per_node, int)
+            or isinstance(self.cpus_per_node, bool)
+            or self.cpus_per_node < 1
+        ):
             raise ConfigError(f"cpus_per_node must be a positive integer, got {self.cpus_per_node!r}")
+        if self.cpu_nodes is None and n * self.cpus_per_node > MAX_CPUS:
+            raise ConfigError(
+                f"{n} nodes x {self.cpus_per_node} cpus_per_node is more than {MAX_CPUS} vCPUs",
+                field="cpus_per_node",
+            )
         if self.cpu_nodes is not None:
+            if not isinstance(self.cpu_nodes, Sequence):
+                raise ConfigError(f"cpu_nodes must list node ids in [0, {n}), got {self.cpu_nodes!r}")
+            if len(self.cpu_nodes) > MAX_CPUS:
+                raise ConfigError(f"cpu_nodes places {len(self.cpu_nodes):,} vCPUs; at most {MAX_CPUS}")
             nodes = tuple(self.cpu_nodes)
             if not nodes or any(not isinstance(x, int) or not 0 <= x < n for x in nodes):
                 raise ConfigError(f"cpu_nodes must list node ids in [0, {n}), got {self.cpu_nodes!r}")
@@ -109,6 +146,9 @@ class NumaConfig:
 
     def distance(self, a: int, b: int) -> int:
         """SLIT distance from node ``a`` to node ``b``."""
+        n = self.num_nodes
+        if not all(isinstance(x, int) and 0 <= x < n for x in (a, b)):
+            raise ConfigError(f"distance({a!r}, {b!r}): nodes must be in [0, {n})")
         return self.distances[a][b]  # type: ignore[index]
 
     def describe(self) -> str:
@@ -122,6 +162,8 @@ class NumaConfig:
     @classmethod
     def from_host(cls, root: str | os.PathLike[str] = "/sys/devices/system/node") -> NumaConfig:
         """The host's topology from sysfs; one node of the host's memory where that fails."""
+        if not isinstance(root, str | os.PathLike):
+            raise ConfigError(f"from_host: root must be a path, got {root!r}")
         base = Path(root)
         try:
             dirs = sorted(

@@ -14,7 +14,7 @@ import math
 import threading
 
 from vmopt import _core
-from vmopt.errors import AddressError, ConfigError, OutOfFramesError
+from vmopt.errors import AddressError, ConfigError, OutOfFramesError, bad_input
 from vmopt.memory.buddy import BuddyAllocator
 from vmopt.memory.physical import FRAME_SHIFT, FRAME_SIZE, PhysicalMemory, block_size
 from vmopt.numa.config import NumaConfig
@@ -34,6 +34,8 @@ class NumaMemory(PhysicalMemory):
     """
 
     def __init__(self, config: NumaConfig) -> None:
+        if not isinstance(config, NumaConfig):
+            raise bad_input("NumaMemory", config=config)
         try:
             core = _core.PhysMem.new_numa(list(config.node_sizes))
         except OverflowError:  # a node past 2**64
@@ -77,11 +79,11 @@ class NumaMemory(PhysicalMemory):
 
     def used_bytes(self, node: int) -> int:
         """Bytes allocated on ``node``."""
-        return self.nodes[node].used_pages << FRAME_SHIFT
+        return self.nodes[self._check_node(node)].used_pages << FRAME_SHIFT
 
     def usage(self, node: int) -> float:
         """Fraction of ``node`` in use, in [0, 1]."""
-        a = self.nodes[node]
+        a = self.nodes[self._check_node(node)]
         return a.used_pages / a.total_pages
 
     def alloc(self, size: int = FRAME_SIZE, node: int | None = None) -> int:
@@ -93,6 +95,11 @@ class NumaMemory(PhysicalMemory):
     def alloc_policy(self, size: int, policy: MemPolicy, index: int, local: int) -> int:
         """A zeroed block for page ``index`` of a region under ``policy``, first touched from ``local``."""
         size = block_size(size, "block")
+        if not isinstance(policy, MemPolicy):
+            raise bad_input("alloc_policy", policy=policy)
+        if not (isinstance(index, int) and isinstance(local, int)):
+            raise bad_input("alloc_policy", index=index, local=local)
+        self._check_node(local)
         nodes = self.placement(policy, index, local)
         got = self.core.try_alloc_on(nodes, size)
         if got is None:

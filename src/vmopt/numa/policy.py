@@ -19,6 +19,8 @@ MODES = ("local", "bind", "preferred", "preferred_many", "interleave", "weighted
 
 
 def _nodes(nodes: Iterable[int], what: str) -> tuple[int, ...]:
+    if isinstance(nodes, str | bytes) or not isinstance(nodes, Iterable):
+        raise ConfigError(f"{what} needs a non-empty set of node ids, got {nodes!r}")
     out = tuple(nodes)
     if not out or any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in out):
         raise ConfigError(f"{what} needs a non-empty set of node ids, got {out!r}")
@@ -36,7 +38,7 @@ class MemPolicy:
     weights: tuple[tuple[int, int], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
+        if not isinstance(self.mode, str) or self.mode not in MODES:
             raise ConfigError(f"unknown mempolicy mode {self.mode!r}; expected one of {', '.join(MODES)}")
 
     # -- constructors ----------------------------------------------------------------
@@ -69,6 +71,8 @@ class MemPolicy:
     @classmethod
     def weighted_interleave(cls, weights: Mapping[int, int]) -> MemPolicy:
         """MPOL_WEIGHTED_INTERLEAVE: node ``n`` gets ``weights[n]`` pages of every round (1..255)."""
+        if not isinstance(weights, Mapping):
+            raise ConfigError(f"weighted_interleave needs a {{node: weight}} mapping, got {weights!r}")
         nodes = _nodes(weights.keys(), "weighted_interleave")
         for node in nodes:
             w = weights[node]
@@ -84,6 +88,8 @@ class MemPolicy:
     @classmethod
     def parse(cls, text: str) -> MemPolicy:
         """``'interleave:0,1'``, ``'weighted_interleave:0=3,1=1'``, ``'bind:1'``, ``'local'``..."""
+        if not isinstance(text, str):
+            raise ConfigError(f"mempolicy must be a string such as 'local' or 'interleave:0,1', got {text!r}")
         mode, _, arg = text.strip().partition(":")
         try:
             if mode in ("local", "balanced") and not arg:
@@ -112,6 +118,8 @@ class MemPolicy:
 
     def check(self, num_nodes: int) -> None:
         """Raise if the policy names a node the topology lacks."""
+        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int):
+            raise ConfigError(f"mempolicy check: num_nodes must be an int, got {num_nodes!r}")
         bad = [n for n in self.nodes if n >= num_nodes]
         if bad:
             raise ConfigError(f"mempolicy {self} names node(s) {bad}, but the guest has {num_nodes} nodes")

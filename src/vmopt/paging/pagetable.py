@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final
 
 from vmopt import _core
-from vmopt.errors import AddressError, ConfigError, MappingError
+from vmopt.errors import AddressError, ConfigError, MappingError, VmoptError, bad_input
 from vmopt.memory.physical import FRAME_SIZE, PhysicalMemory
 from vmopt.paging.format import CoreFormat, PagingFormat
 from vmopt.paging.riscv import RiscV
-from vmopt.paging.types import Leaf, Mapping, PageFault, Perm, Translation
+from vmopt.paging.types import Leaf, PageFault, Perm, Translation
 from vmopt.paging.x86 import X86_64
 from vmopt.units import format_size
 
@@ -63,6 +63,14 @@ def _is_u64(value: object) -> bool:
     return isinstance(value, int) and 0 <= value < _U64_LIMIT
 
 
+def _max_tables(n: object) -> int | None:
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < _U64_LIMIT:
+        raise ConfigError(f"max_tables must be a positive int or None, got {n!r}")
+    return n
+
+
 class PageTable:
     """One guest address space: a tree of page tables rooted at ``root``.
 
@@ -78,6 +86,8 @@ class PageTable:
         update_ad: bool | None = None,
         _root: int | None = None,
     ) -> None:
+        if not isinstance(mem, PhysicalMemory):
+            raise bad_input("PageTable", mem=mem)
         self.mem = mem
         self.fmt = make_format(fmt)
         if not isinstance(self.fmt, CoreFormat):
@@ -109,7 +119,7 @@ class PageTable:
         update_ad: bool | None = None,
     ) -> PageTable:
         """Open page tables that already exist in ``mem`` at ``root``."""
-        if not _is_u64(root):
+        if not _is_u64(root) or isinstance(root, bool):
             raise AddressError(f"page-table root must be a 4 KiB aligned address inside memory, got {root!r}")
         return cls(mem, fmt, update_ad=update_ad, _root=root)
 
@@ -141,6 +151,8 @@ class PageTable:
         Callbacks run after the core has shot down its own subscribers.
         """
         ref: weakref.ref[Invalidation]
+        if not callable(callback):
+            raise bad_input("subscribe", callback=callback)
         if hasattr(callback, "__self__"):
             ref = weakref.WeakMethod(callback)
         else:
@@ -152,7 +164,9 @@ class PageTable:
     def unsubscribe(self, callback: Invalidation) -> None:
         """Stop calling ``callback``."""
         with self._sub_lock:
-            self._subscribers = [r for r in self._subscribers if r() not in (None, callback)]
+            self._subscribers = [
+                r for r in self._subscribers if (cb := r()) is not None and cb is not callback
+            ]
 
     def _notify(self) -> None:
         """Pass the shootdowns the core recorded to the Python callbacks."""
@@ -193,7 +207,12 @@ class PageTable:
 
     def batch_lookup(self, vaddrs: Any) -> list[Leaf | None]:
         """:meth:`lookup` for each address, in order (entries or None)."""
-        out: list[Leaf | None] = self.core.batch_lookup(vaddrs)
+        try:
+            out: list[Leaf | None] = self.core.batch_lookup(vaddrs)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, VmoptError):
+                raise
+            raise bad_input("batch_lookup", exc, vaddrs=vaddrs) from None
         return out
 
     def walk_path(self, va: int) -> list[tuple[int, int, int]]:
@@ -287,7 +306,9 @@ class PageTable:
             bits = self._perm_bits(perms)
         try:
             self.core.map(va, pa, size, bits, user, global_)
-        except _NOT_U64:
+        except _NOT_U64 as exc:
+            if isinstance(exc, VmoptError):
+                raise
             self._check_page_size(size)
             self._reject_map(va, pa, size)
             raise
@@ -295,7 +316,12 @@ class PageTable:
     def map_trusted(self, va: int, pa: int, size: int, perms: Perm, user: bool = False) -> None:
         """:meth:`map` for callers that validated the request already (the facade's demand
         paging, whose regions were checked at ``allocate``); overlap is still refused."""
-        self.core.map_trusted(va, pa, size, int(perms), user)
+        try:
+            self.core.map_trusted(va, pa, size, int(perms), user)
+        except (TypeError, OverflowError, ValueError) as exc:
+            if isinstance(exc, VmoptError):
+                raise
+            raise bad_input("map_trusted", exc, va=va, pa=pa, size=size, perms=perms) from None
 
     def map_range(
         self,
@@ -319,7 +345,9 @@ class PageTable:
         bits = self._perm_bits(perms)
         try:
             self.core.map_range(va, pa, length, page_size, bits, user, global_)
-        except _NOT_U64:
+        except _NOT_U64 as exc:
+            if isinstance(exc, VmoptError):
+                raise
             self._check_va(va, length)
             self._reject_map(va, pa, page_size)
             raise
@@ -334,7 +362,9 @@ class PageTable:
         """
         try:
             self.core.unmap(va, size)
-        except _NOT_U64:
+        except _NOT_U64 as exc:
+            if isinstance(exc, VmoptError):
+                raise
             self._check_edit_size("unmap", size)
             self._check_va(va, size)
             raise
@@ -346,7 +376,9 @@ class PageTable:
         bits = self._perm_bits(perms)
         try:
             self.core.protect(va, size, bits)
-        except _NOT_U64:
+        except _NOT_U64 as exc:
+            if isinstance(exc, VmoptError):
+                raise
             self._check_edit_size("protect", size)
             self._check_va(va, size)
             raise
@@ -365,7 +397,11 @@ class PageTable:
             else:
                 bits = self._perm_bits(perms)
             self.core.remap(va, pa, size, bits)
-        except _NOT_U64:
+        except _NOT_U64 as exc:
+            if isinstance(exc, VmoptError):
+                raise
+            if not (isinstance(va, int) and isinstance(pa, int) and isinstance(size, int)):
+                raise bad_input("remap", va=va, pa=pa, size=size) from None
             if not self._is_page(va, size):
                 raise MappingError(f"no {format_size(size)} page is mapped at {va:#x}") from None
             if perms is not None:
@@ -389,6 +425,8 @@ class PageTable:
 
     def invalidate(self, va: int, size: int) -> None:
         """Announce an edit made behind vmopt's back (e.g. by writing PTEs directly)."""
+        if not (isinstance(va, int) and isinstance(size, int)):
+            raise bad_input("invalidate", va=va, size=size)
         self.core.invalidate(va & _U64_MASK, size & _U64_MASK)
         self._notify()
 
@@ -407,23 +445,37 @@ class PageTable:
         None when no node has room (the caller words the error); the block is
         freed again if the mapping is refused.
         """
-        placed: tuple[int, int] | None = self.core.install(va, size, nodes, data, int(perms), user)
+        try:
+            placed: tuple[int, int] | None = self.core.install(va, size, nodes, data, int(perms), user)
+        except (TypeError, OverflowError, ValueError) as exc:
+            if isinstance(exc, VmoptError):
+                raise
+            raise bad_input("install", exc, va=va, size=size, nodes=nodes, data=data, perms=perms) from None
         return placed
 
     # -- enumeration ----------------------------------------------------------------
 
-    def leaves(self) -> Iterator[tuple[int, Leaf, Perm, bool, bool]]:
-        """Every leaf in VA order: (va, leaf, effective perms, effective user, global)."""
-        it: Iterator[tuple[int, Leaf, Perm, bool, bool]] = self.core.leaves()
+    def leaves(self, *, max_tables: int | None = None) -> _core.LeafIter:
+        """Every leaf in VA order: (va, leaf, effective perms, effective user, global).
+
+        A streaming iterator, bounded for any memory contents: a table entry
+        pointing back at a table on its own path is not descended (and, not
+        being a leaf, not listed; :meth:`mappings` shows it), and at most
+        ``max_tables`` tables are read (the iterator's ``truncated`` tells).
+        """
+        it: _core.LeafIter = self.core.leaves(_max_tables(max_tables))
         return it
 
-    def mappings(self) -> Iterator[Mapping]:
-        """The address space as coalesced regions, like QEMU's ``info mem``.
+    def mappings(self, *, max_tables: int | None = None) -> _core.MappingIter:
+        """The address space as coalesced regions, like QEMU's ``info mem`` (streamed).
 
         Adjacent pages merge when they are contiguous in both VA and PA and
-        share perms, user, global and page size.
+        share perms, user, global and page size. A table entry pointing back
+        at a table on its own path (a self-map) is one ``recursive`` region,
+        not descended. At most ``max_tables`` tables are read; the iterator's
+        ``truncated`` is then True.
         """
-        it: Iterator[Mapping] = self.core.mappings()
+        it: _core.MappingIter = self.core.mappings(_max_tables(max_tables))
         return it
 
     def table_frames(self) -> list[int]:
@@ -435,8 +487,10 @@ class PageTable:
 
     def read_virt(self, va: int, n: int, *, user: bool = False) -> bytes:
         """Read ``n`` bytes at guest-virtual ``va``; faults at the first bad page."""
-        if not isinstance(n, int) or n < 0:
+        if not isinstance(n, int) or n < 0 or n >= _U64_LIMIT:
             raise AddressError(f"length must be a non-negative int, got {n!r}")
+        if not isinstance(va, int):
+            raise bad_input("read_virt", va=va)
         if not n:
             return b""
         data: bytes = self.core.read_virt(va & _U64_MASK, n, user)
@@ -444,7 +498,12 @@ class PageTable:
 
     def write_virt(self, va: int, data: bytes | bytearray | memoryview, *, user: bool = False) -> None:
         """Write ``data`` at guest-virtual ``va``; every page is checked before any byte is written."""
-        raw = data if type(data) is bytes else memoryview(data).cast("B").tobytes()
+        if not isinstance(va, int):
+            raise bad_input("write_virt", va=va)
+        try:
+            raw = data if type(data) is bytes else memoryview(data).tobytes()
+        except TypeError:
+            raise bad_input("write_virt", data=data) from None
         if raw:
             self.core.write_virt(va & _U64_MASK, raw, user)
 

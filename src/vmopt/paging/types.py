@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import numbers
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -22,19 +23,43 @@ __all__ = [
 ]
 
 Access = Literal["r", "w", "x"]
-FaultCause = Literal["not_present", "protection", "reserved", "non_canonical", "misaligned"]
+FaultCause = Literal[
+    "not_present", "protection", "reserved", "non_canonical", "misaligned", "table_outside_memory"
+]
 
 ACCESS_KINDS: Final = ("r", "w", "x")
-FAULT_CAUSES: Final = ("not_present", "protection", "reserved", "non_canonical", "misaligned")
+FAULT_CAUSES: Final = (
+    "not_present",
+    "protection",
+    "reserved",
+    "non_canonical",
+    "misaligned",
+    "table_outside_memory",
+)
 
 
-class Perm(enum.IntFlag):
+class _PermType(enum.EnumType):
+    """Refuses a non-int value before the enum machinery compares it (an array would be ambiguous)."""
+
+    def __call__(cls, value: object, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+        if not args and not kwargs and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise ConfigError(f"Perm takes an int of R|W|X bits (0..7), got {value!r:.80}")
+        return super().__call__(value, *args, **kwargs)  # type: ignore[call-overload]
+
+
+class Perm(enum.IntFlag, metaclass=_PermType):
     """Page permissions: read, write, execute."""
 
     NONE = 0
     R = 4
     W = 2
     X = 1
+
+    @classmethod
+    def _missing_(cls, value: object) -> Perm:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return super()._missing_(value)  # type: ignore[no-any-return]
+        raise ConfigError(f"Perm takes an int of R|W|X bits (0..7), got {value!r}")
 
     @classmethod
     def parse(cls, text: str | Perm) -> Perm:
@@ -123,7 +148,12 @@ class Leaf:
 
 @dataclass(frozen=True, slots=True)
 class Mapping:
-    """A run of virtually and physically contiguous pages with equal attributes."""
+    """A run of virtually and physically contiguous pages with equal attributes.
+
+    ``recursive`` marks a table entry that points back at a table on its own
+    path (a self-map): ``pa`` is that table and ``size`` the entry's span;
+    listings show it once and do not descend it.
+    """
 
     va: int
     pa: int
@@ -132,9 +162,15 @@ class Mapping:
     page_size: int
     user: bool
     global_: bool
+    recursive: bool = False
 
     def __str__(self) -> str:
         flags = ("u" if self.user else "s") + ("g" if self.global_ else "-")
+        if self.recursive:
+            return (
+                f"{self.va:016x}-{self.va + self.size:016x} {self.size:016x}"
+                f" {perms_str(self.perms)}{flags} -> {self.pa:012x} (recursive: table on its own path)"
+            )
         return (
             f"{self.va:016x}-{self.va + self.size:016x} {self.size:016x}"
             f" {perms_str(self.perms)}{flags} -> {self.pa:012x} ({page_size_name(self.page_size)})"

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from vmopt.errors import ConfigError
 from vmopt.fetching.concurrency import ConcurrencyConfig
-from vmopt.numa.config import LOCAL_DISTANCE, NumaConfig
+from vmopt.numa.config import LOCAL_DISTANCE, MAX_CPUS, MAX_NODES, NumaConfig
 from vmopt.numa.policy import MemPolicy
 from vmopt.paging import FORMATS
 from vmopt.tlb.config import DEFAULT_TLB_LEVELS, PrefetchConfig, PwcConfig, TlbConfig
@@ -49,6 +49,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PAGE_SIZES: Final = {4096: "4K", 2 << 20: "2M", 1 << 30: "1G"}
+#: Most TLB levels ([tlb.l1] .. [tlb.l8]).
+MAX_TLB_LEVELS: Final = 8
+#: Most cycles of a modelled cost (one PTE read, one lookup).
+MAX_CYCLES: Final = 1 << 20
 ARRAY_KEYS: Final = ("entries", "ways", "policy", "page_sizes", "latency")
 #: A TLB array's defaults (entries and ways have none).
 _ARRAY: Final = TlbConfig(1, 1)
@@ -116,11 +120,13 @@ def _keyed(prefix: str) -> Iterator[None]:
 # -- small validators -------------------------------------------------------------------------
 
 
-def _int(key: str, value: Any, minimum: int | None = 0) -> int:
+def _int(key: str, value: Any, minimum: int | None = 0, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{key}: must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key}: must be at most {maximum:,}, got {value:,}")
     return value
 
 
@@ -189,7 +195,7 @@ class PagingSection:
     def __post_init__(self) -> None:
         _str("paging.format", self.format, FORMATS)
         _page_size("paging.page_size", self.page_size)
-        _int("paging.walk_ref_cycles", self.walk_ref_cycles)
+        _int("paging.walk_ref_cycles", self.walk_ref_cycles, 0, MAX_CYCLES)
 
 
 @dataclass(frozen=True)
@@ -306,6 +312,8 @@ class NumaSection:
     cpus: int = 0
 
     def __post_init__(self) -> None:
+        _int("numa.nodes", self.nodes, 1, MAX_NODES)
+        _int("numa.cpus", self.cpus, 0, MAX_CPUS)
         self.numa_config(1)
         try:
             MemPolicy.parse(_str("numa.policy", self.policy)).check(self.nodes)
@@ -339,9 +347,18 @@ class SimConfig:
     def __post_init__(self) -> None:
         if not self.tlb:
             raise ConfigError("tlb: at least one level ([tlb.l1]) is required")
+        page = self.paging.page_size
         for i, level in enumerate(self.tlb):
             if level.name != f"l{i + 1}":
                 raise ConfigError(f"tlb.{level.name}: levels must be named l1, l2, ... in order")
+            arrays = (level.main, *(a for _, a in level.split))
+            if not any(size <= page for arr in arrays for size in arr.page_sizes):
+                held = sorted({size_name(size) for arr in arrays for size in arr.page_sizes})
+                raise ConfigError(
+                    f"tlb.{level.name}.page_sizes: {held} can never hold the {size_name(page)} pages"
+                    f" paging.page_size maps (a page is cached as a listed size no larger than it),"
+                    f" so every lookup would miss; add {size_name(page)!r}"
+                )
 
     def tlb_levels(self) -> list[list[TlbConfig]]:
         """The hierarchy as :class:`~vmopt.tlb.Mmu` takes it."""
@@ -429,9 +446,11 @@ def from_raw(raw: Mapping[str, Any]) -> SimConfig:
     paging = PagingSection(
         _str("paging.format", p.get("format", dp.format), FORMATS),
         _page_size("paging.page_size", p.get("page_size", dp.page_size)),
-        _int("paging.walk_ref_cycles", p.get("walk_ref_cycles", dp.walk_ref_cycles)),
+        _int("paging.walk_ref_cycles", p.get("walk_ref_cycles", dp.walk_ref_cycles), 0, MAX_CYCLES),
     )
     t = _table("tlb", raw.get("tlb", {}))
+    if len(t) > MAX_TLB_LEVELS:
+        raise ConfigError(f"tlb: at most {MAX_TLB_LEVELS} levels, got {len(t)}")
     names = sorted(t, key=lambda n: (len(n), n))
     for n in names:
         if not (n.startswith("l") and n[1:].isdigit()):
@@ -443,7 +462,7 @@ def from_raw(raw: Mapping[str, Any]) -> SimConfig:
     pwc = PwcSection(**w)
     m = _section(raw, "numa", ("nodes", "mem_per_node", "distances", "policy", "cpus"))
     dn = NumaSection()
-    nodes = _int("numa.nodes", m.get("nodes", dn.nodes), 1)
+    nodes = _int("numa.nodes", m.get("nodes", dn.nodes), 1, MAX_NODES)
     mem = m.get("mem_per_node", dn.mem_per_node[0])
     mem_list = [_size("numa.mem_per_node", x) for x in mem] if isinstance(mem, list) else [
         _size("numa.mem_per_node", mem)] * nodes  # fmt: skip
@@ -459,7 +478,7 @@ def from_raw(raw: Mapping[str, Any]) -> SimConfig:
         tuple(mem_list),
         dist,
         _str("numa.policy", m.get("policy", dn.policy)),
-        _int("numa.cpus", m.get("cpus", dn.cpus)),
+        _int("numa.cpus", m.get("cpus", dn.cpus), 0, MAX_CPUS),
     )
     cfields = [fl.name for fl in fields(ConcurrencyConfig)]
     c = _section(raw, "concurrency", cfields)
@@ -473,6 +492,8 @@ def from_raw(raw: Mapping[str, Any]) -> SimConfig:
 
 def parse_value(text: str) -> Any:
     """A ``--set`` value: a TOML value (``64``, ``true``, ``["4K", "2M"]``, ``"lru"``) or a bare string."""
+    if text.count("[") + text.count("{") > MAX_CONFIG_NESTING:
+        raise ConfigError(f"value {text[:40]!r}...: arrays or tables nested deeper than {MAX_CONFIG_NESTING}")
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -503,15 +524,47 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
             base[k] = copy.deepcopy(v)
 
 
+#: Largest configuration file read (a real one is a few KiB).
+MAX_CONFIG_BYTES: Final = 1 << 20
+#: Deepest nesting of ``[`` and ``{`` a configuration file may have (tomllib recurses per level).
+MAX_CONFIG_NESTING: Final = 32
+
+
+def _read_toml(path: str | Path) -> dict[str, Any]:
+    """The TOML file at ``path``; every failure is a ConfigError naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"--config {str(path)!r}: cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--config {str(path)!r}: larger than {MAX_CONFIG_BYTES:,} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"--config {str(path)!r}: not UTF-8 text (byte {exc.start}: {raw[exc.start]:#04x})"
+        ) from exc
+    depth = most = 0
+    for ch in text:  # brackets inside strings count too: a bound, not a parser
+        if ch in "[{":
+            depth += 1
+            most = max(most, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    if most > MAX_CONFIG_NESTING:
+        raise ConfigError(f"--config {str(path)!r}: arrays or tables nested deeper than {MAX_CONFIG_NESTING}")
+    try:
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
 def load_raw(path: str | Path | None = None, sets: Iterable[str] = ()) -> dict[str, Any]:
     """Defaults, merged with the file at ``path`` (its ``[tlb]`` replaces the default), then ``sets``."""
     raw = default_raw()
     if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+        data = _read_toml(path)
         if "tlb" in data:
             raw["tlb"] = {}
         if "numa" in data and "nodes" in data["numa"] and "distances" not in data["numa"]:

@@ -6,6 +6,7 @@ on any incompatible change (adding keys is compatible).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from pathlib import Path
@@ -14,11 +15,23 @@ from typing import IO, Any, Final
 from vmopt.sim.driver import SimResult
 from vmopt.units import format_size
 
-__all__ = ["SCHEMA_VERSION", "build_report", "render_report", "write_json"]
+__all__ = [
+    "FAULT_WARNING_SHARE",
+    "SCHEMA_VERSION",
+    "build_report",
+    "header",
+    "render_report",
+    "report_warnings",
+    "write_json",
+]
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 1
+#: Warn when more than this share of the accesses faulted (and so were not served).
+FAULT_WARNING_SHARE: Final = 0.5
+#: Virtual-address bits of each paging format, for the fault warning's hint.
+_VA_BITS: Final = {"x86_64": 48, "x86_64_5level": 57, "sv39": 39, "sv48": 48, "sv57": 57}
 
 
 def _rate(num: int, den: int) -> float:
@@ -122,19 +135,62 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def report_warnings(report: dict[str, Any]) -> list[str]:
+    """What looks wrong about a run, each with its likely cause (empty when nothing does)."""
+    out = []
+    accesses, failed = report["accesses"], report["faults"]["failed_accesses"]
+    if accesses and failed > FAULT_WARNING_SHARE * accesses:
+        src = report["source"]
+        fmt = report["config"]["paging"]["format"]
+        hints = []
+        if src.get("kind") == "trace":
+            hints.append(
+                f"the trace was read as format {src.get('format')!r}: give --format if that is wrong"
+                " (random or text bytes read as a raw trace are random addresses)"
+            )
+        bits = _VA_BITS.get(fmt)
+        if bits is not None:
+            hints.append(
+                f"paging.format is {fmt}: addresses must be canonical {bits}-bit ones, and the"
+                " input's may not be"
+            )
+        out.append(
+            f"{failed:,} of {accesses:,} accesses ({_pct(failed / accesses)}) faulted and were not served;"
+            " likely cause: " + "; or ".join(hints)
+        )
+    return out
+
+
+def header(report: dict[str, Any]) -> str:
+    """The report's first line: input, access counts and the vCPUs that played it."""
+    src = report["source"]
+    k = report["kinds"]
+    cpus = report["cpus"]
+    asked = src.get("params", {}).get("cpus") if src.get("kind") == "workload" else None
+    where = f"on {cpus} vCPU(s)"
+    if isinstance(asked, int) and asked != cpus:
+        where += f" (numa.cpus sets {cpus}; the workload's accesses come from {asked} of them)"
+    return (
+        f"{src.get('description', src.get('name'))} — {report['accesses']:,} accesses ({k['read']:,} reads,"
+        f" {k['write']:,} writes, {k['fetch']:,} fetches) {where}"
+    )
+
+
 def render_report(report: dict[str, Any], file: IO[str] | None = None) -> None:
-    """Print the report as rich tables (plain text when ``file`` is not a terminal)."""
+    """Print the report as rich tables (plain text when ``file`` is not a terminal).
+
+    A closed ``file`` raises :class:`BrokenPipeError` (rich would exit the process instead).
+    """
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=file, width=None if file is None or file.isatty() else 100)
-    src = report["source"]
-    k = report["kinds"]
-    console.print(
-        f"[bold]vmopt simulate[/bold]: {src.get('description', src.get('name'))} — "
-        f"{report['accesses']:,} accesses ({k['read']:,} reads, {k['write']:,} writes, "
-        f"{k['fetch']:,} fetches) on {report['cpus']} vCPU(s)"
-    )
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, "the report's reader closed the pipe")
+
+    console = _Console(file=file, width=None if file is None or file.isatty() else 100)
+    console.print(f"[bold]vmopt simulate[/bold]: {header(report)}")
     t = Table(title="TLB hierarchy", title_justify="left")
     for col in ("level", "arrays", "lookups", "hits", "misses", "evictions", "hit rate"):
         t.add_column(col, justify="left" if col in ("level", "arrays") else "right")

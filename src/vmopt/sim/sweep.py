@@ -6,23 +6,28 @@ import csv
 import itertools
 import json
 import logging
+import multiprocessing
 import os
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from vmopt.errors import ConfigError, VmoptError
 from vmopt.sim.config import load_config, parse_value
 from vmopt.sim.run import Input, simulate
 
-__all__ = ["parse_grid", "run_sweep", "write_results"]
+__all__ = ["LEGEND_SERIES", "SweepOutcome", "parse_grid", "run_sweep", "write_results"]
 
 log = logging.getLogger(__name__)
 
+#: Most series the sweep plot labels in a legend (more would cover the plot).
+LEGEND_SERIES: Final = 8
+
 
 def parse_grid(items: Sequence[str]) -> list[tuple[str, list[Any]]]:
-    """``["tlb.l1.entries=16,32"]`` -> ``[("tlb.l1.entries", [16, 32])]``."""
+    """``["tlb.l1.entries=16,32"]`` -> ``[("tlb.l1.entries", [16, 32])]``; a value given twice is refused."""
     grid: list[tuple[str, list[Any]]] = []
     for item in items:
         key, eq, text = item.partition("=")
@@ -32,6 +37,12 @@ def parse_grid(items: Sequence[str]) -> list[tuple[str, list[Any]]]:
         values = [parse_value(v) for v in text.split(",") if v.strip()]
         if not values:
             raise ConfigError(f"--grid {key}: no values")
+        seen: list[str] = []
+        for v in values:
+            shown = json.dumps(v)
+            if shown in seen:
+                raise ConfigError(f"--grid {key}: value {shown} given twice (each point would run twice)")
+            seen.append(shown)
         if any(k == key for k, _ in grid):
             raise ConfigError(f"--grid {key}: given twice")
         grid.append((key, values))
@@ -45,7 +56,46 @@ def _point(job: tuple[str | None, list[str], Input, dict[str, Any]]) -> dict[str
         report = simulate(load_config(config_path, sets), inp)
     except VmoptError as exc:
         return {"error": str(exc), "params": params, "input": inp.label}
+    except OSError as exc:
+        return {
+            "error": f"{exc.strerror or exc}: {exc.filename or inp.label}",
+            "params": params,
+            "input": inp.label,
+        }
     return {"params": params, "input": inp.label, "report": report}
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them (no tracebacks from every worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep produced: finished points in grid order, the failed ones, and whether it was cut short.
+
+    ``results`` holds both (a failure is ``{"error": ..., "params": ..., "input": ...}``);
+    ``total`` is how many points the grid has.
+    """
+
+    results: list[dict[str, Any]]
+    total: int
+    interrupted: bool = False
+
+    @property
+    def finished(self) -> list[dict[str, Any]]:
+        """The points that produced a report."""
+        return [r for r in self.results if "report" in r]
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """The points that failed, each with its error."""
+        return [r for r in self.results if "error" in r]
+
+    @property
+    def partial(self) -> bool:
+        """True if some points are missing (interrupted) or failed."""
+        return self.interrupted or len(self.finished) < self.total
 
 
 def run_sweep(
@@ -55,11 +105,15 @@ def run_sweep(
     config_path: str | None = None,
     sets: Sequence[str] = (),
     workers: int | None = None,
-) -> list[dict[str, Any]]:
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> SweepOutcome:
     """Every (input, grid point) pair, run on ``workers`` processes (default: every core).
 
     The configuration of each point is validated up front, so a bad value
-    fails before any simulation starts.
+    fails before any simulation starts. A point that fails (a bad trace) is
+    recorded with its error and the others still run. ``on_result`` is told
+    of each point as it ends. Ctrl-C stops the running points at once (the
+    workers are terminated) and returns what finished, marked interrupted.
     """
     keys = [k for k, _ in grid]
     jobs = []
@@ -71,15 +125,37 @@ def run_sweep(
             jobs.append((config_path, point_sets, inp, params))
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     log.info("sweep: %d runs on %d workers", len(jobs), workers)
-    if workers == 1:
-        results = [_point(j) for j in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_point, jobs))
-    errors = [r for r in results if "error" in r]
-    if errors:
-        raise ConfigError(f"sweep point {errors[0]['params']} on {errors[0]['input']}: {errors[0]['error']}")
-    return results
+    done: dict[int, dict[str, Any]] = {}
+    interrupted = False
+
+    def record(i: int, result: dict[str, Any]) -> None:
+        done[i] = result
+        if on_result is not None:
+            on_result(result)
+
+    try:
+        if workers == 1:
+            for i, job in enumerate(jobs):
+                record(i, _point(job))
+        else:
+            with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
+                try:
+                    for i, result in pool.imap_unordered(_indexed, list(enumerate(jobs))):
+                        record(i, result)
+                except KeyboardInterrupt:
+                    pool.terminate()
+                    raise
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("sweep interrupted: %d of %d points finished", len(done), len(jobs))
+    return SweepOutcome([done[i] for i in sorted(done)], len(jobs), interrupted)
+
+
+def _indexed(
+    item: tuple[int, tuple[str | None, list[str], Input, dict[str, Any]]],
+) -> tuple[int, dict[str, Any]]:
+    i, job = item
+    return i, _point(job)
 
 
 def _row(result: dict[str, Any], keys: list[str]) -> dict[str, Any]:
@@ -99,11 +175,27 @@ def _row(result: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     return row
 
 
-def write_results(results: list[dict[str, Any]], keys: list[str], out_dir: str | Path) -> list[Path]:
-    """Write sweep.csv, sweep.json and sweep.png (miss rate against the first grid key)."""
+def write_results(
+    results: list[dict[str, Any]] | SweepOutcome, keys: list[str], out_dir: str | Path
+) -> list[Path]:
+    """Write sweep.csv, sweep.json and sweep.png (miss rate against the first grid key).
+
+    Failed points are left out of the CSV and the plot and listed under
+    ``failures`` in the JSON; ``partial`` is true when points failed or the
+    sweep was interrupted.
+    """
+    outcome = results if isinstance(results, SweepOutcome) else SweepOutcome(list(results), len(results))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [_row(r, keys) for r in results]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return _write(outcome, keys, out)
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out)!r}: cannot write: {exc.strerror or exc}") from exc
+
+
+def _write(outcome: SweepOutcome, keys: list[str], out: Path) -> list[Path]:
+    finished = outcome.finished
+    rows = [_row(r, keys) for r in finished]
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
@@ -114,8 +206,18 @@ def write_results(results: list[dict[str, Any]], keys: list[str], out_dir: str |
         writer.writerows(rows)
     json_path = out / "sweep.json"
     with open(json_path, "w", encoding="utf-8") as fh:
-        json.dump({"grid": keys, "runs": results}, fh, indent=2)
+        doc = {
+            "grid": keys,
+            "partial": outcome.partial,
+            "interrupted": outcome.interrupted,
+            "points": outcome.total,
+            "runs": finished,
+            "failures": outcome.failures,
+        }
+        json.dump(doc, fh, indent=2)
         fh.write("\n")
+    if not rows:
+        return [csv_path, json_path]
     png_path = out / "sweep.png"
     _plot(rows, keys, png_path)
     return [csv_path, json_path, png_path]
@@ -145,7 +247,10 @@ def _plot(rows: list[dict[str, Any]], keys: list[str], path: Path) -> None:
     ax.set_xlabel(x_key)
     ax.set_ylabel("miss rate")
     ax.set_title(f"Miss rate against {x_key}")
-    ax.legend(fontsize="small")
+    if len(series) <= LEGEND_SERIES:
+        ax.legend(fontsize="small")
+    else:  # a legend of every series would cover the plot: put it beside, or name the count
+        ax.set_title(f"Miss rate against {x_key} ({len(series)} series; see sweep.csv)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

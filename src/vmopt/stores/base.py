@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 from typing import Protocol, runtime_checkable
 
-from vmopt.errors import ConfigError, VmoptError
+from vmopt.errors import ConfigError, InputError, VmoptError
 
 __all__ = ["DEFAULT_PAGE_SIZE", "BackingStore", "StoreError"]
 
@@ -78,15 +78,15 @@ def check_page_size(page_size: object) -> int:
 def check_page_index(page_index: object, num_pages: int | None, *, where: str = "the store") -> int:
     """Validate a page index against ``num_pages`` and return it as an int.
 
-    Non-integers raise ``TypeError`` (a programming error); negative or
+    Non-integers raise :class:`InputError` (a ``TypeError``); negative or
     out-of-range indexes raise :class:`StoreError` naming the page.
     """
     if isinstance(page_index, bool):
-        raise TypeError(f"page_index must be an integer, got {page_index!r}")
+        raise InputError(f"page_index must be an integer, got {page_index!r}")
     try:
         index = operator.index(page_index)  # type: ignore[arg-type]
     except TypeError:
-        raise TypeError(f"page_index must be an integer, got {page_index!r}") from None
+        raise InputError(f"page_index must be an integer, got {page_index!r}") from None
     if index < 0:
         raise StoreError("negative page index", page_index=index)
     if num_pages is not None and index >= num_pages:

@@ -55,6 +55,8 @@ class FileStore:
         self._page_size = check_page_size(page_size)
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ConfigError(f"offset must be a non-negative int, got {offset!r}")
+        if not isinstance(path, str | os.PathLike):  # an int would be taken as an open fd
+            raise ConfigError(f"snapshot path must be a str or os.PathLike, got {path!r}")
         self._path = os.fspath(path)
         self._offset = offset
         try:

@@ -11,6 +11,12 @@ from vmopt.errors import ConfigError
 __all__ = [
     "DEFAULT_TLB",
     "DEFAULT_TLB_LEVELS",
+    "MAX_LATENCY",
+    "MAX_PREFETCH_DEGREE",
+    "MAX_PREFETCH_QUEUE",
+    "MAX_PWC_ENTRIES",
+    "MAX_TLB_ENTRIES",
+    "MAX_TLB_WAYS",
     "POLICIES",
     "PREFETCHERS",
     "PrefetchConfig",
@@ -23,10 +29,26 @@ POLICIES: Final = ("lru", "fifo", "random", "plru")
 PREFETCHERS: Final = ("none", "next_page", "stride")
 PAGE_SIZES: Final = (4096, 2 << 20, 1 << 30)
 
+# Upper bounds, checked before anything is allocated (docs/configuration.md; the core checks the same).
+#: Entries of one TLB array (real second-level TLBs hold a few thousand).
+MAX_TLB_ENTRIES: Final = 1 << 20
+#: Ways of one TLB array (a lookup scans every way of its set).
+MAX_TLB_WAYS: Final = 1 << 12
+#: Entries per level of a page-walk cache.
+MAX_PWC_ENTRIES: Final = 1 << 16
+#: Pages one miss may prefetch (one page table's worth).
+MAX_PREFETCH_DEGREE: Final = 512
+#: Requests the deferred prefetch queue may hold.
+MAX_PREFETCH_QUEUE: Final = 1 << 20
+#: Cycles of one lookup.
+MAX_LATENCY: Final = 1 << 20
 
-def _positive_int(name: str, value: object, field: str) -> int:
+
+def _positive_int(name: str, value: object, field: str, maximum: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}", field=field)
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum:,}, got {value:,}", field=field)
     return value
 
 
@@ -52,8 +74,8 @@ class TlbConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _positive_int("entries", self.entries, "entries")
-        _positive_int("ways", self.ways, "ways")
+        _positive_int("entries", self.entries, "entries", MAX_TLB_ENTRIES)
+        _positive_int("ways", self.ways, "ways", MAX_TLB_WAYS)
         if self.entries % self.ways:
             raise ConfigError(
                 f"entries ({self.entries}) must be a multiple of ways ({self.ways})", field="ways"
@@ -65,22 +87,31 @@ class TlbConfig:
                 f" (entries={self.entries}, ways={self.ways})",
                 field="ways",
             )
-        if self.policy not in POLICIES:
+        if not isinstance(self.policy, str) or self.policy not in POLICIES:
             raise ConfigError(
                 f"unknown TLB policy {self.policy!r}; expected one of {', '.join(POLICIES)}", field="policy"
             )
         if self.policy == "plru" and self.ways & (self.ways - 1):
             raise ConfigError(f"tree PLRU needs a power-of-two number of ways, got {self.ways}", field="ways")
-        sizes = tuple(self.page_sizes)
-        if not sizes or any(s not in PAGE_SIZES for s in sizes) or len(set(sizes)) != len(sizes):
+        raw = self.page_sizes
+        sizes = tuple(raw) if isinstance(raw, Sequence) and not isinstance(raw, str | bytes) else ()
+        if (
+            not sizes
+            or any(isinstance(s, bool) or not isinstance(s, int) or s not in PAGE_SIZES for s in sizes)
+            or len(set(sizes)) != len(sizes)
+        ):
             raise ConfigError(
                 f"page_sizes must be distinct values of 4096, 2 MiB, 1 GiB; got {self.page_sizes!r}",
                 field="page_sizes",
             )
         object.__setattr__(self, "page_sizes", tuple(sorted(sizes)))
-        if not isinstance(self.latency, int) or self.latency < 0:
+        if not isinstance(self.latency, int) or isinstance(self.latency, bool) or self.latency < 0:
             raise ConfigError(
                 f"latency must be a non-negative integer, got {self.latency!r}", field="latency"
+            )
+        if self.latency > MAX_LATENCY:
+            raise ConfigError(
+                f"latency must be at most {MAX_LATENCY:,} cycles, got {self.latency:,}", field="latency"
             )
         if not isinstance(self.name, str):
             raise ConfigError(f"name must be a string, got {self.name!r}")
@@ -120,10 +151,14 @@ class PwcConfig:
     latency: int = 1
 
     def __post_init__(self) -> None:
-        _positive_int("pwc entries", self.entries, "entries")
-        if not isinstance(self.latency, int) or self.latency < 0:
+        _positive_int("pwc entries", self.entries, "entries", MAX_PWC_ENTRIES)
+        if not isinstance(self.latency, int) or isinstance(self.latency, bool) or self.latency < 0:
             raise ConfigError(
                 f"pwc latency must be a non-negative integer, got {self.latency!r}", field="latency"
+            )
+        if self.latency > MAX_LATENCY:
+            raise ConfigError(
+                f"pwc latency must be at most {MAX_LATENCY:,} cycles, got {self.latency:,}", field="latency"
             )
 
 
@@ -144,16 +179,16 @@ class PrefetchConfig:
     queue_limit: int = 1024
 
     def __post_init__(self) -> None:
-        if self.kind not in PREFETCHERS:
+        if not isinstance(self.kind, str) or self.kind not in PREFETCHERS:
             raise ConfigError(
                 f"unknown prefetcher {self.kind!r}; expected one of {', '.join(PREFETCHERS)}", field="kind"
             )
-        _positive_int("prefetch degree", self.degree, "degree")
-        if self.mode not in ("immediate", "deferred"):
+        _positive_int("prefetch degree", self.degree, "degree", MAX_PREFETCH_DEGREE)
+        if not isinstance(self.mode, str) or self.mode not in ("immediate", "deferred"):
             raise ConfigError(
                 f"prefetch mode must be 'immediate' or 'deferred', got {self.mode!r}", field="mode"
             )
-        _positive_int("prefetch queue_limit", self.queue_limit, "queue_limit")
+        _positive_int("prefetch queue_limit", self.queue_limit, "queue_limit", MAX_PREFETCH_QUEUE)
 
     @property
     def enabled(self) -> bool:

@@ -22,7 +22,7 @@ same TLB miss, counted once).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
 import numpy as np
@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from vmopt import _core
 from vmopt.batching import Addrs, ArrayPath, BatchResult, run_sequential
-from vmopt.errors import ConfigError, PageFault, VmoptError
+from vmopt.errors import ConfigError, PageFault, VmoptError, bad_input
 from vmopt.paging.types import Perm
 from vmopt.tlb._live import MMU_FIELDS, TLB_FIELDS, LiveMmuStats
 from vmopt.tlb.config import DEFAULT_TLB_LEVELS, PrefetchConfig, PwcConfig, TlbConfig, name_levels
@@ -68,11 +68,20 @@ def _level_configs(spec: TlbSpec) -> list[list[TlbConfig]]:
         spec = DEFAULT_TLB_LEVELS
     if isinstance(spec, TlbConfig):
         return name_levels([[spec]])
+    if isinstance(spec, str | bytes) or not isinstance(spec, Sequence):
+        raise bad_input("Mmu", tlb=spec)
     levels = []
     for item in spec:
-        cfgs = [item] if isinstance(item, TlbConfig) else list(item)
+        if isinstance(item, TlbConfig):
+            cfgs = [item]
+        elif isinstance(item, Sequence) and not isinstance(item, str | bytes):
+            cfgs = list(item)
+        else:
+            raise bad_input("Mmu", tlb=spec)
         if not cfgs:
             raise ConfigError("a TLB level needs at least one TlbConfig")
+        if not all(isinstance(c, TlbConfig) for c in cfgs):
+            raise bad_input("Mmu", tlb=spec)
         levels.append(cfgs)
     return name_levels(levels)
 
@@ -103,7 +112,17 @@ class Mmu:
         walk_ref_cycles: int = 20,
         fault_handler: FaultHandler | None = None,
     ) -> None:
+        from vmopt.paging.pagetable import PageTable
+
+        if not isinstance(page_table, PageTable):
+            raise bad_input("Mmu", page_table=page_table)
         _check_asid(asid)
+        if not (prefetch is None or isinstance(prefetch, str | PrefetchConfig)):
+            raise bad_input("Mmu", prefetch=prefetch)
+        if not (pwc is None or isinstance(pwc, bool | PwcConfig)):
+            raise bad_input("Mmu", pwc=pwc)
+        if fault_handler is not None and not callable(fault_handler):
+            raise bad_input("Mmu", fault_handler=fault_handler)
         if isinstance(prefetch, str):
             prefetch = PrefetchConfig(prefetch)
         self.prefetch_config = prefetch or PrefetchConfig()
@@ -164,6 +183,10 @@ class Mmu:
         Entries of other ASIDs stay cached, as with PCIDs; pass ``flush=True``
         (or reuse an ASID) to drop the old ones.
         """
+        from vmopt.paging.pagetable import PageTable
+
+        if not isinstance(page_table, PageTable):
+            raise bad_input("Mmu.switch", page_table=page_table)
         _check_asid(self.asid if asid is None else asid)
         self._core.switch(page_table.core, asid, bool(flush))
         self.page_table = page_table
@@ -189,6 +212,8 @@ class Mmu:
         vCPU); if it mapped the page, the access restarts: the walk runs
         again, the same TLB miss, counted once. Anything else is raised.
         """
+        if not isinstance(error, BaseException):
+            raise bad_input("Mmu.handle_fault", error=error)
         handler = self.fault_handler
         if handler is None or not isinstance(error, PageFault) or not error.restartable:
             raise error
@@ -221,9 +246,16 @@ class Mmu:
         Returns ``(pa of va, frame, node)``, or None when no node has room
         (nothing changed).
         """
-        placed: tuple[int, int, int] | None = self._core.install_page(
-            va, access, user, page_va, size, nodes, data, int(perms), page_user
-        )
+        try:
+            placed: tuple[int, int, int] | None = self._core.install_page(
+                va, access, user, page_va, size, nodes, data, int(perms), page_user
+            )
+        except (TypeError, OverflowError, ValueError) as exc:
+            if isinstance(exc, VmoptError):
+                raise
+            raise bad_input(
+                "install_page", va=va, page_va=page_va, size=size, nodes=nodes, perms=perms
+            ) from None
         return placed
 
     def translate_into(
@@ -238,7 +270,12 @@ class Mmu:
         """
         done: int
         stop: VmoptError | None
-        done, stop = self._core.translate_batch(vas, out, access, user)
+        try:
+            done, stop = self._core.translate_batch(vas, out, access, user)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, VmoptError):
+                raise
+            raise bad_input("translate_into", exc, vas=vas, out=out) from None
         return done, stop
 
     # -- batches ---------------------------------------------------------------------
@@ -268,6 +305,12 @@ class Mmu:
         A list gives a list of physical addresses, an integer array a uint64
         array; ``errors="collect"`` returns a :class:`~vmopt.BatchResult`.
         """
+        if not isinstance(addrs, Iterable) or isinstance(addrs, str | bytes | dict):
+            raise bad_input("translate_batch", addrs=addrs)
+        if not isinstance(errors, str) or not isinstance(access, str):
+            raise bad_input("translate_batch", access=access, errors=errors)
+        if not isinstance(user, bool | int | np.bool_):
+            raise bad_input("translate_batch", user=user)
         path = None
         if (access, user) in RIGHTS_BIT:
             path = ArrayPath(
@@ -305,19 +348,31 @@ class Mmu:
 
     def flush_asid(self, asid: int) -> None:
         """Invalidate one ASID's non-global entries (INVPCID single-context)."""
-        self._core.flush_asid(asid)
+        try:
+            self._core.flush_asid(asid)
+        except (TypeError, OverflowError):
+            raise bad_input("Mmu.flush_asid", asid=asid) from None
 
     def invlpg(self, va: int) -> None:
         """Invalidate the translations of ``va`` for the current ASID, and global ones (INVLPG)."""
-        self._core.invlpg(va)
+        try:
+            self._core.invlpg(va)
+        except (TypeError, OverflowError):
+            raise bad_input("Mmu.invlpg", va=va) from None
 
     def flush_range(self, va: int, size: int, asid: int | None = None) -> None:
         """Invalidate ``[va, va+size)`` for ``asid`` (None: every ASID), like sfence.vma per page."""
-        self._core.flush_range(va, size, asid)
+        try:
+            self._core.flush_range(va, size, asid)
+        except (TypeError, OverflowError):
+            raise bad_input("Mmu.flush_range", va=va, size=size, asid=asid) from None
 
     def cached(self, va: int) -> bool:
         """True if any level holds a translation of ``va`` for the current ASID."""
-        hit: bool = self._core.cached(va)
+        try:
+            hit: bool = self._core.cached(va)
+        except (TypeError, OverflowError):
+            raise bad_input("Mmu.cached", va=va) from None
         return hit
 
     # -- statistics -----------------------------------------------------------------

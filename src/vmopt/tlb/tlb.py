@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from vmopt import _core
-from vmopt.errors import ConfigError
+from vmopt.errors import ConfigError, bad_input
 from vmopt.tlb._live import LiveTlbStats
 from vmopt.tlb.config import TlbConfig, name_levels
 from vmopt.tlb.stats import PrefetchStats, TlbStats
@@ -185,6 +185,8 @@ class Tlb:
     """
 
     def __init__(self, config: TlbConfig, stats: TlbStats | None = None) -> None:
+        if not isinstance(config, TlbConfig) or not (stats is None or isinstance(stats, TlbStats)):
+            raise bad_input("Tlb", config=config, stats=stats)
         config = name_levels([[config]])[0][0]
         core = _core.TlbLevel([config_tuple(config)])
         self._setup(config, core, 0, LiveTlbStats(core.name, core.stats))
@@ -247,6 +249,8 @@ class Tlb:
 
         An entry already cached under the same key is replaced in place.
         """
+        if not isinstance(entry, TlbEntry):
+            raise bad_input("Tlb.insert", entry=entry)
         if entry.shift not in (s.bit_length() - 1 for s in self.config.page_sizes):
             raise KeyError(entry.shift)
         stored, victim = self._core.array_insert(

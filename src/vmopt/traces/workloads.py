@@ -92,8 +92,13 @@ def _int(
     *,
     minimum: int | None = None,
     maximum: int | None = None,
+    maximum_of: str | None = None,
 ) -> int:
-    """``value`` as an int within bounds, else ConfigError naming ``name``."""
+    """``value`` as an int within bounds, else ConfigError naming ``name``.
+
+    ``maximum_of`` names the parameter ``maximum`` comes from, so a too small
+    footprint is reported as such rather than as a too large element size.
+    """
     bounds = []
     if minimum is not None:
         bounds.append(f">= {minimum}")
@@ -103,6 +108,11 @@ def _int(
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ConfigError(f"{workload}: {name} must be {want}, got {value!r}")
     number = int(value)
+    if maximum_of is not None and maximum is not None and number > maximum:
+        raise ConfigError(
+            f"{workload}: {name} must be {want}, got {value!r}: the bound is {maximum_of} ({maximum});"
+            f" raise {maximum_of} or lower {name}"
+        )
     if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
         raise ConfigError(f"{workload}: {name} must be {want}, got {value!r}")
     return int(number)
@@ -186,7 +196,7 @@ def sequential(
     """
     w = "sequential"
     length, footprint, base, seed, chunk_size = _common(w, length, footprint, base, seed, chunk_size)
-    elem_size = _int(w, "elem_size", elem_size, minimum=1, maximum=footprint)
+    elem_size = _int(w, "elem_size", elem_size, minimum=1, maximum=footprint, maximum_of="footprint")
     write_ratio = _float(w, "write_ratio", write_ratio, minimum=0.0, maximum=1.0)
     elems = footprint // elem_size
 
@@ -249,7 +259,7 @@ def uniform(
     """
     w = "uniform"
     length, footprint, base, seed, chunk_size = _common(w, length, footprint, base, seed, chunk_size)
-    elem_size = _int(w, "elem_size", elem_size, minimum=1, maximum=footprint)
+    elem_size = _int(w, "elem_size", elem_size, minimum=1, maximum=footprint, maximum_of="footprint")
     write_ratio = _float(w, "write_ratio", write_ratio, minimum=0.0, maximum=1.0)
     elems = footprint // elem_size
 
@@ -288,8 +298,8 @@ def zipf(
     w = "zipf"
     length, footprint, base, seed, chunk_size = _common(w, length, footprint, base, seed, chunk_size)
     alpha = _float(w, "alpha", alpha, minimum=0.0, open_min=True)
-    page_size = _int(w, "page_size", page_size, minimum=1, maximum=footprint)
-    elem_size = _int(w, "elem_size", elem_size, minimum=1, maximum=page_size)
+    page_size = _int(w, "page_size", page_size, minimum=1, maximum=footprint, maximum_of="footprint")
+    elem_size = _int(w, "elem_size", elem_size, minimum=1, maximum=page_size, maximum_of="page_size")
     write_ratio = _float(w, "write_ratio", write_ratio, minimum=0.0, maximum=1.0)
     pages = footprint // page_size
     if pages > MAX_ZIPF_PAGES:
@@ -333,7 +343,7 @@ def pointer_chase(
     """
     w = "pointer_chase"
     length, footprint, base, seed, chunk_size = _common(w, length, footprint, base, seed, chunk_size)
-    line_size = _int(w, "line_size", line_size, minimum=1, maximum=footprint)
+    line_size = _int(w, "line_size", line_size, minimum=1, maximum=footprint, maximum_of="footprint")
     nodes = footprint // line_size
     if nodes > MAX_CHASE_NODES:
         raise ConfigError(
@@ -385,7 +395,7 @@ def matmul(
     """
     w = "matmul"
     n = _int(w, "n", n, minimum=1, maximum=MAX_MATMUL_N)
-    tile = _int(w, "tile", tile, minimum=1, maximum=n)
+    tile = _int(w, "tile", tile, minimum=1, maximum=n, maximum_of="n")
     base = _int(w, "base", base, minimum=0, maximum=(1 << 64) - 24 * n * n)
     _int(w, "seed", seed, minimum=0)
     chunk_size = _int(w, "chunk_size", chunk_size, minimum=1)
@@ -478,8 +488,8 @@ def numa_mix(
     cpus = _int(w, "cpus", cpus, minimum=1, maximum=0xFFFF + 1)
     shared_fraction = _float(w, "shared_fraction", shared_fraction, minimum=0.0, maximum=1.0, open_max=True)
     burst = _int(w, "burst", burst, minimum=1)
-    page_size = _int(w, "page_size", page_size, minimum=1, maximum=footprint)
-    elem_size = _int(w, "elem_size", elem_size, minimum=1, maximum=page_size)
+    page_size = _int(w, "page_size", page_size, minimum=1, maximum=footprint, maximum_of="footprint")
+    elem_size = _int(w, "elem_size", elem_size, minimum=1, maximum=page_size, maximum_of="page_size")
     write_ratio = _float(w, "write_ratio", write_ratio, minimum=0.0, maximum=1.0)
     shared_bytes = int(footprint * shared_fraction) // page_size * page_size
     private_bytes = (footprint - shared_bytes) // cpus // page_size * page_size

@@ -187,6 +187,8 @@ class PhysicalMemory:
             self._check_word(pa)
         if not self.writable:
             raise ReadOnlyMemoryError(f"memory is read-only; 8-byte write at {pa:#x} refused")
+        if not 0 <= value < 1 << 64:
+            raise AddressError(f"write_u64 at {pa:#x}: value {value!r} does not fit in 64 bits")
         if self._image is not None:
             _U64.pack_into(self._image, pa, value)
             return

@@ -152,7 +152,7 @@ class RiscV(PagingFormat):
         while True:
             pte_pa = a + ((va >> (12 + 9 * i)) & 0x1FF) * 8
             if not mem.contains(pte_pa, 8):
-                raise PageFault(va, access, "reserved", i, user=user)  # access fault in hardware
+                raise PageFault(va, access, "table_outside_memory", i, user=user)  # access fault in hardware
             pte = read(pte_pa)
             refs += 1
             # Step 3.

@@ -195,7 +195,7 @@ class X86_64(PagingFormat):
                 pte = read(pte_pa)
             except PhysicalAccessError:
                 # A table outside memory: real buses return garbage; fault instead.
-                raise PageFault(va, access, "reserved", level, user=user) from None
+                raise PageFault(va, access, "table_outside_memory", level, user=user) from None
             refs += 1
             if not pte & P:
                 raise PageFault(va, access, "not_present", level, user=user)

@@ -134,8 +134,10 @@ pub enum FaultCause {
     NotPresent,
     /// The rights of the page do not allow the access.
     Protection,
-    /// A reserved bit is set, or a table lies outside memory.
+    /// A reserved bit is set.
     Reserved,
+    /// A table pointer (or the root) points outside guest memory.
+    TableOutsideMemory,
     /// The address is not canonical for the format.
     NonCanonical,
     /// A RISC-V superpage whose low PPN fields are not zero.
@@ -149,6 +151,7 @@ impl FaultCause {
             FaultCause::NotPresent => "not_present",
             FaultCause::Protection => "protection",
             FaultCause::Reserved => "reserved",
+            FaultCause::TableOutsideMemory => "table_outside_memory",
             FaultCause::NonCanonical => "non_canonical",
             FaultCause::Misaligned => "misaligned",
         }

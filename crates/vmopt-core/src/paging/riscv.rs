@@ -159,7 +159,7 @@ impl RiscV {
                     return Err(unaligned(pte_pa));
                 }
                 // Outside memory: an access fault in hardware.
-                _ => return fault(FaultCause::Reserved, i),
+                _ => return fault(FaultCause::TableOutsideMemory, i),
             };
             refs += 1;
             // Step 3.
@@ -438,6 +438,9 @@ mod tests {
         assert_eq!(fault_of(r), (FaultCause::Reserved, Some(0)));
         let r = plain.walk(&mem, 0x1000, 1 << 40, Access::Read, false, false);
         assert_eq!(fault_of(r), (FaultCause::NonCanonical, None));
+        // A root past the end of memory: the table is missing, not malformed.
+        let r = plain.walk(&mem, 1 << 40, 0x1000, Access::Read, false, false);
+        assert_eq!(fault_of(r), (FaultCause::TableOutsideMemory, Some(2)));
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub struct Mapping {
     pub user: bool,
     /// Effective global bit.
     pub global: bool,
+    /// A table entry pointing back at a table on its own path (a self-map):
+    /// `pa` is that table, `size` the span of the entry; it is not descended.
+    pub recursive: bool,
 }
 
 /// One leaf of [`PageTable::leaves`] with the rights the levels above grant it.
@@ -97,6 +100,10 @@ pub struct LeafEntry {
     pub user: bool,
     /// Effective global bit.
     pub global: bool,
+    /// Not a leaf but a table entry pointing at a table on its own path (a
+    /// recursive mapping, such as Windows' self-map): `leaf.page_pa` is that
+    /// table, `leaf.page_size` the entry's span. It is listed once and not descended.
+    pub recursive: bool,
 }
 
 /// One guest address space: a tree of page tables rooted at `root`.
@@ -808,8 +815,15 @@ impl PageTable {
     // -- enumeration ----------------------------------------------------------------
 
     /// Every leaf in VA order, with its effective rights (a streaming iterator).
+    ///
+    /// Bounded for any memory contents: a table reached again through its own
+    /// ancestors is yielded once as a `recursive` entry and not descended, and
+    /// [`Leaves::max_tables`] caps the tables read (shared subtrees are walked each time).
     pub fn leaves(&self) -> Leaves {
         Leaves {
+            max_tables: u64::MAX,
+            tables: 1,
+            truncated: false,
             mem: Arc::clone(&self.mem),
             fmt: Arc::clone(&self.fmt),
             stack: vec![Cursor {
@@ -835,14 +849,24 @@ impl PageTable {
         }
     }
 
-    /// Physical addresses of every table page, root first (depth first).
+    /// Physical addresses of every table page, root first (depth first), each once.
+    ///
+    /// A frame reached twice (shared, or pointing back at an ancestor) is
+    /// listed and read once, so any memory contents take bounded work.
     pub fn table_frames(&self) -> Vec<u64> {
         let mut out = vec![self.root];
-        self.visit_tables(self.root, self.fmt.levels() - 1, &mut out);
+        let mut seen = std::collections::HashSet::from([self.root]);
+        self.visit_tables(self.root, self.fmt.levels() - 1, &mut out, &mut seen);
         out
     }
 
-    fn visit_tables(&self, table: u64, level: u8, out: &mut Vec<u64>) {
+    fn visit_tables(
+        &self,
+        table: u64,
+        level: u8,
+        out: &mut Vec<u64>,
+        seen: &mut std::collections::HashSet<u64>,
+    ) {
         let (fmt, mem) = (&*self.fmt, &*self.mem);
         if level == 0 {
             return;
@@ -853,9 +877,9 @@ impl PageTable {
             };
             if fmt.is_valid(pte) && !fmt.is_leaf(pte, level) {
                 let child = fmt.table_pa(pte);
-                if mem.contains(child, FRAME_SIZE) {
+                if mem.contains(child, FRAME_SIZE) && seen.insert(child) {
                     out.push(child);
-                    self.visit_tables(child, level - 1, out);
+                    self.visit_tables(child, level - 1, out, seen);
                 }
             }
         }
@@ -955,6 +979,28 @@ pub struct Leaves {
     mem: Arc<PhysMem>,
     fmt: Arc<dyn Format>,
     stack: Vec<Cursor>,
+    max_tables: u64,
+    /// Tables entered so far (the root counts).
+    tables: u64,
+    truncated: bool,
+}
+
+impl Leaves {
+    /// Stop (and mark the listing [`truncated`](Self::truncated)) before entering more than `n` tables.
+    pub fn max_tables(mut self, n: u64) -> Self {
+        self.max_tables = n.max(1);
+        self
+    }
+
+    /// True once the walk stopped at the [`max_tables`](Self::max_tables) cap.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// Tables entered so far, the root included.
+    pub fn tables(&self) -> u64 {
+        self.tables
+    }
 }
 
 impl Iterator for Leaves {
@@ -993,13 +1039,45 @@ impl Iterator for Leaves {
                     perms: leaf.perms & top.perms,
                     user: leaf.user && top.user,
                     global: leaf.global || top.global,
+                    recursive: false,
                     leaf,
                 });
             }
             if level > 0 {
                 let rights = fmt.table_rights(pte);
+                let table = fmt.table_pa(pte);
+                if self.stack.iter().any(|c| c.table == table) {
+                    let top = self.stack.last().expect("the loop holds a cursor");
+                    let leaf = Leaf {
+                        va,
+                        page_pa: table,
+                        page_size: 1u64 << (12 + 9 * level as u32),
+                        level,
+                        pte,
+                        pte_pa,
+                        perms: rights.perms,
+                        user: rights.user,
+                        global: rights.global,
+                        accessed: false,
+                        dirty: false,
+                    };
+                    return Some(LeafEntry {
+                        perms: top.perms & rights.perms,
+                        user: top.user && rights.user,
+                        global: top.global || rights.global,
+                        recursive: true,
+                        leaf,
+                    });
+                }
+                if self.tables >= self.max_tables {
+                    self.truncated = true;
+                    self.stack.clear();
+                    return None;
+                }
+                self.tables += 1;
+                let top = self.stack.last().expect("the loop holds a cursor");
                 let child = Cursor {
-                    table: fmt.table_pa(pte),
+                    table,
                     level: level - 1,
                     base: va & va_mask,
                     perms: top.perms & rights.perms,
@@ -1020,13 +1098,31 @@ pub struct Mappings {
     cur: Option<Mapping>,
 }
 
+impl Mappings {
+    /// Stop (and mark the listing truncated) before entering more than `n` tables.
+    pub fn max_tables(mut self, n: u64) -> Self {
+        self.leaves = self.leaves.max_tables(n);
+        self
+    }
+
+    /// True once the walk stopped at the table cap.
+    pub fn truncated(&self) -> bool {
+        self.leaves.truncated()
+    }
+
+    /// Tables entered so far, the root included.
+    pub fn tables(&self) -> u64 {
+        self.leaves.tables()
+    }
+}
+
 impl Iterator for Mappings {
     type Item = Mapping;
 
     fn next(&mut self) -> Option<Mapping> {
         for e in self.leaves.by_ref() {
             let (va, pa, size) = (e.leaf.va, e.leaf.page_pa, e.leaf.page_size);
-            if let Some(cur) = &mut self.cur {
+            if let Some(cur) = self.cur.as_mut().filter(|c| !c.recursive && !e.recursive) {
                 if cur.va as u128 + cur.size as u128 == va as u128
                     && cur.pa as u128 + cur.size as u128 == pa as u128
                     && cur.perms == e.perms
@@ -1046,6 +1142,7 @@ impl Iterator for Mappings {
                 page_size: size,
                 user: e.user,
                 global: e.global,
+                recursive: e.recursive,
             };
             if let Some(done) = self.cur.replace(next) {
                 return Some(done);
@@ -1405,5 +1502,57 @@ mod tests {
         assert_eq!(pt.lookup(0x80_0000).unwrap().page_pa, 0x20_0000);
         assert_eq!(pt.mappings().count(), 4);
         pt.destroy().unwrap();
+    }
+
+    /// 16 KiB of memory whose root's every entry points back at the root.
+    fn self_mapped(fmt: Arc<dyn Format>) -> (Arc<PhysMem>, Arc<dyn Format>) {
+        let mem = Arc::new(PhysMem::new(16 * 1024, 0, None).unwrap());
+        let top = fmt.levels() - 1;
+        for idx in 0..PTES_PER_TABLE {
+            mem.write_u64(idx * 8, fmt.make_table(0, top)).unwrap();
+        }
+        (mem, fmt)
+    }
+
+    #[test]
+    fn a_table_pointing_at_its_ancestors_is_listed_once_per_entry_and_not_descended() {
+        for fmt in [
+            x86(),
+            Arc::new(RiscV::new(3, false, false, false).unwrap()) as Arc<dyn Format>,
+        ] {
+            let (mem, fmt) = self_mapped(fmt);
+            let pt = PageTable::attach(mem, 0, Arc::clone(&fmt), Some(false)).unwrap();
+            // Capped, so a regression fails instead of walking 512^levels leaves.
+            let leaves: Vec<LeafEntry> = pt.leaves().max_tables(100_000).take(10_000).collect();
+            assert_eq!(leaves.len(), PTES_PER_TABLE as usize, "{}", fmt.name());
+            assert!(leaves.iter().all(|e| e.recursive && e.leaf.page_pa == 0));
+            let maps: Vec<Mapping> = pt.mappings().max_tables(100_000).take(10_000).collect();
+            assert_eq!(maps.len(), PTES_PER_TABLE as usize);
+            let span = 1u64 << (12 + 9 * (fmt.levels() as u32 - 1));
+            assert!(maps.iter().all(|m| m.recursive && m.size == span));
+            assert_eq!(pt.table_frames(), vec![0]);
+        }
+    }
+
+    #[test]
+    fn the_table_cap_stops_a_walk_of_shared_subtrees() {
+        // Frame 0 (root): every entry frame 1; frame 1: 8 entries frame 2 (empty). A DAG, no cycle.
+        let fmt = x86();
+        let mem = Arc::new(PhysMem::new(16 * 1024, 0, None).unwrap());
+        for (frame, level, n) in [(0u64, 3u8, PTES_PER_TABLE), (1, 2, 8)] {
+            for idx in 0..n {
+                let pte = fmt.make_table((frame + 1) * 4096, level);
+                mem.write_u64(frame * 4096 + idx * 8, pte).unwrap();
+            }
+        }
+        let pt = PageTable::attach(mem, 0, fmt, Some(false)).unwrap();
+        let mut it = pt.mappings().max_tables(100);
+        assert_eq!(it.by_ref().count(), 0);
+        assert!(it.truncated());
+        assert_eq!(it.tables(), 100);
+        let mut whole = pt.leaves().max_tables(u64::MAX);
+        assert_eq!(whole.by_ref().count(), 0);
+        assert!(!whole.truncated());
+        assert_eq!(whole.tables(), 1 + 512 + 512 * 8);
     }
 }

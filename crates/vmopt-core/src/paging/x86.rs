@@ -198,7 +198,7 @@ impl X86_64 {
             }
             let Some(pte) = mem.load_u64(pte_pa).filter(|_| !overflow) else {
                 // A table outside memory: real buses return garbage; fault instead.
-                return fault(FaultCause::Reserved, level);
+                return fault(FaultCause::TableOutsideMemory, level);
             };
             refs += 1;
             if pte & P == 0 {
@@ -586,11 +586,11 @@ mod tests {
         assert_eq!((t.pa, t.memory_refs), (0x5000, 5));
         let r = x86(4).walk(&mem, 0x1000, va, Access::Read, false, false);
         assert_eq!(fault_of(r), (FaultCause::NonCanonical, None));
-        // A PML5E pointing past memory: reserved, as a read of garbage would be.
+        // A PML5E pointing past memory: its own cause, at the level of the missing table.
         let pml5e = 0x1000 + fmt.index(va, 4) * 8;
         mem.set(pml5e, fmt.make_table(1 << 40, 4));
         let r = fmt.walk(&mem, 0x1000, va, Access::Read, false, false);
-        assert_eq!(fault_of(r), (FaultCause::Reserved, Some(3)));
+        assert_eq!(fault_of(r), (FaultCause::TableOutsideMemory, Some(3)));
         let r = fmt.walk(&mem, 0x1004, va, Access::Read, false, false);
         assert!(matches!(r, Err(Error::Address(_))), "{r:?}");
     }

@@ -5,6 +5,12 @@ use crate::error::{Error, Result};
 /// Page sizes a TLB array may hold (4 KiB, 2 MiB, 1 GiB).
 pub const PAGE_SIZES: [u64; 3] = [4096, 2 << 20, 1 << 30];
 
+/// Most entries one array may have (Python's `MAX_TLB_ENTRIES`; real STLBs have a few thousand).
+pub const MAX_ENTRIES: u32 = 1 << 20;
+
+/// Most ways one array may have (Python's `MAX_TLB_WAYS`; a lookup scans every way of a set).
+pub const MAX_WAYS: u32 = 1 << 12;
+
 /// Which way of a full set a fill replaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Policy {
@@ -80,6 +86,16 @@ impl TlbConfig {
         if ways == 0 {
             return Err(Error::Config(format!(
                 "ways must be a positive integer, got {ways}"
+            )));
+        }
+        if entries > MAX_ENTRIES {
+            return Err(Error::Config(format!(
+                "entries must be at most {MAX_ENTRIES}, got {entries}"
+            )));
+        }
+        if ways > MAX_WAYS {
+            return Err(Error::Config(format!(
+                "ways must be at most {MAX_WAYS}, got {ways}"
             )));
         }
         if entries % ways != 0 {

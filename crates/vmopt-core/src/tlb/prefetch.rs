@@ -64,6 +64,12 @@ pub struct PrefetchConfig {
     pub queue_limit: usize,
 }
 
+/// Most pages one miss may prefetch (Python's `MAX_PREFETCH_DEGREE`: one page table's worth).
+pub const MAX_DEGREE: u32 = 512;
+
+/// Longest deferred prefetch queue (Python's `MAX_PREFETCH_QUEUE`).
+pub const MAX_QUEUE: usize = 1 << 20;
+
 impl PrefetchConfig {
     /// A validated configuration.
     pub fn new(
@@ -80,6 +86,16 @@ impl PrefetchConfig {
         if queue_limit == 0 {
             return Err(Error::Config(format!(
                 "prefetch queue_limit must be a positive integer, got {queue_limit}"
+            )));
+        }
+        if degree > MAX_DEGREE {
+            return Err(Error::Config(format!(
+                "prefetch degree must be at most {MAX_DEGREE}, got {degree}"
+            )));
+        }
+        if queue_limit > MAX_QUEUE {
+            return Err(Error::Config(format!(
+                "prefetch queue_limit must be at most {MAX_QUEUE}, got {queue_limit}"
             )));
         }
         Ok(PrefetchConfig {

@@ -19,12 +19,20 @@ pub struct PwcConfig {
     pub latency: u64,
 }
 
+/// Most entries per level of a page-walk cache (Python's `MAX_PWC_ENTRIES`).
+pub const MAX_ENTRIES: usize = 1 << 16;
+
 impl PwcConfig {
     /// A validated configuration.
     pub fn new(entries: usize, latency: u64) -> Result<PwcConfig> {
         if entries == 0 {
             return Err(Error::Config(format!(
                 "pwc entries must be a positive integer, got {entries}"
+            )));
+        }
+        if entries > MAX_ENTRIES {
+            return Err(Error::Config(format!(
+                "pwc entries must be at most {MAX_ENTRIES}, got {entries}"
             )));
         }
         Ok(PwcConfig { entries, latency })
