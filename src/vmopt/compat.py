@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vmopt.batching import Addrs, as_addresses, run_chunked_async
+from vmopt.errors import bad_input
 from vmopt.fetching.concurrency import ConcurrencyConfig
 from vmopt.guest import MemoryOptimizer
 from vmopt.numa.config import NumaConfig
@@ -83,6 +84,8 @@ def optimizer_with_concurrency(
     cls: type[MemoryOptimizer], /, numa: NumaConfig, concurrency: ConcurrencyConfig, **kwargs: Any
 ) -> MemoryOptimizer:
     """The report's constructor (``MemoryOptimizer.with_concurrency``): a guest with a concurrency setting."""
+    if not isinstance(concurrency, ConcurrencyConfig):
+        raise bad_input("MemoryOptimizer.with_concurrency", concurrency=concurrency)
     return cls(numa, concurrency=concurrency, **kwargs)
 
 
@@ -121,6 +124,8 @@ class AsyncPrefetchingTlb(Mmu):
         cls, page_table: PageTable, prefetch_enabled: bool, config: ConcurrencyConfig, **kwargs: Any
     ) -> AsyncPrefetchingTlb:
         """The report's constructor: prefetching on or off, and a concurrency setting."""
+        if not isinstance(config, ConcurrencyConfig):
+            raise bad_input("AsyncPrefetchingTlb.with_concurrency", config=config)
         prefetch = None if prefetch_enabled else PrefetchConfig("none")
         return cls(page_table, prefetch=prefetch, concurrency=config.validate(), **kwargs)
 

@@ -157,12 +157,18 @@ impl PyMmu {
     /// Re-walk after a fault handler mapped the page (counts a demand fault).
     fn translate_restart(
         &self,
-        va: u64,
+        va: &Bound<'_, PyAny>,
         access: &Bound<'_, PyAny>,
         user: &Bound<'_, PyAny>,
     ) -> PyResult<u64> {
         let access = access_of(access)?;
         let user = user_of(user)?;
+        let va = va.extract::<u64>().map_err(|_| {
+            to_py(Error::Address(format!(
+                "virtual address must be a 64-bit unsigned int, got {}",
+                va.repr().map(|r| r.to_string()).unwrap_or_default()
+            )))
+        })?;
         guarded(|| self.inner.translate_restart(va, access, user))
     }
 

@@ -39,7 +39,7 @@ from vmopt.batching import (
     record_failure,
     run_sequential,
 )
-from vmopt.errors import AddressError, ConfigError, PageFault, VmoptError
+from vmopt.errors import AddressError, ConfigError, PageFault, VmoptError, bad_input
 from vmopt.fetching.concurrency import ConcurrencyConfig
 from vmopt.fetching.loader import PageLoader
 from vmopt.guest.migration import Migrator, NumaBalancer
@@ -97,9 +97,13 @@ class MemoryOptimizer:
         walk_ref_cycles: int = 20,
         anonymous_page_size: int | None = None,
     ) -> None:
+        if not (numa is None or isinstance(numa, NumaConfig)):
+            raise bad_input("MemoryOptimizer", numa=numa)
+        if not (concurrency is None or isinstance(concurrency, ConcurrencyConfig)):
+            raise bad_input("MemoryOptimizer", concurrency=concurrency)
         self.numa = numa or NumaConfig(1, 1 << 30)
         ncpus = 1 if cpus is None else cpus
-        if not isinstance(ncpus, int) or ncpus < 1:
+        if not isinstance(ncpus, int) or isinstance(ncpus, bool) or ncpus < 1:
             raise ConfigError(f"cpus must be a positive integer, got {cpus!r}")
         if ncpus > self.numa.num_cpus:
             raise ConfigError(
@@ -200,6 +204,7 @@ class MemoryOptimizer:
 
     def region_of(self, va: int) -> Region | None:
         """The region containing ``va``, if any."""
+        _check_int("MemoryOptimizer.region_of", va=va)
         return self._regions.find(va)
 
     def regions(self) -> Iterator[Region]:
@@ -208,6 +213,7 @@ class MemoryOptimizer:
 
     def free(self, va: int) -> None:
         """Release the region that starts at ``va`` and every frame it holds."""
+        _check_int("MemoryOptimizer.free", va=va)
         with self._lock:
             region = self._regions.remove(va)
             for index, pa in sorted(region.resident.items()):
@@ -375,7 +381,10 @@ class MemoryOptimizer:
         Writes exclude migration (they hold the guest's lock), so no byte
         lands in a frame that a migration has already copied.
         """
-        view = memoryview(data).cast("B")
+        try:
+            view = memoryview(data).cast("B")
+        except TypeError:
+            raise bad_input("MemoryOptimizer.write", "data must be a bytes-like object", data=data) from None
         with self._lock:
             pos = 0
             for pa, k in self._pieces(va, len(view), "w", cpu):
@@ -383,6 +392,7 @@ class MemoryOptimizer:
                 pos += k
 
     def _pieces(self, va: int, n: int, access: str, cpu: int) -> list[tuple[int, int]]:
+        _check_int("MemoryOptimizer.read" if access == "r" else "MemoryOptimizer.write", va=va)
         if not isinstance(n, int) or n < 0:
             raise AddressError(f"length must be a non-negative int, got {n!r}")
         pieces = []
@@ -450,6 +460,8 @@ class MemoryOptimizer:
         (for callers that expect failures and count them, such as a trace
         replay).
         """
+        if not isinstance(access, str):
+            raise bad_input("MemoryOptimizer.batch_access", access=access)
         mmu = self._check_cpu(cpu)
         out: list[int] | U64 | BatchResult = run_sequential(
             lambda va: self.translate(va, access, cpu), addrs, errors, chunk_size=ARRAY_CHUNK,
@@ -628,6 +640,7 @@ class MemoryOptimizer:
         byte and no stale translation survives. Raises before moving
         anything if ``node`` lacks room for all of it.
         """
+        _check_int("MemoryOptimizer.migrate", va=va, length=length, node=node)
         return self.migrator.migrate(va, length, node)
 
     def rebalance(self) -> int:
@@ -654,3 +667,9 @@ def _canonical_mask(addrs: U64, va_bits: int) -> npt.NDArray[np.bool_]:
     top = addrs >> np.uint64(va_bits - 1)
     mask: npt.NDArray[np.bool_] = (top == 0) | (top == np.uint64((1 << (65 - va_bits)) - 1))
     return mask
+
+
+def _check_int(call: str, **args: object) -> None:
+    """Raise the :class:`~vmopt.errors.InputError` of ``call`` unless every argument is an int."""
+    if not all(isinstance(v, int) for v in args.values()):
+        raise bad_input(call, **args)

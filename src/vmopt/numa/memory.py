@@ -111,6 +111,9 @@ class NumaMemory(PhysicalMemory):
         """The nodes to try, in order, for page ``index`` of a region under ``policy`` first
         touched from node ``local``: what :meth:`alloc_policy` tries (and a one-call install
         such as ``Mmu.install_page`` is given)."""
+        if not isinstance(policy, MemPolicy) or not (isinstance(index, int) and isinstance(local, int)):
+            raise bad_input("NumaMemory.placement", policy=policy, index=index, local=local)
+        self._check_node(local)
         rotation = self._rotation % self._period  # an int read needs no lock
         if policy.mode in ("bind", "preferred_many"):
             return policy.order(index, local, self.config.distances, self.usage, rotation)  # type: ignore[arg-type]
@@ -132,6 +135,8 @@ class NumaMemory(PhysicalMemory):
         A fallback (not the first node) moves the round-robin rotation that
         breaks distance ties for the next one.
         """
+        if not (_is_node_list(nodes) and isinstance(node, int) and isinstance(size, int)):
+            raise bad_input("NumaMemory.placed", nodes=nodes, node=node, size=size)
         if node != nodes[0]:
             log.debug("fell back from node %d to node %d for a %s block", nodes[0], node, format_size(size))
             with self._lock:
@@ -139,6 +144,10 @@ class NumaMemory(PhysicalMemory):
 
     def out_of_frames(self, nodes: list[int], size: int, policy: MemPolicy | None = None) -> OutOfFramesError:
         """The error for no free ``size`` block on any of ``nodes`` (``policy`` named when given)."""
+        if not (_is_node_list(nodes) and isinstance(size, int)):
+            raise bad_input("NumaMemory.out_of_frames", nodes=nodes, size=size)
+        if not (policy is None or isinstance(policy, MemPolicy)):
+            raise bad_input("NumaMemory.out_of_frames", policy=policy)
         where = f"nodes {nodes}" if len(nodes) > 1 else f"node {nodes[0]}"
         rule = f" (policy {policy})" if policy is not None else ""
         free = ", ".join(
@@ -176,3 +185,8 @@ class NumaMemory(PhysicalMemory):
 def _by_distance(config: NumaConfig, origin: int) -> list[int]:
     """Every node, nearest to ``origin`` first; equal distances by node number."""
     return sorted(range(config.num_nodes), key=lambda node: (config.distance(origin, node), node))
+
+
+def _is_node_list(nodes: object) -> bool:
+    """Whether ``nodes`` is a non-empty list of node numbers (ints)."""
+    return isinstance(nodes, list) and bool(nodes) and all(isinstance(n, int) for n in nodes)
