@@ -232,11 +232,6 @@ impl Source {
         self.position += done as u64;
         Ok(done)
     }
-
-    /// Skip `n` bytes of the data (used after a memory-mapped header).
-    pub fn skip_to(&mut self, position: u64) {
-        self.position = position;
-    }
 }
 
 fn decode_error(name: &str, compression: Option<Compression>, err: &io::Error) -> TraceError {
