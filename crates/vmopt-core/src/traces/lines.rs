@@ -27,6 +27,60 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 /// Why a line is not a record; completes `file:line: ...`.
 pub type Reason = String;
 
+/// Nibble value of each byte, 0xff for bytes that are not hex digits.
+const NIBBLE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The canonical Lackey record (`I  hex,size` or ` K hex,size`, at most 16
+/// hex and 6 size digits), parsed in one pass; `None` sends the line to
+/// [`parse_lackey_line`], which accepts every line this accepts, with the same result.
+#[inline]
+fn fast_lackey(line: &[u8]) -> Option<(u64, u8)> {
+    let (kind, rest) = match line {
+        [b'I', b' ', b' ', rest @ ..] => (FETCH, rest),
+        [b' ', k, b' ', rest @ ..] => (
+            match k {
+                b'L' => READ,
+                b'S' | b'M' => WRITE,
+                _ => return None,
+            },
+            rest,
+        ),
+        _ => return None,
+    };
+    let mut value: u64 = 0;
+    let mut i = 0;
+    while i < rest.len() && i <= 16 {
+        let nib = NIBBLE[rest[i] as usize];
+        if nib == 0xff {
+            break;
+        }
+        value = (value << 4) | nib as u64;
+        i += 1;
+    }
+    if i == 0 || i > 16 || rest.get(i) != Some(&b',') {
+        return None;
+    }
+    let size = &rest[i + 1..];
+    if size.is_empty() || size.len() > 6 || !size.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some((value, kind))
+}
+
 fn hex_value(token: &[u8]) -> Result<u64, Reason> {
     let digits = if token.len() >= 2 && token[0] == b'0' && (token[1] | 0x20) == b'x' {
         &token[2..]
@@ -38,7 +92,7 @@ fn hex_value(token: &[u8]) -> Result<u64, Reason> {
     }
     let mut value: u64 = 0;
     for &d in digits {
-        let nib = (d as char).to_digit(16).unwrap_or(0) as u64;
+        let nib = NIBBLE[d as usize] as u64;
         if value >> 60 != 0 {
             return Err(format!(
                 "address {} does not fit in 64 bits",
@@ -234,7 +288,11 @@ impl LineDecoder {
             parse_text_line
         };
         let mut number = self.lines_before;
-        for raw in block.split(|&b| b == b'\n') {
+        let mut start = 0;
+        let ends = memchr::memchr_iter(b'\n', block).chain(std::iter::once(block.len()));
+        for end in ends {
+            let raw = &block[start..end];
+            start = end + 1;
             number += 1;
             let line = match raw {
                 [rest @ .., b'\r'] => rest,
@@ -242,6 +300,12 @@ impl LineDecoder {
             };
             if line.is_empty() {
                 continue;
+            }
+            if self.lackey {
+                if let Some((addr, kind)) = fast_lackey(line) {
+                    out.push(addr, kind, 0, 0);
+                    continue;
+                }
             }
             match parse(line) {
                 Ok(Some((addr, kind))) => out.push(addr, kind, 0, 0),
@@ -279,14 +343,14 @@ impl Decode for LineDecoder {
             }
             let mut data = &self.data[..got];
             if self.discarding {
-                let Some(nl) = data.iter().position(|&b| b == b'\n') else {
+                let Some(nl) = memchr::memchr(b'\n', data) else {
                     continue;
                 };
                 self.discarding = false;
                 self.lines_before += 1;
                 data = &data[nl + 1..];
             }
-            let Some(cut) = data.iter().rposition(|&b| b == b'\n') else {
+            let Some(cut) = memchr::memrchr(b'\n', data) else {
                 self.carry.extend_from_slice(data);
                 if self.carry.len() > self.max_line_bytes {
                     let number = self.lines_before + 1;
@@ -312,7 +376,7 @@ impl Decode for LineDecoder {
             self.carry.extend_from_slice(&data[cut + 1..]);
             // The block ends with '\n': split yields one empty piece after it.
             let result = self.parse_block(&block[..block.len() - 1], out, ctx);
-            self.lines_before += block.iter().filter(|&&b| b == b'\n').count() as u64;
+            self.lines_before += memchr::memchr_iter(b'\n', &block).count() as u64;
             self.block = block;
             result?;
             return Ok(true);
@@ -323,6 +387,18 @@ impl Decode for LineDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn fast_lackey_agrees_with_the_general_parser(
+            line in proptest::string::bytes_regex("(I  | L | S | M |  L |I |X )[0-9a-fA-Fg]{0,18}(,| ,|)[0-9 x]{0,8}").unwrap()
+        ) {
+            if let Some(rec) = fast_lackey(&line) {
+                prop_assert_eq!(parse_lackey_line(&line), Ok(Some(rec)));
+            }
+        }
+    }
 
     #[test]
     fn text_lines() {
