@@ -10,6 +10,7 @@ few deliberate differences.
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trace_diff import COMPRESSORS, compare
+from reference.traces import open_trace as ref_open_trace
+from trace_diff import COMPRESSORS, compare, drain, normalize
 from vmopt import _core
-from vmopt.traces import FORMATS
+from vmopt.traces import FORMATS, TraceError, open_trace
 
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -80,7 +82,19 @@ TOKENS = [
     "é",
 ]
 
-lines = st.lists(st.sampled_from(TOKENS), max_size=6).map("".join)
+addresses = st.tuples(st.integers(0, 2**68), st.integers(0, 20), st.sampled_from(["", "0x", "0X"])).map(
+    lambda t: f"{t[2]}{t[0]:0{t[1]}x}"
+)
+kinds = st.sampled_from(["R", "W", "X", "I", "L", "S", "M", "r", "w", "x", "i", "l", "s", "m", "Q", ""])
+separators = st.sampled_from([" ", "\t", ",", " , ", "\x1c", "  "])
+text_records = st.tuples(kinds, separators, addresses).map("".join)
+lackey_records = st.tuples(
+    st.sampled_from(["I  ", " L ", " S ", " M ", " X ", "L ", " L\t"]),
+    st.tuples(st.integers(0, 2**68), st.integers(0, 18)).map(lambda t: f"{t[0]:0{t[1]}x}"),
+    st.sampled_from([",", ", ", ""]),
+    st.integers(0, 10**7).map(str),
+).map("".join)
+lines = st.one_of(st.lists(st.sampled_from(TOKENS), max_size=6).map("".join), text_records, lackey_records)
 line_blocks = st.lists(lines, min_size=0, max_size=30)
 
 
@@ -221,3 +235,37 @@ def test_detection_message_names_the_cli_option(tmp_path: Path, data: bytes) -> 
     assert out.error is not None
     assert "pass --format" in out.error[1] and "format=" in out.error[1]
     assert "champsim" in out.error[1]
+
+
+class _Stdin:
+    """Stands in for sys.stdin: only ``.buffer`` is read."""
+
+    def __init__(self, data: bytes) -> None:
+        self.buffer = io.BytesIO(data)
+
+
+@SETTINGS
+@given(
+    block=line_blocks,
+    compression=st.sampled_from(list(COMPRESSORS)),
+    skip_bad=st.booleans(),
+)
+def test_stdin_agrees(
+    monkeypatch: pytest.MonkeyPatch, block: list[str], compression: str, skip_bad: bool
+) -> None:
+    """stdin streams through Python reads into the core parser, with the reference's results."""
+    from vmopt.traces import open_trace
+
+    data = COMPRESSORS[compression](encode(block, False, True))
+    monkeypatch.setattr(sys, "stdin", _Stdin(data))
+    want = drain(lambda: ref_open_trace("-", skip_bad=skip_bad))
+    monkeypatch.setattr(sys, "stdin", _Stdin(data))
+    got = drain(lambda: open_trace("-", skip_bad=skip_bad))
+    assert normalize(got) == normalize(want)
+
+
+def test_closed_stdin_is_a_trace_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 item 9: ``vmopt simulate - <&-`` has no sys.stdin at all."""
+    monkeypatch.setattr(sys, "stdin", None)
+    with pytest.raises(TraceError, match="stdin is closed"):
+        open_trace("-")

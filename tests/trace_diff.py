@@ -8,6 +8,7 @@ error (class, message, line, content) and the ``skip_bad`` count.
 from __future__ import annotations
 
 import gzip
+import logging
 import lzma
 import os
 from collections.abc import Callable
@@ -41,10 +42,34 @@ class Outcome:
     error: tuple[str, str, int | None, str | None] | None = None
     bad_records: int = 0
     chunk_lens: tuple[int, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+class _Warnings(logging.Handler):
+    """Collects the "skipping malformed records" warnings of both readers."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def drain(open_fn: Callable[[], Any]) -> Outcome:
     """Open a trace with ``open_fn`` and read it all, catching a TraceError."""
+    handler = _Warnings()
+    loggers = [logging.getLogger("vmopt.traces.readers"), logging.getLogger("reference.traces.readers")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        return _drain(open_fn, handler)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+
+
+def _drain(open_fn: Callable[[], Any], handler: _Warnings) -> Outcome:
     trace = None
     chunks: list[TraceChunk] = []
     try:
@@ -54,6 +79,7 @@ def drain(open_fn: Callable[[], Any]) -> Outcome:
         return Outcome(
             error=(type(exc).__name__, str(exc), exc.line, exc.content),
             bad_records=trace.bad_records if trace is not None else 0,
+            warnings=tuple(handler.messages),
         )
     addrs: list[int] = []
     kinds: list[int] = []
@@ -70,6 +96,7 @@ def drain(open_fn: Callable[[], Any]) -> Outcome:
         None,
         trace.bad_records if trace is not None else 0,
         tuple(len(c) for c in chunks),
+        tuple(handler.messages),
     )
 
 
@@ -104,8 +131,19 @@ def open_core(
 def normalize(out: Outcome) -> Outcome:
     """Forget the differences the core makes on purpose (listed in docs/traces.md)."""
     if out.error is None:
-        return Outcome(out.addrs, out.kinds, out.cpus, None, out.bad_records)
+        return Outcome(out.addrs, out.kinds, out.cpus, None, out.bad_records, (), _cut_all(out.warnings))
     cls, msg, line, content = out.error
+    return Outcome(
+        error=(cls, _cut(msg), line, content), bad_records=out.bad_records, warnings=_cut_all(out.warnings)
+    )
+
+
+def _cut_all(messages: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_cut(m) for m in messages)
+
+
+def _cut(msg: str) -> str:
+    """``msg`` up to the first deliberately different part."""
     for cut in (
         "; pass ",  # the reference says format=, the core names --format (issue 12 item 13)
         "not a valid .npy file",  # NumPy's header messages vs the core's own
@@ -114,9 +152,8 @@ def normalize(out: Outcome) -> Outcome:
     ):
         at = msg.find(cut)
         if at >= 0:
-            msg = msg[: at + len(cut)]
-            break
-    return Outcome(error=(cls, msg, line, content), bad_records=out.bad_records)
+            return msg[: at + len(cut)]
+    return msg
 
 
 def compare(path: Path, *, block_bytes: int | None = None, max_line: int | None = None, **kw: Any) -> Outcome:
