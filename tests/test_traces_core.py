@@ -82,17 +82,20 @@ TOKENS = [
     "é",
 ]
 
-addresses = st.tuples(st.integers(0, 2**68), st.integers(0, 20), st.sampled_from(["", "0x", "0X"])).map(
-    lambda t: f"{t[2]}{t[0]:0{t[1]}x}"
-)
+addresses = st.tuples(
+    st.integers(0, 2**68) | st.integers(2**64 - 16, 2**64 + 16),
+    st.integers(0, 20),
+    st.sampled_from(["", "0x", "0X"]),
+).map(lambda t: f"{t[2]}{t[0]:0{t[1]}x}")
 kinds = st.sampled_from(["R", "W", "X", "I", "L", "S", "M", "r", "w", "x", "i", "l", "s", "m", "Q", ""])
 separators = st.sampled_from([" ", "\t", ",", " , ", "\x1c", "  "])
 text_records = st.tuples(kinds, separators, addresses).map("".join)
+big_values = st.integers(0, 2**68) | st.integers(2**64 - 16, 2**64 + 16) | st.integers(0, 2**32)
 lackey_records = st.tuples(
     st.sampled_from(["I  ", " L ", " S ", " M ", " X ", "L ", " L\t"]),
-    st.tuples(st.integers(0, 2**68), st.integers(0, 18)).map(lambda t: f"{t[0]:0{t[1]}x}"),
-    st.sampled_from([",", ", ", ""]),
-    st.integers(0, 10**7).map(str),
+    st.tuples(big_values, st.integers(0, 18)).map(lambda t: f"{t[0]:0{t[1]}x}"),
+    st.sampled_from([",", ", ", "", ",,"]),
+    st.integers(0, 99).map(str) | st.integers(0, 10**7).map(str) | st.sampled_from(["", " ", "8 ", "x"]),
 ).map("".join)
 lines = st.one_of(st.lists(st.sampled_from(TOKENS), max_size=6).map("".join), text_records, lackey_records)
 line_blocks = st.lists(lines, min_size=0, max_size=30)
