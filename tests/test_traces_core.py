@@ -135,6 +135,28 @@ def test_line_formats_agree(
     compare(path, format=fmt, skip_bad=skip_bad, chunk_size=chunk_size)
 
 
+canonical_lackey = st.tuples(
+    st.sampled_from(["I  ", " L ", " S ", " M "]),
+    st.tuples(big_values | st.integers(2**64, 2**68), st.integers(0, 17)).map(lambda t: f"{t[0]:0{t[1]}x}"),
+    st.integers(0, 999_999),
+).map(lambda t: f"{t[0]}{t[1]},{t[2]}")
+
+
+@SETTINGS
+@given(
+    records=st.lists(canonical_lackey, min_size=1, max_size=40),
+    skip_bad=st.booleans(),
+    compression=st.sampled_from(list(COMPRESSORS)),
+)
+def test_wellformed_lackey_agree(
+    tmp_path: Path, records: list[str], skip_bad: bool, compression: str
+) -> None:
+    """Lackey records as valgrind writes them, addresses up to and past 64 bits."""
+    path = tmp_path / "t.lackey"
+    path.write_bytes(COMPRESSORS[compression](("==7== Lackey\n" + "\n".join(records) + "\n").encode()))
+    compare(path, skip_bad=skip_bad, chunk_size=16)
+
+
 @SETTINGS
 @given(
     block=st.lists(st.sampled_from(["10", "W 11", "f" * 50, "R 0xg", "", "ab" * 30]), max_size=12),

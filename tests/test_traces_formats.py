@@ -205,3 +205,30 @@ def test_drmemtrace_many_threads_and_pids_numbered_in_order(tmp_path: Path) -> N
     chunk, _, _ = read(path)
     assert chunk.cpus is not None and chunk.cpus.tolist() == [0, 1, 0, 2]
     assert chunk.asids is not None and chunk.asids.tolist() == [0, 1, 0, 2]
+
+
+@pytest.mark.parametrize(
+    ("sample", "fmt", "extra"),
+    [
+        ("sample.champsimtrace.xz", "champsim", []),
+        ("sample_cloudsuite.champsimtrace.gz", "champsim-cloudsuite", []),
+        ("sample.drmemtrace.gz", "drmemtrace", ["--set", "numa.cpus=3"]),
+    ],
+)
+def test_simulate_runs_the_new_formats(tmp_path: Path, sample: str, fmt: str, extra: list[str]) -> None:
+    """`vmopt simulate` detects each new format (and accepts it as --format), counting every access."""
+    import json
+
+    from vmopt.cli.main import main
+
+    chunk, _, _ = read(DATA / sample)
+    want_kinds = np.bincount(chunk.kinds, minlength=3).tolist()
+    for forced in ([], ["--format", fmt]):
+        out = tmp_path / "r.json"
+        assert (
+            main(["simulate", str(DATA / sample), *forced, *extra, "--no-progress", "--json", str(out)]) == 0
+        )
+        report = json.loads(out.read_text())
+        assert report["source"]["format"] == fmt
+        assert report["accesses"] == len(chunk)
+        assert [report["kinds"][k] for k in ("read", "write", "fetch")] == want_kinds
