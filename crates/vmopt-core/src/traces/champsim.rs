@@ -104,21 +104,40 @@ impl Decode for ChampSimDecoder {
         self.buf.resize(BATCH_RECORDS * l.size, 0);
         let got = self.src.read(&mut self.buf)?;
         let whole = got / l.size * l.size;
+        // Every slot is written and the cursor advances past non-zero ones
+        // only: branch-free skipping of empty slots.
+        let most = whole / l.size * (1 + 4 + l.dst_slots);
+        out.addrs.resize(most, 0);
+        out.kinds.resize(most, 0);
+        if let Some(asids) = &mut out.asids {
+            asids.resize(most, 0);
+        }
+        let mut k = 0;
         for rec in self.buf[..whole].chunks_exact(l.size) {
-            let asid = l.asid.map_or(0, |a| rec[a] as u16);
-            out.push(u64_at(rec, 0), FETCH, 0, asid);
+            let start = k;
+            out.addrs[k] = u64_at(rec, 0);
+            out.kinds[k] = FETCH;
+            k += 1;
             for slot in 0..4 {
                 let addr = u64_at(rec, l.src + 8 * slot);
-                if addr != 0 {
-                    out.push(addr, READ, 0, asid);
-                }
+                out.addrs[k] = addr;
+                out.kinds[k] = READ;
+                k += (addr != 0) as usize;
             }
             for slot in 0..l.dst_slots {
                 let addr = u64_at(rec, l.dst + 8 * slot);
-                if addr != 0 {
-                    out.push(addr, WRITE, 0, asid);
-                }
+                out.addrs[k] = addr;
+                out.kinds[k] = WRITE;
+                k += (addr != 0) as usize;
             }
+            if let (Some(asids), Some(at)) = (&mut out.asids, l.asid) {
+                asids[start..k].fill(rec[at] as u16);
+            }
+        }
+        out.addrs.truncate(k);
+        out.kinds.truncate(k);
+        if let Some(asids) = &mut out.asids {
+            asids.truncate(k);
         }
         if whole < got {
             let at = self.offset + whole as u64;
