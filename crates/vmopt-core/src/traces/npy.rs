@@ -423,9 +423,11 @@ pub fn open(mut src: Source, ctx: &Ctx) -> TraceResult<Box<dyn Decode>> {
                 ctx.name, header.count
             )));
         }
-        // SAFETY: a read-only private map of a file vmopt does not write; if
-        // another process changes the file, elements read as different
-        // integers (they are copied out as plain bytes, never referenced).
+        // SAFETY: a read-only map of a file vmopt never writes; if another
+        // process changes the file, elements read as different integers
+        // (they are copied out as plain bytes, never referenced). Truncating
+        // the file under a running reader is the one case mmap cannot guard
+        // (SIGBUS), as for every memory-mapped reader.
         let map = unsafe { Mmap::map(file) }.map_err(|e| {
             ctx.error(format!(
                 "{}: cannot memory-map the .npy file: {}",
