@@ -425,3 +425,91 @@ impl TraceReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Cursor, Write};
+
+    use super::*;
+
+    fn stream(data: Vec<u8>) -> Input {
+        Input::Stream(Box::new(Cursor::new(data)))
+    }
+
+    fn read_all(data: Vec<u8>, options: &Options) -> TraceResult<(Format, Vec<usize>, Chunk)> {
+        let mut reader = TraceReader::open("t", stream(data), options)?;
+        let mut all = Chunk::for_format(reader.format(), 0);
+        let mut lens = Vec::new();
+        while let Some(chunk) = reader.next_chunk()? {
+            lens.push(chunk.len());
+            all.extend_from(&chunk, 0, chunk.len());
+        }
+        Ok((reader.format(), lens, all))
+    }
+
+    #[test]
+    fn gzip_text_in_exact_chunks() {
+        let text: String = (0..1000).map(|i| format!("W {i:x}\n")).collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(text.as_bytes()).unwrap();
+        let (format, lens, all) = read_all(gz.finish().unwrap(), &Options::new(300)).unwrap();
+        assert_eq!(format, Format::Text);
+        assert_eq!(lens, [300, 300, 300, 100]);
+        assert_eq!(all.addrs, (0..1000).collect::<Vec<u64>>());
+        assert!(all.kinds.iter().all(|&k| k == WRITE));
+    }
+
+    #[test]
+    fn malformed_lines_fail_or_count() {
+        let data = b"R 1\nR zz\nR 2\n".to_vec();
+        let err = read_all(data.clone(), &Options::new(10)).unwrap_err();
+        assert_eq!(err.message, "t:2: cannot parse 'zz' as an address");
+        assert_eq!((err.line, err.content.as_deref()), (Some(2), Some("R zz")));
+        let mut reader = TraceReader::open(
+            "t",
+            stream(data),
+            &Options {
+                skip_bad: true,
+                ..Options::new(10)
+            },
+        )
+        .unwrap();
+        assert_eq!(reader.next_chunk().unwrap().unwrap().addrs, [1, 2]);
+        assert_eq!(reader.progress().bad_records.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn drmemtrace_threads_become_cpus() {
+        let mut data = Vec::new();
+        for (ty, addr) in [
+            (25u16, 5u64),
+            (22, 100),
+            (10, 0x1000),
+            (22, 200),
+            (0, 0x2000),
+            (22, 100),
+            (1, 0x3000),
+        ] {
+            data.extend_from_slice(&ty.to_le_bytes());
+            data.extend_from_slice(&8u16.to_le_bytes());
+            data.extend_from_slice(&addr.to_le_bytes());
+        }
+        let (format, _, all) = read_all(data, &Options::new(64)).unwrap();
+        assert_eq!(format, Format::DrMemtrace);
+        assert_eq!(all.addrs, [0x1000, 0x2000, 0x3000]);
+        assert_eq!(all.kinds, [FETCH, READ, WRITE]);
+        assert_eq!(all.cpus, Some(vec![0, 1, 0]));
+    }
+
+    #[test]
+    fn raw_of_odd_length_is_an_error() {
+        let options = Options {
+            format: Some(Format::Raw),
+            ..Options::new(4)
+        };
+        let err = read_all(vec![1; 12], &options).unwrap_err();
+        assert!(err
+            .message
+            .starts_with("t: raw trace length 12 is not a multiple of 8"));
+    }
+}
