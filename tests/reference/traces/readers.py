@@ -1,4 +1,8 @@
-"""Opening address traces: format detection and streaming readers.
+"""The reference trace readers (the Python ones the core replaced): detection and streaming.
+
+Kept as the specification of the Lackey, text, raw and npy formats, their
+messages and skip-bad counts; tests/test_traces_core.py compares the core
+against it.
 
 :func:`open_trace` turns a file (or stdin) in one of :data:`FORMATS`,
 optionally gzip/zstd/xz compressed, into a :class:`Trace`: a single-pass
