@@ -294,3 +294,32 @@ def test_closed_stdin_is_a_trace_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", None)
     with pytest.raises(TraceError, match="stdin is closed"):
         open_trace("-")
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"", b"\0" * 8, b"\0" * 70_000, b"\0\0" + b"GZ", b"x"],
+    ids=["none", "zeros", "many", "gz", "junk"],
+)
+def test_gzip_members_and_padding_agree(tmp_path: Path, tail: bytes) -> None:
+    """gzip zero padding is skipped like Python's gzip (and gzip(1)) does; junk is an error in both."""
+    import gzip
+
+    member = gzip.compress(b"W 10\nR 20\n")
+    blob = member + tail.replace(b"GZ", member)
+    path = tmp_path / "t.gz"
+    path.write_bytes(blob)
+    out = compare(path)
+    assert (out.error is None) == (tail != b"x")
+
+
+def test_xz_stream_padding_is_accepted(tmp_path: Path) -> None:
+    """The xz format allows 4-byte-multiple zero padding between and after streams (xz(1) accepts it).
+
+    Python's lzma rejects it, so here the core deliberately differs from the reference.
+    """
+    import lzma
+
+    path = tmp_path / "t.xz"
+    path.write_bytes(lzma.compress(b"W 10\n") + b"\0" * 4 + lzma.compress(b"R 20\n") + b"\0" * 8)
+    assert open_trace(path).read_all().addrs.tolist() == [0x10, 0x20]

@@ -1,13 +1,14 @@
 //! Byte sources: a file or stream, transparently decompressed.
 //!
 //! Compression is recognised by magic bytes, not by name, so piped and
-//! misnamed files work. gzip (any number of members), zstd (any number of
-//! frames) and xz (any number of streams) are decoded as they stream past,
+//! misnamed files work. gzip (any number of members, zero padding
+//! allowed), zstd (any number of frames) and xz (any number of streams,
+//! with the stream padding the xz format allows) are decoded as they stream past,
 //! so a decompression bomb costs time, never memory. Bytes taken from the
 //! underlying file are counted in [`Progress::bytes_read`].
 
 use std::fs::File;
-use std::io::{self, Cursor, Read};
+use std::io::{self, BufRead, BufReader, Cursor, Read};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -83,6 +84,57 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// gzip members one after another, with zero padding between or after them
+/// skipped (as gzip(1) and Python's `gzip` module do).
+struct GzMembers<R: BufRead> {
+    member: Option<flate2::bufread::GzDecoder<R>>,
+}
+
+impl<R: BufRead> GzMembers<R> {
+    fn new(inner: R) -> GzMembers<R> {
+        GzMembers {
+            member: Some(flate2::bufread::GzDecoder::new(inner)),
+        }
+    }
+}
+
+/// Consume zero bytes; `Ok(true)` if data follows them.
+fn skip_zeros<R: BufRead>(r: &mut R) -> io::Result<bool> {
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        let zeros = buf.iter().take_while(|&&b| b == 0).count();
+        let more = zeros < buf.len();
+        r.consume(zeros);
+        if more {
+            return Ok(true);
+        }
+    }
+}
+
+impl<R: BufRead> Read for GzMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(member) = self.member.as_mut() else {
+                return Ok(0);
+            };
+            let n = member.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            let Some(done) = self.member.take() else {
+                return Ok(0);
+            };
+            let mut rest = done.into_inner();
+            if skip_zeros(&mut rest)? {
+                self.member = Some(flate2::bufread::GzDecoder::new(rest));
+            }
+        }
+    }
+}
+
 /// Python's `exc.strerror`: the OS message without Rust's ` (os error N)` suffix.
 pub fn os_reason(err: &io::Error) -> String {
     let text = err.to_string();
@@ -148,7 +200,9 @@ impl Source {
         let chained = Cursor::new(magic).chain(counting);
         let reader: Box<dyn Read + Send> = match compression {
             None => Box::new(chained),
-            Some(Compression::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(chained)),
+            Some(Compression::Gzip) => {
+                Box::new(GzMembers::new(BufReader::with_capacity(1 << 16, chained)))
+            }
             Some(Compression::Xz) => Box::new(xz2::read::XzDecoder::new_multi_decoder(chained)),
             Some(Compression::Zstd) => {
                 Box::new(zstd::stream::read::Decoder::new(chained).map_err(|e| {
