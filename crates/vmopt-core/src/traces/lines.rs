@@ -81,6 +81,40 @@ fn fast_lackey(line: &[u8]) -> Option<(u64, u8)> {
     Some((value, kind))
 }
 
+/// `[0x]HEX` of 1 to 16 digits filling `field`, in one pass.
+#[inline]
+fn fast_hex(field: &[u8]) -> Option<u64> {
+    let digits = match field {
+        [b'0', b'x' | b'X', rest @ ..] => rest,
+        _ => field,
+    };
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for &d in digits {
+        let nib = NIBBLE[d as usize];
+        if nib == 0xff {
+            return None;
+        }
+        value = (value << 4) | nib as u64;
+    }
+    Some(value)
+}
+
+/// The canonical text record (`K ADDR` with one separator, or `ADDR`),
+/// parsed in one pass; `None` sends the line to [`parse_text_line`], which
+/// accepts every line this accepts, with the same result.
+#[inline]
+fn fast_text(line: &[u8]) -> Option<(u64, u8)> {
+    if let [k, b' ' | b'\t' | b',', field @ ..] = line {
+        if let Some(kind) = text_kind(std::slice::from_ref(k)) {
+            return fast_hex(field).map(|v| (v, kind));
+        }
+    }
+    fast_hex(line).map(|v| (v, READ))
+}
+
 fn hex_value(token: &[u8]) -> Result<u64, Reason> {
     let digits = if token.len() >= 2 && token[0] == b'0' && (token[1] | 0x20) == b'x' {
         &token[2..]
@@ -301,11 +335,14 @@ impl LineDecoder {
             if line.is_empty() {
                 continue;
             }
-            if self.lackey {
-                if let Some((addr, kind)) = fast_lackey(line) {
-                    out.push(addr, kind, 0, 0);
-                    continue;
-                }
+            let fast = if self.lackey {
+                fast_lackey(line)
+            } else {
+                fast_text(line)
+            };
+            if let Some((addr, kind)) = fast {
+                out.push(addr, kind, 0, 0);
+                continue;
             }
             match parse(line) {
                 Ok(Some((addr, kind))) => out.push(addr, kind, 0, 0),
@@ -390,6 +427,15 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #[test]
+        fn fast_text_agrees_with_the_general_parser(
+            line in proptest::string::bytes_regex("([RWXILSMrwxilsmEbQ]?[ \t,\x1c]{0,2})(0x|0X)?[0-9a-fA-Fg]{0,18}[ #,]?").unwrap()
+        ) {
+            if let Some(rec) = fast_text(&line) {
+                prop_assert_eq!(parse_text_line(&line), Ok(Some(rec)));
+            }
+        }
+
         #[test]
         fn fast_lackey_agrees_with_the_general_parser(
             line in proptest::string::bytes_regex("(I  | L | S | M |  L |I |X )[0-9a-fA-Fg]{0,18}(,| ,|)[0-9 x]{0,8}").unwrap()
