@@ -357,9 +357,7 @@ impl State {
                 proto.level,
             );
             e.prefetched = prefetched;
-            level
-                .insert(array, e)
-                .expect("array_for names an array that holds the shift");
+            level.fill(array, e);
         }
     }
 

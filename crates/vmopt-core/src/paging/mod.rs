@@ -345,13 +345,16 @@ pub trait Format: Send + Sync + fmt::Debug {
 ///
 /// A pass returns `Ok(None)` when an A/D compare-exchange found the PTE
 /// changed since it was read; the walk then restarts from the root, so it
-/// never writes an old PTE back.
+/// never writes an old PTE back. The passes read memory through its pinned
+/// view when it has one ([`PteMemory::pinned`]: one lock hold per walk, not
+/// one per PTE).
 pub(crate) fn walk_until_done(
+    mem: &dyn PteMemory,
     canonical: bool,
     va: u64,
     access: Access,
     user: bool,
-    mut walk_once: impl FnMut() -> Result<Option<Translation>>,
+    mut walk_once: impl FnMut(&dyn PteMemory) -> Result<Option<Translation>>,
 ) -> Result<Translation> {
     if !canonical {
         return Err(crate::Error::Fault(Fault {
@@ -362,10 +365,16 @@ pub(crate) fn walk_until_done(
             user,
         }));
     }
-    loop {
-        if let Some(t) = walk_once()? {
+    let mut passes = |m: &dyn PteMemory| loop {
+        if let Some(t) = walk_once(m)? {
             return Ok(t);
         }
+    };
+    let mut done = None;
+    mem.pinned(&mut |view| done = Some(passes(view)));
+    match done {
+        Some(result) => result,
+        None => passes(mem),
     }
 }
 

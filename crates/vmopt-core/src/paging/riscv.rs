@@ -333,8 +333,8 @@ impl Format for RiscV {
         user: bool,
         update_ad: bool,
     ) -> Result<Translation> {
-        walk_until_done(self.is_canonical(va), va, access, user, || {
-            self.walk_once(mem, root, va, access, user, update_ad)
+        walk_until_done(mem, self.is_canonical(va), va, access, user, |m| {
+            self.walk_once(m, root, va, access, user, update_ad)
         })
     }
 }

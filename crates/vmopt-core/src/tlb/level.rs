@@ -342,11 +342,29 @@ impl TlbLevel {
         Ok(victim)
     }
 
+    /// [`insert`](Self::insert) for an MMU fill: `array` and the entry's
+    /// shift come from [`array_for`](Self::array_for) and its vpn from a
+    /// 64-bit address, so nothing needs checking, and the victim is only
+    /// forgotten, not returned.
+    #[inline]
+    pub fn fill(&mut self, array: usize, entry: TlbEntry) {
+        self.forget_key(entry.vpn, entry.shift);
+        if let Some(v) = self.arrays[array].place(entry, &mut self.stats) {
+            self.forget_key(v.vpn, v.shift);
+        }
+    }
+
     /// Forget the remembered lookups `e` could answer or shadow.
     #[inline]
     fn forget(&mut self, e: &TlbEntry) {
-        if e.shift == 12 {
-            self.memo[memo_index(e.vpn, self.memo_mask)].epoch = 0;
+        self.forget_key(e.vpn, e.shift);
+    }
+
+    /// Forget the remembered lookups an entry of `(vpn, shift)` could answer or shadow.
+    #[inline]
+    fn forget_key(&mut self, vpn: u64, shift: u8) {
+        if shift == 12 {
+            self.memo[memo_index(vpn, self.memo_mask)].epoch = 0;
         } else {
             self.forget_all();
         }
