@@ -290,6 +290,26 @@ impl TlbArray {
         }
     }
 
+    /// What `k >= 1` hits in a row on the entry in `slot` do to the
+    /// replacement state: LRU advances the clock by `k` and stamps the entry
+    /// with it (each hit's stamp overwrites the last), PLRU points the tree
+    /// away from the way once (the same bits each time), FIFO and random
+    /// keep none.
+    #[inline]
+    pub fn touch_run(&mut self, slot: usize, k: u64) {
+        match self.cfg.policy {
+            Policy::Lru => {
+                let (clock, ways) = self.lru_parts();
+                if let Some(e) = ways[slot].as_mut() {
+                    *clock += k - 1;
+                    lru_touch(clock, e);
+                }
+            }
+            Policy::Plru => self.plru_touch(slot / self.ways, slot % self.ways),
+            Policy::Fifo | Policy::Random => {}
+        }
+    }
+
     /// The replacement policy.
     #[inline]
     pub fn policy(&self) -> Policy {
@@ -400,7 +420,7 @@ impl TlbArray {
     /// One pass over the set's compact tags finds both an entry of the same
     /// key and the first invalid way (a tag is 0 exactly when its way is
     /// invalid); only a full set reads the ways' stamps or tree bits.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn place(&mut self, mut entry: TlbEntry, stats: &mut TlbStats) -> Option<TlbEntry> {
         debug_assert!(self.map_index(entry.shift).is_some());
         self.serials += 1;
