@@ -60,6 +60,80 @@ struct Memo {
     allow: u8,
 }
 
+/// The memo's bit for "the entry is 4 KiB" (it answers one page only).
+const MEMO_SMALL: u8 = 1 << 6;
+
+/// The 4 KiB entries a batch's one-array LRU loop hit last (see
+/// [`TlbLevel::memo_run`]), tried before the memo: real programs cycle
+/// between a few pages (code, a source, a destination), and a hit here
+/// costs a compare.
+///
+/// It defers the recency a hit writes: `stamp[k]` is the clock of the last
+/// hit on the entry in `slot[k]`, stored into the entry when it leaves the
+/// window or the loop ends. That is exact because nothing reads a stamp
+/// while the loop runs (only a fill's victim choice does), each entry is
+/// here at most once (a 4 KiB entry answers only its own page, and a page
+/// is admitted only when it is not here), and every hit of an entry here is
+/// a hit here. Empty places hold [`NO_PAGE`], which no page number equals.
+#[derive(Clone, Copy)]
+struct RecentPages {
+    page: [u64; RECENT_PAGES],
+    pa: [u64; RECENT_PAGES],
+    stamp: [u64; RECENT_PAGES],
+    slot: [u32; RECENT_PAGES],
+    /// The place the next admission takes (round robin).
+    next: usize,
+}
+
+/// Places in [`RecentPages`].
+const RECENT_PAGES: usize = 4;
+/// A page number no address has (they have 52 bits).
+const NO_PAGE: u64 = u64::MAX;
+
+impl Default for RecentPages {
+    fn default() -> Self {
+        RecentPages {
+            page: [NO_PAGE; RECENT_PAGES],
+            pa: [0; RECENT_PAGES],
+            stamp: [0; RECENT_PAGES],
+            slot: [0; RECENT_PAGES],
+            next: 0,
+        }
+    }
+}
+
+impl RecentPages {
+    #[inline(always)]
+    fn find(&self, page: u64) -> Option<usize> {
+        (0..RECENT_PAGES).find(|&k| self.page[k] == page)
+    }
+
+    /// Hold `page` (not here), hit at `clock`; the `(slot, stamp)` it displaced, if any.
+    #[inline(always)]
+    fn admit(&mut self, page: u64, pa: u64, slot: u32, clock: u64) -> Option<(u32, u64)> {
+        let k = self.next;
+        self.next = (k + 1) % RECENT_PAGES;
+        let out = (self.page[k] != NO_PAGE).then_some((self.slot[k], self.stamp[k]));
+        (self.page[k], self.pa[k], self.slot[k], self.stamp[k]) = (page, pa, slot, clock);
+        out
+    }
+
+    /// The `(slot, stamp)` of every place held.
+    fn drain(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        (0..RECENT_PAGES)
+            .filter(|&k| self.page[k] != NO_PAGE)
+            .map(|k| (self.slot[k], self.stamp[k]))
+    }
+}
+
+/// Store a deferred LRU stamp into the entry in `slot`.
+#[inline(always)]
+fn stamp_way(ways: &mut [Option<TlbEntry>], slot: u32, stamp: u64) {
+    if let Some(e) = ways.get_mut(slot as usize).and_then(Option::as_mut) {
+        e.stamp = stamp;
+    }
+}
+
 /// What a hit of `(bit, write)` needs in a memo's `allow`.
 #[inline(always)]
 fn memo_need(bit: u8, write: bool) -> u8 {
@@ -214,7 +288,9 @@ impl TlbLevel {
     /// answered is left, with nothing changed, to the full path.
     ///
     /// A one-array LRU level (the common L1) runs a specialised loop that
-    /// keeps the clock in a local: the same [`lru_touch`] per run.
+    /// keeps the clock in a local and tries the last few 4 KiB pages it hit
+    /// before the memo ([`RecentPages`]): the same [`lru_touch`] per hit,
+    /// with the stamps of those pages' entries stored when they leave.
     #[inline]
     pub fn memo_run(
         &mut self,
@@ -243,8 +319,17 @@ impl TlbLevel {
         if self.arrays.len() == 1 && self.arrays[0].policy() == Policy::Lru {
             let (clock_ref, ways) = self.arrays[0].lru_parts();
             let mut clock = *clock_ref;
+            let mut recent = RecentPages::default();
             while i < n {
-                let page = vas[i] >> 12;
+                let va = vas[i];
+                let page = va >> 12;
+                if let Some(k) = recent.find(page) {
+                    out[i] = recent.pa[k] | (va & 0xFFF);
+                    clock += 1; // lru_touch, its stamp deferred
+                    recent.stamp[k] = clock;
+                    i += 1;
+                    continue;
+                }
                 let m = &memo[memo_index(page, mask)];
                 if m.key != epoch | page || m.allow & need != need {
                     break;
@@ -252,10 +337,19 @@ impl TlbLevel {
                 let Some(e) = ways.get_mut(m.slot as usize).and_then(Option::as_mut) else {
                     break;
                 };
-                let end = run_end(i, page, out, m.pa);
-                clock += (end - i - 1) as u64;
-                lru_touch(&mut clock, e);
-                i = end;
+                out[i] = m.pa | (va & 0xFFF);
+                i += 1;
+                if m.allow & MEMO_SMALL == 0 {
+                    lru_touch(&mut clock, e);
+                } else {
+                    clock += 1; // lru_touch, its stamp deferred
+                    if let Some((slot, stamp)) = recent.admit(page, m.pa, m.slot, clock) {
+                        stamp_way(ways, slot, stamp);
+                    }
+                }
+            }
+            for (slot, stamp) in recent.drain() {
+                stamp_way(ways, slot, stamp);
             }
             *clock_ref = clock;
             return i;
@@ -313,7 +407,9 @@ impl TlbLevel {
                         pa: e.page_pa | offset,
                         slot: slot as u32,
                         array: array as u8,
-                        allow: e.rights | if e.dirty { MEMO_DIRTY } else { 0 },
+                        allow: e.rights
+                            | if e.dirty { MEMO_DIRTY } else { 0 }
+                            | if e.shift == 12 { MEMO_SMALL } else { 0 },
                     };
                 }
                 return Some(Hit { array, slot });
