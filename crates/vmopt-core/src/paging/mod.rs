@@ -365,16 +365,24 @@ pub(crate) fn walk_until_done(
             user,
         }));
     }
-    let mut passes = |m: &dyn PteMemory| loop {
-        if let Some(t) = walk_once(m)? {
-            return Ok(t);
-        }
-    };
     let mut done = None;
-    mem.pinned(&mut |view| done = Some(passes(view)));
+    mem.pinned(&mut |view| done = Some(passes(view, &mut walk_once)));
     match done {
         Some(result) => result,
-        None => passes(mem),
+        None => passes(mem, &mut walk_once),
+    }
+}
+
+/// Passes of `walk_once` over `mem` until one completes.
+#[inline(always)]
+fn passes(
+    mem: &dyn PteMemory,
+    walk_once: &mut impl FnMut(&dyn PteMemory) -> Result<Option<Translation>>,
+) -> Result<Translation> {
+    loop {
+        if let Some(t) = walk_once(mem)? {
+            return Ok(t);
+        }
     }
 }
 
