@@ -297,6 +297,7 @@ impl TlbArray {
     /// keep none.
     #[inline]
     pub fn touch_run(&mut self, slot: usize, k: u64) {
+        debug_assert!(k >= 1);
         match self.cfg.policy {
             Policy::Lru => {
                 let (clock, ways) = self.lru_parts();

@@ -31,6 +31,8 @@ const EPOCH_SHIFT: u32 = 52;
 const MAX_EPOCH: u64 = (1 << (64 - EPOCH_SHIFT)) - 1;
 /// The memo's bit for "the entry is dirty", above the six rights bits.
 const MEMO_DIRTY: u8 = 1 << 7;
+/// The memo's bit for "the entry is 4 KiB" (it answers one page only).
+const MEMO_SMALL: u8 = 1 << 6;
 
 /// A remembered lookup: a lookup of 4 KiB page `key & (2^52 - 1)` by the
 /// level's memo ASID found the entry in `slot` of array `array`.
@@ -49,7 +51,7 @@ const MEMO_DIRTY: u8 = 1 << 7;
 /// It also holds what a hit needs of the entry, which cannot change while
 /// it is valid: `pa` is the physical address of the looked-up 4 KiB page
 /// (of the entry's page of any size), `allow` the entry's rights mask with
-/// [`MEMO_DIRTY`] if it is dirty.
+/// [`MEMO_DIRTY`] if it is dirty and [`MEMO_SMALL`] if it is 4 KiB.
 #[derive(Clone, Copy, Debug, Default)]
 struct Memo {
     /// `epoch << 52 | page` (0: empty; epochs start at 1).
@@ -59,9 +61,6 @@ struct Memo {
     array: u8,
     allow: u8,
 }
-
-/// The memo's bit for "the entry is 4 KiB" (it answers one page only).
-const MEMO_SMALL: u8 = 1 << 6;
 
 /// The 4 KiB entries a batch's one-array LRU loop hit last (see
 /// [`TlbLevel::memo_run`]), tried before the memo: real programs cycle
@@ -103,6 +102,7 @@ impl Default for RecentPages {
 }
 
 impl RecentPages {
+    /// The place holding `page`, if any.
     #[inline(always)]
     fn find(&self, page: u64) -> Option<usize> {
         (0..RECENT_PAGES).find(|&k| self.page[k] == page)
@@ -478,7 +478,7 @@ impl TlbLevel {
     /// 64-bit address, so nothing needs checking, and the victim is only
     /// forgotten, not returned.
     #[inline(always)]
-    pub fn fill(&mut self, array: usize, entry: TlbEntry) {
+    pub(crate) fn fill(&mut self, array: usize, entry: TlbEntry) {
         self.forget_key(entry.vpn, entry.shift);
         if let Some(v) = self.arrays[array].place(entry, &mut self.stats) {
             self.forget_key(v.vpn, v.shift);
