@@ -152,6 +152,8 @@ def test_shootdown_from_another_thread_is_never_missed() -> None:
     addrs = np.array(cycle([0, 1, 2], 200), dtype=np.uint64)
     middle = (addrs >> np.uint64(12)) == np.uint64(page(1) >> 12)
     published = [0]
+    finished = [-1]  # the generation the last completed batch started at
+    progress = threading.Condition()
     stop = threading.Event()
     bad: list[str] = []
 
@@ -166,7 +168,9 @@ def test_shootdown_from_another_thread_is_never_missed() -> None:
             allowed = set(frames[gen:])
             if not seen <= allowed:
                 bad.append(f"generation {gen}: frames {sorted(seen - allowed)} were replaced")
-                return
+            with progress:
+                finished[0] = gen
+                progress.notify()
 
     worker = threading.Thread(target=translate)
     worker.start()
@@ -175,6 +179,9 @@ def test_shootdown_from_another_thread_is_never_missed() -> None:
             pt.unmap(page(1, 0), PAGE)
             pt.map(page(1, 0), frames[gen], PAGE, "rw", user=True)
             published[0] = gen
+            # The next remap races with a batch that started after this one.
+            with progress:
+                assert progress.wait_for(lambda g=gen: finished[0] >= g or bool(bad), timeout=60)
     finally:
         stop.set()
         worker.join()
