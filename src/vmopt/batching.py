@@ -239,7 +239,9 @@ def run_sequential(
                 record_failure(failures, i, va, exc)
         return finish(results, failures, mode, total, log_failures=log_failures)
     arr = np.ascontiguousarray(values, dtype=np.uint64)
-    out = np.zeros(total, dtype=np.uint64)
+    # Every slot is written below (failures with 0): np.empty reuses freed
+    # memory as it is, where zeros would clear it or fault in fresh pages.
+    out = np.empty(total, dtype=np.uint64)
     for start in range(0, total, chunk_size):
         end = min(start + chunk_size, total)
         pos = start
@@ -249,6 +251,7 @@ def run_sequential(
                 try:
                     out[pos] = op(int(arr[pos]))
                 except VmoptError as exc:
+                    out[pos] = 0
                     record_failure(failures, pos, int(arr[pos]), exc)
                 pos += 1
                 continue
@@ -260,6 +263,7 @@ def run_sequential(
             try:
                 out[pos] = array_path.resume(va, error)
             except VmoptError as exc:
+                out[pos] = 0
                 record_failure(failures, pos, va, exc)
             pos += 1
     return finish(out, failures, mode, total, log_failures=log_failures)

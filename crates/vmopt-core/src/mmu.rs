@@ -17,12 +17,15 @@
 //! Batches ([`Mmu::translate_batch`]) first ask L1's lookup memo (see
 //! `tlb::level`): a remembered lookup whose entry is still the same fill,
 //! allows the access, needs no D-bit re-walk and is no unused prefetch is a
-//! hit whose only effects are the touch of its replacement state (done by
-//! the array's own `touch`) and the lookup, hit, cycles and translation
-//! counts (summed in a local and added once per lock hold). That is exactly
-//! what `State::translate` does for such a hit, so results, counters and
-//! replacement state stay those of the scalar path; anything else takes the
-//! scalar path.
+//! hit whose only effects are the touch of its replacement state and the
+//! lookup, hit, cycles and translation counts (summed in a local and added
+//! once per lock hold). That is exactly what `State::translate` does for
+//! such a hit, so results, counters and replacement state stay those of the
+//! scalar path; anything else takes the scalar path. As no such hit changes
+//! what a lookup finds, the level answers a run of addresses in one page
+//! with one probe and one touch of the run's length, and a one-array LRU L1
+//! keeps the last few pages it hit at hand with their stamps deferred
+//! (`TlbLevel::memo_run` says why each is exact).
 //!
 //! Locking: all state sits behind one mutex, and a miss walks with it held,
 //! so the lock order is MMU -> `PageTable` frees (read). A shootdown arrives
@@ -357,9 +360,7 @@ impl State {
                 proto.level,
             );
             e.prefetched = prefetched;
-            level
-                .insert(array, e)
-                .expect("array_for names an array that holds the shift");
+            level.fill(array, e);
         }
     }
 

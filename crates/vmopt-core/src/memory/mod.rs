@@ -25,6 +25,19 @@ pub trait PteMemory: Send + Sync {
     /// re-reads and restarts); `Err` if `pa` is outside memory or the memory
     /// is read-only.
     fn cas_u64(&self, pa: u64, old: u64, new: u64) -> Result<bool>;
+
+    /// Run `f` once with a view of this memory for one page walk, whose
+    /// loads and compare-exchanges share one lock hold instead of taking one
+    /// each; `false` (and `f` not run) if the memory has no such view, and
+    /// the walk reads the memory itself.
+    ///
+    /// The view may refuse a compare-exchange that needs storage the memory
+    /// does not have yet (swapping 0 for non-zero in a frame never written):
+    /// walks only set A/D bits in present, hence non-zero, PTEs.
+    fn pinned(&self, f: &mut dyn FnMut(&dyn PteMemory)) -> bool {
+        let _ = f;
+        false
+    }
 }
 
 /// Block order of each size `alloc` hands out (4 KiB, 2 MiB, 1 GiB).

@@ -5,7 +5,8 @@
 //! bits while another thread edits the tables, with no lock held across a
 //! walk. Sparse frames live in a hash map behind a read-write lock: lookups
 //! share it, and only the first write to a frame or the dropping of zeroed
-//! frames takes it exclusively.
+//! frames takes it exclusively. A page walk takes the shared lock once for
+//! all its PTEs ([`PteMemory::pinned`]), not once per PTE.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -776,6 +777,20 @@ impl PteMemory for PhysMem {
         Some(u64::from_le(self.load_raw(pa)))
     }
 
+    /// Sparse memory: one read hold of the frame map for the whole walk (a
+    /// walk reads 4-5 PTEs). Images take no lock, so they need no view.
+    fn pinned(&self, f: &mut dyn FnMut(&dyn PteMemory)) -> bool {
+        let Store::Sparse(frames) = &self.store else {
+            return false;
+        };
+        let frames = frames.read().unwrap_or_else(|e| e.into_inner());
+        f(&SparseView {
+            mem: self,
+            frames: &frames,
+        });
+        true
+    }
+
     fn cas_u64(&self, pa: u64, old: u64, new: u64) -> Result<bool> {
         self.check_word(pa)?;
         self.refuse_write(|| format!("memory is read-only; 8-byte write at {pa:#x} refused"))?;
@@ -791,6 +806,59 @@ impl PteMemory for PhysMem {
                 .is_ok(),
             None => old == 0, // an absent frame reads as zero; swapping 0 for 0 succeeds
         }))
+    }
+}
+
+/// Sparse memory seen through one read hold of its frame map (see [`PteMemory::pinned`]).
+///
+/// Frames are only dropped under the map's write lock, so the frames seen
+/// here stay alive for the hold; their words are atomics, so concurrent
+/// writers and compare-exchanges on other threads still interleave word by
+/// word exactly as through [`PhysMem`] itself.
+struct SparseView<'a> {
+    mem: &'a PhysMem,
+    frames: &'a FxHashMap<u64, Box<Frame>>,
+}
+
+impl SparseView<'_> {
+    #[inline]
+    fn word(&self, pa: u64) -> Option<&AtomicU64> {
+        let frame = self.frames.get(&(pa >> FRAME_SHIFT))?;
+        Some(&frame.0[((pa & FRAME_MASK) >> 3) as usize])
+    }
+}
+
+impl PteMemory for SparseView<'_> {
+    #[inline]
+    fn load_u64(&self, pa: u64) -> Option<u64> {
+        if pa & 7 != 0 || !self.mem.contains(pa, 8) {
+            return None;
+        }
+        Some(
+            self.word(pa)
+                .map_or(0, |w| u64::from_le(w.load(Ordering::Acquire))),
+        )
+    }
+
+    fn cas_u64(&self, pa: u64, old: u64, new: u64) -> Result<bool> {
+        self.mem.check_word(pa)?;
+        self.mem
+            .refuse_write(|| format!("memory is read-only; 8-byte write at {pa:#x} refused"))?;
+        match self.word(pa) {
+            Some(w) => Ok(w
+                .compare_exchange(
+                    old.to_le(),
+                    new.to_le(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()),
+            // An absent frame reads as zero.
+            None if old != 0 || new == 0 => Ok(old == 0),
+            None => Err(Error::Address(format!(
+                "a page walk cannot create the frame of {pa:#x} to store {new:#x}"
+            ))),
+        }
     }
 }
 
@@ -1031,6 +1099,39 @@ mod tests {
         assert_eq!(mem.resident_frames(), 0);
         assert!(mem.cas_u64(8, 0, 6).unwrap());
         assert_eq!(mem.read_u64(8).unwrap(), 6);
+    }
+
+    #[test]
+    fn a_pinned_view_reads_and_swaps_as_the_memory_does() {
+        let mem = PhysMem::new(4 * FRAME_SIZE, 0, None).unwrap();
+        mem.write_u64(FRAME_SIZE + 16, 0x1234).unwrap();
+        let mut ran = 0;
+        assert!(mem.pinned(&mut |view| {
+            ran += 1;
+            assert_eq!(view.load_u64(FRAME_SIZE + 16), Some(0x1234));
+            assert_eq!(view.load_u64(2 * FRAME_SIZE), Some(0)); // never written
+            assert_eq!(view.load_u64(FRAME_SIZE + 17), None); // unaligned
+            assert_eq!(view.load_u64(4 * FRAME_SIZE), None); // outside
+            assert!(!view.cas_u64(FRAME_SIZE + 16, 1, 2).unwrap());
+            assert!(view.cas_u64(FRAME_SIZE + 16, 0x1234, 0x1235).unwrap());
+            assert!(!view.cas_u64(2 * FRAME_SIZE, 5, 6).unwrap());
+            assert!(view.cas_u64(2 * FRAME_SIZE, 0, 0).unwrap());
+            let err = view.cas_u64(2 * FRAME_SIZE, 0, 6).unwrap_err();
+            assert!(matches!(err, Error::Address(_)), "{err:?}");
+            assert!(view.cas_u64(4 * FRAME_SIZE, 0, 1).is_err());
+        }));
+        assert_eq!(ran, 1);
+        assert_eq!(mem.read_u64(FRAME_SIZE + 16).unwrap(), 0x1235);
+        assert_eq!(mem.resident_frames(), 1);
+    }
+
+    #[test]
+    fn images_have_no_pinned_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.raw");
+        std::fs::write(&path, vec![0u8; FRAME_SIZE as usize]).unwrap();
+        let mem = PhysMem::from_file(&path, ImageMode::ReadOnly).unwrap();
+        assert!(!mem.pinned(&mut |_| panic!("images read without a lock")));
     }
 
     #[test]

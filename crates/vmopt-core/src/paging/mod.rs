@@ -348,13 +348,16 @@ pub trait Format: Send + Sync + fmt::Debug {
 ///
 /// A pass returns `Ok(None)` when an A/D compare-exchange found the PTE
 /// changed since it was read; the walk then restarts from the root, so it
-/// never writes an old PTE back.
+/// never writes an old PTE back. The passes read memory through its pinned
+/// view when it has one ([`PteMemory::pinned`]: one lock hold per walk, not
+/// one per PTE).
 pub(crate) fn walk_until_done(
+    mem: &dyn PteMemory,
     canonical: bool,
     va: u64,
     access: Access,
     user: bool,
-    mut walk_once: impl FnMut() -> Result<Option<Translation>>,
+    mut walk_once: impl FnMut(&dyn PteMemory) -> Result<Option<Translation>>,
 ) -> Result<Translation> {
     if !canonical {
         return Err(crate::Error::Fault(Fault {
@@ -365,8 +368,22 @@ pub(crate) fn walk_until_done(
             user,
         }));
     }
+    let mut done = None;
+    mem.pinned(&mut |view| done = Some(passes(view, &mut walk_once)));
+    match done {
+        Some(result) => result,
+        None => passes(mem, &mut walk_once),
+    }
+}
+
+/// Passes of `walk_once` over `mem` until one completes.
+#[inline(always)]
+fn passes(
+    mem: &dyn PteMemory,
+    walk_once: &mut impl FnMut(&dyn PteMemory) -> Result<Option<Translation>>,
+) -> Result<Translation> {
     loop {
-        if let Some(t) = walk_once()? {
+        if let Some(t) = walk_once(mem)? {
             return Ok(t);
         }
     }

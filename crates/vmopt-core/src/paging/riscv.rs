@@ -124,6 +124,9 @@ impl RiscV {
     }
 
     /// One pass of the walk; `Ok(None)` if the A/D compare-exchange lost a race.
+    ///
+    /// Inlined into the walk so the translation is built where it is returned.
+    #[inline(always)]
     fn walk_once(
         &self,
         mem: &dyn PteMemory,
@@ -333,9 +336,15 @@ impl Format for RiscV {
         user: bool,
         update_ad: bool,
     ) -> Result<Translation> {
-        walk_until_done(self.is_canonical(va), va, access, user, || {
-            self.walk_once(mem, root, va, access, user, update_ad)
-        })
+        walk_until_done(
+            mem,
+            self.is_canonical(va),
+            va,
+            access,
+            user,
+            #[inline(always)]
+            |m| self.walk_once(m, root, va, access, user, update_ad),
+        )
     }
 }
 

@@ -168,6 +168,9 @@ impl X86_64 {
     }
 
     /// One pass of the walk; `Ok(None)` if an A/D compare-exchange lost a race.
+    ///
+    /// Inlined into the walk so the translation is built where it is returned.
+    #[inline(always)]
     fn walk_once(
         &self,
         mem: &dyn PteMemory,
@@ -411,9 +414,15 @@ impl Format for X86_64 {
         user: bool,
         update_ad: bool,
     ) -> Result<Translation> {
-        walk_until_done(self.is_canonical(va), va, access, user, || {
-            self.walk_once(mem, root, va, access, user, update_ad)
-        })
+        walk_until_done(
+            mem,
+            self.is_canonical(va),
+            va,
+            access,
+            user,
+            #[inline(always)]
+            |m| self.walk_once(m, root, va, access, user, update_ad),
+        )
     }
 }
 

@@ -290,6 +290,27 @@ impl TlbArray {
         }
     }
 
+    /// What `k >= 1` hits in a row on the entry in `slot` do to the
+    /// replacement state: LRU advances the clock by `k` and stamps the entry
+    /// with it (each hit's stamp overwrites the last), PLRU points the tree
+    /// away from the way once (the same bits each time), FIFO and random
+    /// keep none.
+    #[inline]
+    pub fn touch_run(&mut self, slot: usize, k: u64) {
+        debug_assert!(k >= 1);
+        match self.cfg.policy {
+            Policy::Lru => {
+                let (clock, ways) = self.lru_parts();
+                if let Some(e) = ways[slot].as_mut() {
+                    *clock += k - 1;
+                    lru_touch(clock, e);
+                }
+            }
+            Policy::Plru => self.plru_touch(slot / self.ways, slot % self.ways),
+            Policy::Fifo | Policy::Random => {}
+        }
+    }
+
     /// The replacement policy.
     #[inline]
     pub fn policy(&self) -> Policy {
@@ -378,11 +399,7 @@ impl TlbArray {
     /// An entry already cached under the same key is replaced in place (a
     /// dirty re-walk): that is a use, not a new fill, so it keeps the way's
     /// prefetch flags and stamp, and LRU/PLRU count it as a touch.
-    pub fn insert(
-        &mut self,
-        mut entry: TlbEntry,
-        stats: &mut TlbStats,
-    ) -> Result<Option<TlbEntry>> {
+    pub fn insert(&mut self, entry: TlbEntry, stats: &mut TlbStats) -> Result<Option<TlbEntry>> {
         self.map_index(entry.shift).ok_or_else(|| {
             Error::Config(format!(
                 "this TLB array holds no {}-byte entries",
@@ -395,24 +412,41 @@ impl TlbArray {
                 entry.vpn
             )));
         }
+        Ok(self.place(entry, stats))
+    }
+
+    /// [`insert`](Self::insert) of an entry already known to fit: a shift
+    /// the array holds and a vpn of a 64-bit address (an MMU fill).
+    ///
+    /// One pass over the set's compact tags finds both an entry of the same
+    /// key and the first invalid way (a tag is 0 exactly when its way is
+    /// invalid); only a full set reads the ways' stamps or tree bits.
+    #[inline(always)]
+    pub(crate) fn place(&mut self, mut entry: TlbEntry, stats: &mut TlbStats) -> Option<TlbEntry> {
+        debug_assert!(self.map_index(entry.shift).is_some());
         self.serials += 1;
         self.mutations += 1;
         entry.serial = self.serials;
-        if let Some(slot) = self.scan(entry.vpn, entry.shift, entry.asid, false) {
-            let old = self.entry(slot);
-            entry.prefetched = old.prefetched;
-            entry.used = old.used;
-            entry.stamp = old.stamp;
-            self.slots[slot] = Some(entry);
-            self.touch(slot);
-            return Ok(None);
-        }
         let set = (entry.vpn & self.set_mask) as usize;
         let base = set * self.ways;
-        let (way, victim) = match self.slots[base..base + self.ways]
-            .iter()
-            .position(Option::is_none)
-        {
+        let want = tag(entry.vpn, entry.shift);
+        let mut empty = None;
+        for (w, &t) in self.tags[base..base + self.ways].iter().enumerate() {
+            if t == want && self.entry(base + w).asid == entry.asid {
+                let slot = base + w;
+                let old = self.entry(slot);
+                entry.prefetched = old.prefetched;
+                entry.used = old.used;
+                entry.stamp = old.stamp;
+                self.slots[slot] = Some(entry);
+                self.touch(slot);
+                return None;
+            }
+            if t == 0 && empty.is_none() {
+                empty = Some(w);
+            }
+        }
+        let (way, victim) = match empty {
             Some(way) => (way, None),
             None => {
                 let way = self.victim(set);
@@ -438,9 +472,9 @@ impl TlbArray {
             Policy::Plru => self.plru_touch(set, way),
             Policy::Random => {}
         }
-        self.tags[slot] = tag(entry.vpn, entry.shift);
+        self.tags[slot] = want;
         self.slots[slot] = Some(entry);
-        Ok(victim)
+        victim
     }
 
     /// Count `e` out of `slot` (its way is overwritten or cleared by the caller).

@@ -14,7 +14,7 @@ pub struct Hit {
     pub slot: usize,
 }
 
-/// Default slots of the lookup memo (a power of two; 1024 slots of 32 bytes
+/// Default slots of the lookup memo (a power of two; 1024 slots of 24 bytes
 /// keep the pages of real programs' hot loops apart, see [`memo_index`]).
 pub const MEMO_SLOTS: usize = 1024;
 
@@ -25,32 +25,119 @@ fn memo_index(page: u64, mask: usize) -> usize {
     (page ^ (page >> 10)) as usize & mask
 }
 
-/// A remembered lookup: `page` (a 4 KiB page number) and `asid` found the
-/// entry in `slot` of array `array`, a copy of whose fixed fields it holds.
+/// Epochs live in the top 12 bits of a memo key, above the 52-bit page number.
+const EPOCH_SHIFT: u32 = 52;
+/// The last epoch before the memo is cleared and they start again at 1.
+const MAX_EPOCH: u64 = (1 << (64 - EPOCH_SHIFT)) - 1;
+/// The memo's bit for "the entry is dirty", above the six rights bits.
+const MEMO_DIRTY: u8 = 1 << 7;
+/// The memo's bit for "the entry is 4 KiB" (it answers one page only).
+const MEMO_SMALL: u8 = 1 << 6;
+
+/// A remembered lookup: a lookup of 4 KiB page `key & (2^52 - 1)` by the
+/// level's memo ASID found the entry in `slot` of array `array`.
 ///
-/// It is valid while its `epoch` is the level's, and the level keeps that
-/// true only while the entry is still in its slot and still the first
-/// match: every change of contents goes through the level, which forgets
-/// what it may invalidate. A 4 KiB fill or eviction clears the memo slot
-/// of its page (the only page a 4 KiB entry covers); a larger fill or
-/// eviction, any removal (flush, invalidation) and any direct array access
-/// start a new epoch. A lookup whose entry is an unused prefetch is not
-/// remembered, so a remembered entry's prefetch flags never change (only a
-/// new fill sets them). Recency is no part of a lookup's result.
+/// It is valid while its epoch (`key >> 52`) is the level's, and the level
+/// keeps that true only while the entry is still in its slot and still the
+/// first match: every change of contents goes through the level, which
+/// forgets what it may invalidate. A 4 KiB fill or eviction clears the
+/// memo slot of its page (the only page a 4 KiB entry covers); a larger
+/// fill or eviction, any removal (flush, invalidation), any direct array
+/// access and a lookup by another ASID start a new epoch. A lookup whose
+/// entry is an unused prefetch is not remembered, so a remembered entry's
+/// prefetch flags never change (only a new fill sets them). Recency is no
+/// part of a lookup's result.
+///
+/// It also holds what a hit needs of the entry, which cannot change while
+/// it is valid: `pa` is the physical address of the looked-up 4 KiB page
+/// (of the entry's page of any size), `allow` the entry's rights mask with
+/// [`MEMO_DIRTY`] if it is dirty and [`MEMO_SMALL`] if it is 4 KiB.
 #[derive(Clone, Copy, Debug, Default)]
 struct Memo {
-    page: u64,
-    /// The entry's `page_pa`.
-    page_pa: u64,
-    /// The level's epoch when it was made (0: empty; epochs start at 1).
-    epoch: u32,
+    /// `epoch << 52 | page` (0: empty; epochs start at 1).
+    key: u64,
+    pa: u64,
     slot: u32,
-    asid: u32,
     array: u8,
-    /// The entry's `shift`, `rights` and `dirty`.
-    shift: u8,
-    rights: u8,
-    dirty: bool,
+    allow: u8,
+}
+
+/// The 4 KiB entries a batch's one-array LRU loop hit last (see
+/// [`TlbLevel::memo_run`]), tried before the memo: real programs cycle
+/// between a few pages (code, a source, a destination), and a hit here
+/// costs a compare.
+///
+/// It defers the recency a hit writes: `stamp[k]` is the clock of the last
+/// hit on the entry in `slot[k]`, stored into the entry when it leaves the
+/// window or the loop ends. That is exact because nothing reads a stamp
+/// while the loop runs (only a fill's victim choice does), each entry is
+/// here at most once (a 4 KiB entry answers only its own page, and a page
+/// is admitted only when it is not here), and every hit of an entry here is
+/// a hit here. Empty places hold [`NO_PAGE`], which no page number equals.
+#[derive(Clone, Copy)]
+struct RecentPages {
+    page: [u64; RECENT_PAGES],
+    pa: [u64; RECENT_PAGES],
+    stamp: [u64; RECENT_PAGES],
+    slot: [u32; RECENT_PAGES],
+    /// The place the next admission takes (round robin).
+    next: usize,
+}
+
+/// Places in [`RecentPages`].
+const RECENT_PAGES: usize = 4;
+/// A page number no address has (they have 52 bits).
+const NO_PAGE: u64 = u64::MAX;
+
+impl Default for RecentPages {
+    fn default() -> Self {
+        RecentPages {
+            page: [NO_PAGE; RECENT_PAGES],
+            pa: [0; RECENT_PAGES],
+            stamp: [0; RECENT_PAGES],
+            slot: [0; RECENT_PAGES],
+            next: 0,
+        }
+    }
+}
+
+impl RecentPages {
+    /// The place holding `page`, if any.
+    #[inline(always)]
+    fn find(&self, page: u64) -> Option<usize> {
+        (0..RECENT_PAGES).find(|&k| self.page[k] == page)
+    }
+
+    /// Hold `page` (not here), hit at `clock`; the `(slot, stamp)` it displaced, if any.
+    #[inline(always)]
+    fn admit(&mut self, page: u64, pa: u64, slot: u32, clock: u64) -> Option<(u32, u64)> {
+        let k = self.next;
+        self.next = (k + 1) % RECENT_PAGES;
+        let out = (self.page[k] != NO_PAGE).then_some((self.slot[k], self.stamp[k]));
+        (self.page[k], self.pa[k], self.slot[k], self.stamp[k]) = (page, pa, slot, clock);
+        out
+    }
+
+    /// The `(slot, stamp)` of every place held.
+    fn drain(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        (0..RECENT_PAGES)
+            .filter(|&k| self.page[k] != NO_PAGE)
+            .map(|k| (self.slot[k], self.stamp[k]))
+    }
+}
+
+/// Store a deferred LRU stamp into the entry in `slot`.
+#[inline(always)]
+fn stamp_way(ways: &mut [Option<TlbEntry>], slot: u32, stamp: u64) {
+    if let Some(e) = ways.get_mut(slot as usize).and_then(Option::as_mut) {
+        e.stamp = stamp;
+    }
+}
+
+/// What a hit of `(bit, write)` needs in a memo's `allow`.
+#[inline(always)]
+fn memo_need(bit: u8, write: bool) -> u8 {
+    bit | if write { MEMO_DIRTY } else { 0 }
 }
 
 /// A TLB level: a lookup counts once here, whichever array answers.
@@ -69,8 +156,11 @@ pub struct TlbLevel {
     memo: Box<[Memo]>,
     /// Memo slots - 1.
     memo_mask: usize,
-    /// Bumped whenever remembered lookups may have gone stale wholesale.
-    epoch: u32,
+    /// Bumped whenever remembered lookups may have gone stale wholesale
+    /// (1..=[`MAX_EPOCH`]).
+    epoch: u64,
+    /// The ASID of every remembered lookup.
+    memo_asid: u32,
     /// The level's counters.
     pub stats: TlbStats,
 }
@@ -117,6 +207,7 @@ impl TlbLevel {
             memo: vec![Memo::default(); MEMO_SLOTS].into_boxed_slice(),
             memo_mask: MEMO_SLOTS - 1,
             epoch: 1,
+            memo_asid: 0,
             stats: TlbStats::default(),
         })
     }
@@ -159,11 +250,17 @@ impl TlbLevel {
     /// Invalidate every remembered lookup: a new epoch (clearing the memo
     /// when the epoch would wrap, so an old one can never match again).
     fn forget_all(&mut self) {
-        if self.epoch == u32::MAX {
+        if self.epoch == MAX_EPOCH {
             self.memo.fill(Memo::default());
             self.epoch = 0;
         }
         self.epoch += 1;
+    }
+
+    /// The key a valid memo of `page` has in the current epoch.
+    #[inline(always)]
+    fn memo_key(&self, page: u64) -> u64 {
+        self.epoch << EPOCH_SHIFT | page
     }
 
     /// The remembered lookup of `va`'s page for `asid`, if still valid (see [`Memo`]).
@@ -171,34 +268,29 @@ impl TlbLevel {
     fn memo_probe(&self, va: u64, asid: u32) -> Option<&Memo> {
         let page = va >> 12;
         let m = &self.memo[memo_index(page, self.memo_mask)];
-        (m.page == page && m.asid == asid && m.epoch == self.epoch).then_some(m)
+        (m.key == self.memo_key(page) && asid == self.memo_asid).then_some(m)
     }
 
-    /// A demand lookup answered by the memo that needs nothing but a touch:
-    /// the batch fast path.
+    /// Demand lookups of `vas` answered by the memo, into `out`, while each
+    /// needs nothing but a touch: the batch fast path. Returns how many it
+    /// answered; the caller counts their lookups, hits and cycles with
+    /// [`count_hits`](Self::count_hits).
     ///
-    /// Returns the physical address if the memo holds `va`'s page for
-    /// `asid` and the entry allows `bit` (and is dirty if `write`). Then it
-    /// has done exactly what [`lookup`](Self::lookup) followed by a clean
-    /// hit in `Mmu::translate` does (a remembered entry is no unused
-    /// prefetch), except counting: the caller adds the lookups, hits and
-    /// cycles with [`count_hits`](Self::count_hits). Otherwise nothing
-    /// changed and the caller takes the full path.
-    #[inline(always)]
-    pub fn memo_hit(&mut self, va: u64, asid: u32, bit: u8, write: bool) -> Option<u64> {
-        let m = *self.memo_probe(va, asid)?;
-        if m.rights & bit == 0 || (write && !m.dirty) {
-            return None;
-        }
-        self.arrays[m.array as usize].touch(m.slot as usize);
-        Some(m.page_pa | (va & ((1u64 << m.shift) - 1)))
-    }
-
-    /// [`memo_hit`](Self::memo_hit) over `vas` into `out` while it answers:
-    /// how many it answered (the caller counts their lookups and hits).
+    /// An address is answered if the memo holds its page for `asid` and
+    /// the entry allows `bit` (and is dirty if `write`). For each, this has
+    /// done exactly what [`lookup`](Self::lookup) followed by a clean hit in
+    /// `Mmu::translate` does (a remembered entry is no unused prefetch), but
+    /// a run of addresses in the same 4 KiB page costs one probe and one
+    /// [`TlbArray::touch_run`]: a hit changes nothing a lookup reads (only
+    /// counters and the entry's recency), so each address of the run finds
+    /// the same memo and the same entry, and `k` touches of one entry in a
+    /// row are one touch of `k` (see `touch_run`). The first address not
+    /// answered is left, with nothing changed, to the full path.
     ///
     /// A one-array LRU level (the common L1) runs a specialised loop that
-    /// keeps the clock in a local: the same [`lru_touch`] per hit, in order.
+    /// keeps the clock in a local and tries the last few 4 KiB pages it hit
+    /// before the memo ([`RecentPages`]): the same [`lru_touch`] per hit,
+    /// with the stamps of those pages' entries stored when they leave.
     #[inline]
     pub fn memo_run(
         &mut self,
@@ -208,36 +300,71 @@ impl TlbLevel {
         bit: u8,
         write: bool,
     ) -> usize {
+        let n = vas.len().min(out.len());
+        let (vas, out) = (&vas[..n], &mut out[..n]);
+        if asid != self.memo_asid {
+            return 0;
+        }
+        let need = memo_need(bit, write);
+        let (memo, mask, epoch) = (&self.memo, self.memo_mask, self.epoch << EPOCH_SHIFT);
+        // The end of the run of addresses in `va`'s page starting at `i`.
+        let run_end = |mut i: usize, page: u64, out: &mut [u64], pa: u64| {
+            while i < n && vas[i] >> 12 == page {
+                out[i] = pa | (vas[i] & 0xFFF);
+                i += 1;
+            }
+            i
+        };
+        let mut i = 0;
         if self.arrays.len() == 1 && self.arrays[0].policy() == Policy::Lru {
-            let (memo, epoch, mask) = (&self.memo, self.epoch, self.memo_mask);
             let (clock_ref, ways) = self.arrays[0].lru_parts();
             let mut clock = *clock_ref;
-            let mut done = vas.len().min(out.len());
-            for (i, (&va, pa)) in vas.iter().zip(out.iter_mut()).enumerate() {
+            let mut recent = RecentPages::default();
+            while i < n {
+                let va = vas[i];
                 let page = va >> 12;
+                if let Some(k) = recent.find(page) {
+                    out[i] = recent.pa[k] | (va & 0xFFF);
+                    clock += 1; // lru_touch, its stamp deferred
+                    recent.stamp[k] = clock;
+                    i += 1;
+                    continue;
+                }
                 let m = &memo[memo_index(page, mask)];
-                let valid = m.page == page && m.asid == asid && m.epoch == epoch;
-                if !valid || m.rights & bit == 0 || (write && !m.dirty) {
-                    done = i;
+                if m.key != epoch | page || m.allow & need != need {
                     break;
                 }
-                let Some(e) = ways[m.slot as usize].as_mut() else {
-                    done = i;
+                let Some(e) = ways.get_mut(m.slot as usize).and_then(Option::as_mut) else {
                     break;
                 };
-                lru_touch(&mut clock, e);
-                *pa = m.page_pa | (va & ((1u64 << m.shift) - 1));
+                out[i] = m.pa | (va & 0xFFF);
+                i += 1;
+                if m.allow & MEMO_SMALL == 0 {
+                    lru_touch(&mut clock, e);
+                } else {
+                    clock += 1; // lru_touch, its stamp deferred
+                    if let Some((slot, stamp)) = recent.admit(page, m.pa, m.slot, clock) {
+                        stamp_way(ways, slot, stamp);
+                    }
+                }
+            }
+            for (slot, stamp) in recent.drain() {
+                stamp_way(ways, slot, stamp);
             }
             *clock_ref = clock;
-            return done;
+            return i;
         }
-        for (i, (&va, pa)) in vas.iter().zip(out.iter_mut()).enumerate() {
-            match self.memo_hit(va, asid, bit, write) {
-                Some(p) => *pa = p,
-                None => return i,
+        while i < n {
+            let page = vas[i] >> 12;
+            let m = &memo[memo_index(page, mask)];
+            if m.key != epoch | page || m.allow & need != need {
+                break;
             }
+            let end = run_end(i, page, out, m.pa);
+            self.arrays[m.array as usize].touch_run(m.slot as usize, (end - i) as u64);
+            i = end;
         }
-        vas.len().min(out.len())
+        i
     }
 
     /// Count `n` lookups that hit (the batch fast path's deferred counting).
@@ -253,6 +380,10 @@ impl TlbLevel {
     pub fn lookup(&mut self, va: u64, asid: u32) -> Option<Hit> {
         self.stats.lookups += 1;
         self.stats.cycles += self.latency;
+        if asid != self.memo_asid {
+            self.forget_all();
+            self.memo_asid = asid;
+        }
         if let Some(m) = self.memo_probe(va, asid) {
             let hit = Hit {
                 array: m.array as usize,
@@ -262,6 +393,7 @@ impl TlbLevel {
             self.stats.hits += 1;
             return Some(hit);
         }
+        let key = self.memo_key(va >> 12);
         for (array, arr) in self.arrays.iter_mut().enumerate() {
             if let Some(slot) = arr.lookup(va, asid) {
                 self.stats.hits += 1;
@@ -269,16 +401,15 @@ impl TlbLevel {
                 // An unused prefetch is not remembered: its first hit counts it useful.
                 if !e.prefetched || e.used {
                     let page = va >> 12;
+                    let offset = va & ((1u64 << e.shift) - 1) & !0xFFF;
                     self.memo[memo_index(page, self.memo_mask)] = Memo {
-                        page,
-                        page_pa: e.page_pa,
-                        epoch: self.epoch,
+                        key,
+                        pa: e.page_pa | offset,
                         slot: slot as u32,
-                        asid,
                         array: array as u8,
-                        shift: e.shift,
-                        rights: e.rights,
-                        dirty: e.dirty,
+                        allow: e.rights
+                            | if e.dirty { MEMO_DIRTY } else { 0 }
+                            | if e.shift == 12 { MEMO_SMALL } else { 0 },
                     };
                 }
                 return Some(Hit { array, slot });
@@ -342,11 +473,29 @@ impl TlbLevel {
         Ok(victim)
     }
 
+    /// [`insert`](Self::insert) for an MMU fill: `array` and the entry's
+    /// shift come from [`array_for`](Self::array_for) and its vpn from a
+    /// 64-bit address, so nothing needs checking, and the victim is only
+    /// forgotten, not returned.
+    #[inline(always)]
+    pub(crate) fn fill(&mut self, array: usize, entry: TlbEntry) {
+        self.forget_key(entry.vpn, entry.shift);
+        if let Some(v) = self.arrays[array].place(entry, &mut self.stats) {
+            self.forget_key(v.vpn, v.shift);
+        }
+    }
+
     /// Forget the remembered lookups `e` could answer or shadow.
     #[inline]
     fn forget(&mut self, e: &TlbEntry) {
-        if e.shift == 12 {
-            self.memo[memo_index(e.vpn, self.memo_mask)].epoch = 0;
+        self.forget_key(e.vpn, e.shift);
+    }
+
+    /// Forget the remembered lookups an entry of `(vpn, shift)` could answer or shadow.
+    #[inline]
+    fn forget_key(&mut self, vpn: u64, shift: u8) {
+        if shift == 12 {
+            self.memo[memo_index(vpn, self.memo_mask)].key = 0;
         } else {
             self.forget_all();
         }
