@@ -230,6 +230,10 @@ class Mmu:
         self, va: int, access: object, user: object, page_va: int, size: int, nodes: list[int],
         data: bytes | None, perms: int, page_user: bool,
     ) -> tuple[int, int, int] | None: ...  # fmt: skip
+    def translate_or_install(
+        self, va: int, access: object, user: object, page_va: int, size: int, nodes: list[int],
+        data: bytes | None, perms: int, page_user: bool,
+    ) -> tuple[int, tuple[int, int] | None] | None: ...  # fmt: skip
     def process_prefetch(self) -> int: ...
     @property
     def pending_prefetches(self) -> int: ...

@@ -562,6 +562,31 @@ impl Mmu {
         Ok(Some((pa, frame, node)))
     }
 
+    /// [`translate`](Self::translate) `va`, and if that stops at a restartable
+    /// fault, [`install_page`](Self::install_page) `page` at once: what a
+    /// fault handler holding a page's contents does, without the fault
+    /// leaving the core. Counts exactly what the two calls count.
+    ///
+    /// `Ok(None)`: the fault stands and no node of `page.nodes` has room
+    /// (nothing changed). `Ok(Some((pa, None)))`: `va` was mapped already.
+    /// `Ok(Some((pa, Some((frame, node)))))`: the page went in.
+    #[allow(clippy::type_complexity)]
+    pub fn translate_or_install(
+        &self,
+        va: u64,
+        access: Access,
+        user: bool,
+        page: PageInstall<'_>,
+    ) -> std::result::Result<Option<(u64, Option<(u64, u32)>)>, Stop> {
+        match self.translate(va, access, user) {
+            Ok(pa) => Ok(Some((pa, None))),
+            Err(stop) if stop.restartable => Ok(self
+                .install_page(va, access, user, page)?
+                .map(|(pa, frame, node)| (pa, Some((frame, node))))),
+            Err(stop) => Err(stop),
+        }
+    }
+
     /// Translate `vas` in order into `out` with exactly the scalar semantics,
     /// stopping at the first address whose translation stops: returns how
     /// many were done and, if it stopped, why (that address has already

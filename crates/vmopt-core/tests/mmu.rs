@@ -155,6 +155,49 @@ fn install_page_maps_and_restarts() {
 }
 
 #[test]
+fn translate_or_install_counts_what_translate_then_install_counts() {
+    let data = vec![5u8; 4096];
+    let page = |nodes| PageInstall {
+        va: BASE,
+        size: K4,
+        nodes,
+        data: Some(&data),
+        perms: Perm(6),
+        user: true,
+    };
+    let cfg = || config(vec![vec![tlb(8, 2, 1, "l1")]]);
+    let (a, b) = (
+        Mmu::new(table(0), cfg()).unwrap(),
+        Mmu::new(table(0), cfg()).unwrap(),
+    );
+    let stop = a.translate(BASE + 3, Access::Write, true).unwrap_err();
+    assert!(stop.restartable);
+    let (pa, frame, _) = a
+        .install_page(BASE + 3, Access::Write, true, page(&[0]))
+        .unwrap()
+        .unwrap();
+    let (pb, placed) = b
+        .translate_or_install(BASE + 3, Access::Write, true, page(&[0]))
+        .unwrap()
+        .unwrap();
+    assert_eq!((pb, placed.map(|p| p.0)), (pa, Some(frame)));
+    assert_eq!(a.stats(), b.stats());
+    // Mapped now: a plain translation, nothing installed.
+    let again = b.translate_or_install(BASE + 8, Access::Read, true, page(&[0]));
+    assert_eq!(again.unwrap(), Some((frame + 8, None)));
+    // A fault that is not restartable (a supervisor-only probe) is returned as it is.
+    assert!(b
+        .translate_or_install(BASE, Access::Probe, true, page(&[0]))
+        .is_err());
+    // No room on the listed nodes: None, nothing changed.
+    let c = Mmu::new(table(0), cfg()).unwrap();
+    let free = c.page_table().memory().free_bytes();
+    let nowhere = c.translate_or_install(BASE, Access::Read, true, page(&[]));
+    assert_eq!(nowhere.unwrap(), None);
+    assert_eq!(c.page_table().memory().free_bytes(), free);
+}
+
+#[test]
 fn dropped_mmus_leave_their_tables() {
     let pt = table(2);
     let mmu = Mmu::new(pt.clone(), config(vec![vec![tlb(8, 2, 1, "l1")]])).unwrap();

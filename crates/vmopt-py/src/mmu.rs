@@ -231,6 +231,48 @@ impl PyMmu {
         py.allow_threads(|| guarded(|| inner.install_page(va, access, user, page)))
     }
 
+    /// Translate `va`; on a restartable fault install the page as
+    /// `install_page` does, in the same call: `(pa, None)` when `va` was
+    /// mapped, `(pa, (frame, node))` when the page went in, None when no node
+    /// of `nodes` has room. Any other stop is raised as `translate` raises it.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (va, access, user, page_va, size, nodes, data, perms, page_user))]
+    fn translate_or_install(
+        &self,
+        py: Python<'_>,
+        va: u64,
+        access: &Bound<'_, PyAny>,
+        user: &Bound<'_, PyAny>,
+        page_va: u64,
+        size: u64,
+        nodes: Vec<u32>,
+        data: Option<&[u8]>,
+        perms: u8,
+        page_user: bool,
+    ) -> PyResult<Option<(u64, Option<(u64, u32)>)>> {
+        let access = access_of(access)?;
+        let user = user_of(user)?;
+        let page = PageInstall {
+            va: page_va,
+            size,
+            nodes: &nodes,
+            data,
+            perms: Perm(perms),
+            user: page_user,
+        };
+        let inner = &self.inner;
+        let result = py.allow_threads(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                inner.translate_or_install(va, access, user, page)
+            }))
+        });
+        match result {
+            Ok(Ok(resolved)) => Ok(resolved),
+            Ok(Err(stop)) => Err(stop_to_py(py, stop)),
+            Err(panic) => Err(panic_to_py(panic)),
+        }
+    }
+
     /// Drain the deferred prefetch queue; translations installed.
     fn process_prefetch(&self) -> PyResult<u64> {
         guarded(|| self.inner.process_prefetch())

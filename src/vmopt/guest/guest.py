@@ -254,14 +254,25 @@ class MemoryOptimizer:
         return mmu.restart(va, access, True)
 
     def _install(
-        self, mmu: Mmu, va: int, access: str, cpu: int, region: Region, index: int, data: bytes | None
-    ) -> int:
-        """Page ``index`` of ``region`` in one core call; the pa of ``va`` (caller holds the lock)."""
+        self, mmu: Mmu, va: int, access: str, cpu: int, region: Region, index: int, data: bytes | None,
+        *, faulted: bool = True,
+    ) -> int:  # fmt: skip
+        """Page ``index`` of ``region`` in one core call; the pa of ``va`` (caller holds the lock).
+
+        ``faulted``: the translation of ``va`` has already faulted (else the
+        core translates first and installs only on a restartable fault).
+        """
         size = region.page_size
         page_va = region.page_va(index)
         nodes = self.mem.placement(region.policy, index, self.cpu_node[cpu])
+        args = (va, access, True, page_va, size, nodes, data, region.perms, region.user)
+        got: tuple[int, tuple[int, int] | None] | None
         try:
-            placed = mmu.install_page(va, access, True, page_va, size, nodes, data, region.perms, region.user)
+            if faulted:
+                placed = mmu.install_page(*args)
+                got = None if placed is None else (placed[0], placed[1:])
+            else:
+                got = mmu.translate_or_install(*args)
         except PageFault:
             # The page went in but the restarted access faulted (say, a write to a read-only
             # region): the frame is the region's all the same.
@@ -269,11 +280,13 @@ class MemoryOptimizer:
             if leaf is not None:
                 region.resident[index] = leaf.page_pa
             raise
-        if placed is None:
+        if got is None:
             raise self.mem.out_of_frames(nodes, size, region.policy)
-        pa, frame, node = placed
-        self.mem.placed(nodes, node, size)
-        region.resident[index] = frame
+        pa, new = got
+        if new is not None:
+            frame, node = new
+            self.mem.placed(nodes, node, size)
+            region.resident[index] = frame
         return pa
 
     def _fetch(self, region: Region, index: int) -> bytes | None:
@@ -347,12 +360,22 @@ class MemoryOptimizer:
         how a concurrent batch installs the pages it fetched.
         """
         mmu = self._check_cpu(cpu)
-        try:
-            pa = mmu.translate(va, access, True)
-        except PageFault as fault:
-            pa = self._fault(mmu, va, access, cpu, fault, data)
+        pa = self._translate_fetched(mmu, va, data, access, cpu)
         self._account(pa, cpu, va)
         return pa
+
+    def _translate_fetched(self, mmu: Mmu, va: int, data: bytes | None, access: str, cpu: int) -> int:
+        region = None if data is None else self._regions.find(va)
+        if region is not None:
+            # A fetched page not yet in: translate and install in one core call.
+            with self._lock:
+                index = region.index_of(va)
+                if index not in region.resident:
+                    return self._install(mmu, va, access, cpu, region, index, data, faulted=False)
+        try:
+            return mmu.translate(va, access, True)
+        except PageFault as fault:
+            return self._fault(mmu, va, access, cpu, fault, data)
 
     def _account(self, pa: int, cpu: int, va: int) -> None:
         home = self.cpu_node[cpu]

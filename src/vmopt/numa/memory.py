@@ -135,7 +135,7 @@ class NumaMemory(PhysicalMemory):
         A fallback (not the first node) moves the round-robin rotation that
         breaks distance ties for the next one.
         """
-        if not (_is_node_list(nodes) and isinstance(node, int) and isinstance(size, int)):
+        if not (type(nodes) is list and nodes and isinstance(node, int) and isinstance(size, int)):
             raise bad_input("NumaMemory.placed", nodes=nodes, node=node, size=size)
         if node != nodes[0]:
             log.debug("fell back from node %d to node %d for a %s block", nodes[0], node, format_size(size))

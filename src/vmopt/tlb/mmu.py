@@ -258,6 +258,32 @@ class Mmu:
             ) from None
         return placed
 
+    def translate_or_install(
+        self, va: int, access: str, user: bool, page_va: int, size: int, nodes: list[int],
+        data: bytes | None, perms: Perm, page_user: bool,
+    ) -> tuple[int, tuple[int, int] | None] | None:  # fmt: skip
+        """:meth:`translate` ``va`` and, on a restartable fault, :meth:`install_page` at once.
+
+        What a fault handler that already holds the page's contents does,
+        without the fault leaving the core (no exception is built). Counts
+        exactly what the two calls count. Returns ``(pa, None)`` when ``va``
+        was mapped, ``(pa, (frame, node))`` when the page went in, None when
+        no node of ``nodes`` has room (nothing changed); any other fault is
+        raised as :meth:`translate` raises it (the fault handler is not
+        called).
+        """
+        try:
+            resolved: tuple[int, tuple[int, int] | None] | None = self._core.translate_or_install(
+                va, access, user, page_va, size, nodes, data, int(perms), page_user
+            )
+        except (TypeError, OverflowError, ValueError) as exc:
+            if isinstance(exc, VmoptError):
+                raise
+            raise bad_input(
+                "translate_or_install", va=va, page_va=page_va, size=size, nodes=nodes, perms=perms
+            ) from None
+        return resolved
+
     def translate_into(
         self, vas: U64, out: U64, access: str = "r", user: bool = False
     ) -> tuple[int, VmoptError | None]:

@@ -8,6 +8,7 @@
 //! frames takes it exclusively. A page walk takes the shared lock once for
 //! all its PTEs ([`PteMemory::pinned`]), not once per PTE.
 
+use std::collections::hash_map::Entry;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -34,6 +35,32 @@ struct Frame([AtomicU64; WORDS]);
 impl Frame {
     fn zeroed() -> Box<Frame> {
         Box::new(Frame(std::array::from_fn(|_| AtomicU64::new(0))))
+    }
+
+    /// A frame holding `data`, exactly one frame of bytes (a page install's copy).
+    fn holding(data: &[u8]) -> Box<Frame> {
+        debug_assert_eq!(data.len(), FRAME_SIZE as usize);
+        Box::new(Frame(std::array::from_fn(|i| {
+            AtomicU64::new(u64::from_ne_bytes(
+                data[i * 8..i * 8 + 8].try_into().expect("8 bytes"),
+            ))
+        })))
+    }
+
+    /// Store `data` at byte offset `off` of this frame (the range stays inside it).
+    fn put(&self, off: usize, data: &[u8]) {
+        if off % 8 == 0 && data.len() % 8 == 0 {
+            // Whole words, the common case (page copies): one store per word, no read.
+            let words = &self.0[off / 8..off / 8 + data.len() / 8];
+            for (word, bytes) in words.iter().zip(data.chunks_exact(8)) {
+                word.store(
+                    u64::from_ne_bytes(bytes.try_into().expect("8 bytes")),
+                    Ordering::Release,
+                );
+            }
+        } else {
+            put_words(off as u64, data, |w| &self.0[(w >> 3) as usize]);
+        }
     }
 }
 
@@ -447,13 +474,19 @@ impl PhysMem {
                 {
                     let map = frames.read().unwrap_or_else(|e| e.into_inner());
                     if let Some(frame) = map.get(&pfn) {
-                        put_words(pa, data, |w| &frame.0[((w & FRAME_MASK) >> 3) as usize]);
+                        frame.put((pa & FRAME_MASK) as usize, data);
                         return;
                     }
                 }
                 let mut map = frames.write().unwrap_or_else(|e| e.into_inner());
-                let frame = map.entry(pfn).or_insert_with(Frame::zeroed);
-                put_words(pa, data, |w| &frame.0[((w & FRAME_MASK) >> 3) as usize]);
+                match map.entry(pfn) {
+                    Entry::Vacant(slot) if data.len() == FRAME_SIZE as usize => {
+                        slot.insert(Frame::holding(data));
+                    }
+                    slot => slot
+                        .or_insert_with(Frame::zeroed)
+                        .put((pa & FRAME_MASK) as usize, data),
+                }
             }
             Store::Mapped(map) => put_words(pa, data, |w| Self::mapped_word(map, w - self.base)),
             Store::ReadOnly(_) => {
