@@ -70,6 +70,7 @@ def build_report(result: SimResult, source: dict[str, Any]) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "source": source,
+        "partial": result.partial,
         "accesses": accesses,
         "kinds": {"read": result.kinds[0], "write": result.kinds[1], "fetch": result.kinds[2]},
         "cpus": len(mmus),
@@ -130,6 +131,8 @@ def render_report(report: dict[str, Any], file: IO[str] | None = None) -> None:
     console = Console(file=file, width=None if file is None or file.isatty() else 100)
     src = report["source"]
     k = report["kinds"]
+    if report.get("partial"):
+        console.print(f"[bold]partial run[/bold]: interrupted after {report['accesses']:,} accesses")
     console.print(
         f"[bold]vmopt simulate[/bold]: {src.get('description', src.get('name'))} — "
         f"{report['accesses']:,} accesses ({k['read']:,} reads, {k['write']:,} writes, "
