@@ -307,19 +307,38 @@ class MemoryOptimizer:
         if size is None:
             raise ConfigError("prefault needs anonymous memory: build the guest with anonymous_page_size")
         placed = [0] * self.numa.num_nodes
-        canon = _canonical_mask(vas, self.page_table.fmt.va_bits)
-        idx = None if canon.all() else np.flatnonzero(canon)
-        touched = vas if idx is None else vas[idx]
-        if not len(touched):
+        if not len(vas):
             return placed
-        pages, first = np.unique(touched // np.uint64(size), return_index=True)
-        order = np.argsort(first, kind="stable")
+        # Traces touch the same page many times in a row: one representative per run of
+        # accesses to a page (a run shares its page, so its canonicity and its first
+        # toucher are those of its first access). Sorting the representatives finds the
+        # chunk's pages; only new pages need their first touch located.
+        pages = vas >> np.uint64(size.bit_length() - 1)
+        starts = np.flatnonzero(pages[1:] != pages[:-1])
+        starts += 1
+        starts = np.concatenate((np.zeros(1, starts.dtype), starts))
+        canon = _canonical_mask(vas[starts], self.page_table.fmt.va_bits)
+        if not canon.all():
+            starts = starts[canon]
+        reps = pages[starts]
+        if not len(reps):
+            return placed
+        ordered = np.sort(reps)
+        distinct = np.empty(len(ordered), np.bool_)
+        distinct[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=distinct[1:])
         known = self._anonymous
+        new = [page for page in ordered[distinct].tolist() if page not in known]
+        if not new:
+            return placed
+        runs = np.flatnonzero(np.isin(reps, np.array(new, dtype=np.uint64)))
+        new_pages, first = np.unique(reps[runs], return_index=True)
+        order = np.argsort(first, kind="stable")
+        firsts = starts[runs[first[order]]]
         with self._lock:
-            for page, f in zip(pages[order].tolist(), first[order].tolist(), strict=True):
+            for page, where in zip(new_pages[order].tolist(), firsts.tolist(), strict=True):
                 if page in known or self._regions.find(page * size) is not None:
                     continue
-                where = f if idx is None else int(idx[f])
                 placed[self._map_anonymous(page, 0 if cpus is None else int(cpus[where]))] += 1
         return placed
 

@@ -40,7 +40,7 @@ from vmopt.errors import ConfigError
 from vmopt.guest import MemoryOptimizer
 from vmopt.sim.config import SimConfig
 from vmopt.sim.pipeline import DEFAULT_DEPTH, play
-from vmopt.traces.chunk import TraceChunk
+from vmopt.traces.chunk import AccessKind, TraceChunk
 
 __all__ = ["MAX_WINDOWS", "Progress", "SimResult", "Simulator", "Windows"]
 
@@ -166,9 +166,12 @@ class Simulator:
                 raise ConfigError(
                     f"numa.cpus: the trace uses vCPU {top} but the simulation has {self.cpus} vCPUs"
                 )
-        counts = np.bincount(chunk.kinds, minlength=3).tolist()
-        for k in range(3):
-            self.kinds[k] += counts[k]
+        kinds = chunk.kinds
+        writes = int(np.count_nonzero(kinds == AccessKind.WRITE))
+        fetches = int(np.count_nonzero(kinds == AccessKind.FETCH))
+        self.kinds[0] += n - writes - fetches
+        self.kinds[1] += writes
+        self.kinds[2] += fetches
         placed = self.opt.prefault(addrs, cpus)
         self.demand_faults += sum(placed)
         for node, count in enumerate(placed):
