@@ -68,6 +68,11 @@ REGION_PAGE_SIZES = (4096, 2 << 20)
 
 U64 = npt.NDArray[np.uint64]
 
+#: Slots of prefault's cache of mapped pages, minus one (64 Ki slots, 512 KiB).
+_CACHE_MASK = (1 << 16) - 1
+#: An empty cache slot: no page number is that large.
+_NO_PAGE = np.uint64(2**64 - 1)
+
 
 class MemoryOptimizer:
     """A guest: NUMA physical memory, one address space, an MMU per vCPU.
@@ -131,6 +136,9 @@ class MemoryOptimizer:
         self.limit_history: list[tuple[int, int]] = []
         #: Anonymous page number (va // anonymous_page_size) -> frame.
         self._anonymous: dict[int, int] = {}
+        #: Direct-mapped cache of anonymous page numbers known mapped (slot: page & _CACHE_MASK);
+        #: anonymous pages are never unmapped, so a hit is always right.
+        self._mapped_cache = np.full(0 if anonymous_page_size is None else _CACHE_MASK + 1, _NO_PAGE)
 
     @property
     def cpus(self) -> int:
@@ -309,15 +317,21 @@ class MemoryOptimizer:
         placed = [0] * self.numa.num_nodes
         if not len(vas):
             return placed
-        # Traces touch the same page many times in a row: one representative per run of
-        # accesses to a page (a run shares its page, so its canonicity and its first
-        # toucher are those of its first access). Sorting the representatives finds the
-        # chunk's pages; only new pages need their first touch located.
+        # Most accesses touch pages mapped already: the direct-mapped cache of mapped page
+        # numbers answers for them without a sort. The rest (cache misses: new pages,
+        # collisions, non-canonical addresses) go through the sort below.
         pages = vas >> np.uint64(size.bit_length() - 1)
+        hit = self._mapped_cache[pages & np.uint64(_CACHE_MASK)] == pages
+        if hit.all():
+            return placed
+        misses = np.flatnonzero(~hit)
+        pages = pages[misses]
+        # Misses come in runs on one page: one representative per run (a run shares its
+        # page, so its canonicity and its first toucher are those of its first access).
         starts = np.flatnonzero(pages[1:] != pages[:-1])
         starts += 1
         starts = np.concatenate((np.zeros(1, starts.dtype), starts))
-        canon = _canonical_mask(vas[starts], self.page_table.fmt.va_bits)
+        canon = _canonical_mask(vas[misses[starts]], self.page_table.fmt.va_bits)
         if not canon.all():
             starts = starts[canon]
         reps = pages[starts]
@@ -328,18 +342,24 @@ class MemoryOptimizer:
         distinct[0] = True
         np.not_equal(ordered[1:], ordered[:-1], out=distinct[1:])
         known = self._anonymous
-        new = [page for page in ordered[distinct].tolist() if page not in known]
-        if not new:
-            return placed
-        runs = np.flatnonzero(np.isin(reps, np.array(new, dtype=np.uint64)))
-        new_pages, first = np.unique(reps[runs], return_index=True)
-        order = np.argsort(first, kind="stable")
-        firsts = starts[runs[first[order]]]
-        with self._lock:
-            for page, where in zip(new_pages[order].tolist(), firsts.tolist(), strict=True):
-                if page in known or self._regions.find(page * size) is not None:
-                    continue
-                placed[self._map_anonymous(page, 0 if cpus is None else int(cpus[where]))] += 1
+        new: list[int] = []
+        mapped: list[int] = []
+        for page in ordered[distinct].tolist():
+            (mapped if page in known else new).append(page)
+        if new:
+            runs = np.flatnonzero(np.isin(reps, np.array(new, dtype=np.uint64)))
+            new_pages, first = np.unique(reps[runs], return_index=True)
+            order = np.argsort(first, kind="stable")
+            firsts = misses[starts[runs[first[order]]]]
+            with self._lock:
+                for page, where in zip(new_pages[order].tolist(), firsts.tolist(), strict=True):
+                    if page in known or self._regions.find(page * size) is not None:
+                        continue
+                    placed[self._map_anonymous(page, 0 if cpus is None else int(cpus[where]))] += 1
+                    mapped.append(page)
+        if mapped:
+            cached = np.array(mapped, dtype=np.uint64)
+            self._mapped_cache[cached & np.uint64(_CACHE_MASK)] = cached
         return placed
 
     # -- translation and access ---------------------------------------------------------
