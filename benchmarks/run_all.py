@@ -20,6 +20,7 @@ BENCHES = [
     ("install a fetched page (<= 5 us of CPU)", ["bench_install.py"]),
     ("I/O-bound concurrency (>= 6x at 8, >= 40x at 64)", ["bench_io.py", "--reps", "5"]),
     ("100M-address stream (< 500 MiB RSS)", ["bench_streaming.py"]),
+    ("trace parsing (Lackey >= 10M/s, npy >= 50M/s, ChampSim >= 30M/s)", ["bench_parse.py"]),
     ("first run after install (< 2 s)", ["bench_first_run.py"]),
 ]
 

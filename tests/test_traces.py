@@ -19,6 +19,9 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reference.traces._lines import BadLine, parse_block, parse_lackey_line, parse_text_line
+from reference.traces._zstd import FrameTracker
+from trace_diff import open_core
 from vmopt.errors import ConfigError, VmoptError
 from vmopt.traces import (
     FORMATS,
@@ -27,11 +30,8 @@ from vmopt.traces import (
     TraceError,
     concat_chunks,
     open_trace,
-    readers,
     rechunk,
 )
-from vmopt.traces._lines import BadLine, parse_block, parse_lackey_line, parse_text_line
-from vmopt.traces._zstd import FrameTracker
 
 DATA = Path(__file__).parent / "data"
 
@@ -744,28 +744,23 @@ def test_zstd_multi_frame_and_truncation(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("tail", [b"", b"\n", b"\n20", b"\n20\n", b"\n\n20\n"])
 @pytest.mark.parametrize("long_len", [100, 127, 128, 129, 300, 317])
-def test_over_long_line_at_every_block_alignment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tail: bytes, long_len: int
-) -> None:
+def test_over_long_line_at_every_block_alignment(tmp_path: Path, tail: bytes, long_len: int) -> None:
     """Skipping an over-long line works wherever its end falls relative to read blocks."""
-    monkeypatch.setattr(readers, "_BLOCK_BYTES", 32)
-    monkeypatch.setattr(readers, "_MAX_LINE_BYTES", 40)
     data = b"10\nW 11\n" + b"f" * long_len + tail
     path = write(tmp_path, "t.txt", data)
     want = [0x10, 0x11] + ([0x20] if b"20" in tail else [])
-    with open_trace(path, skip_bad=True, format="text") as trace:
+    with open_core(path, skip_bad=True, format="text", block_bytes=32, max_line=40) as trace:
         assert trace.read_all().addrs.tolist() == want
         assert trace.bad_records == 1
     with pytest.raises(TraceError, match=r"t\.txt:3: line longer than 40 bytes"):
-        read_all(path, format="text")
+        open_core(path, format="text", block_bytes=32, max_line=40).read_all()
 
 
-def test_small_blocks_keep_line_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(readers, "_BLOCK_BYTES", 7)
+def test_small_blocks_keep_line_numbers(tmp_path: Path) -> None:
     lines = [f"{i:x}" for i in range(1, 200)]
     lines[150] = "W 0xg"
     path = write(tmp_path, "t.txt", ("\n".join(lines) + "\n").encode())
     with pytest.raises(TraceError, match=r"t\.txt:151: cannot parse '0xg'"):
-        read_all(path)
-    with open_trace(path, skip_bad=True) as trace:
+        open_core(path, block_bytes=7, max_line=1 << 20).read_all()
+    with open_core(path, skip_bad=True, block_bytes=7, max_line=1 << 20) as trace:
         assert trace.read_all().addrs.tolist() == [i for i in range(1, 200) if i != 151]

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterable, Iterator
 from os import PathLike
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -248,3 +249,46 @@ class Mmu:
     @walk_ref_cycles.setter
     def walk_ref_cycles(self, cycles: int) -> None: ...
     def pwc_state(self) -> tuple[tuple[int, int], int, int, list[list[tuple[int, int]]]] | None: ...
+
+# -- traces (crates/vmopt-py/src/traces.rs) -----------------------------------------------
+
+TRACE_FORMATS: list[str]
+
+class _BinaryStream(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+class TraceReader:
+    def __init__(
+        self,
+        name: str,
+        *,
+        fd: int | None = None,
+        stream: _BinaryStream | None = None,
+        format: str | None = None,
+        compression: str | None = None,
+        chunk_size: int = 65536,
+        skip_bad: bool = False,
+        block_bytes: int = ...,
+        max_line_bytes: int = ...,
+    ) -> None: ...
+    def next_chunk(
+        self,
+    ) -> (
+        tuple[
+            npt.NDArray[np.uint64],
+            npt.NDArray[np.uint8],
+            npt.NDArray[np.uint16] | None,
+            npt.NDArray[np.uint16] | None,
+        ]
+        | None
+    ): ...
+    def close(self) -> None: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def compression(self) -> str | None: ...
+    @property
+    def bytes_read(self) -> int: ...
+    @property
+    def bad_records(self) -> int: ...
+    def take_first_bad(self) -> str | None: ...

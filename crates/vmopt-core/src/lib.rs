@@ -17,5 +17,6 @@ pub mod memory;
 pub mod mmu;
 pub mod paging;
 pub mod tlb;
+pub mod traces;
 
 pub use error::{Error, Result};

@@ -13,6 +13,7 @@ mod memory;
 mod mmu;
 mod paging;
 mod tlb;
+mod traces;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -21,5 +22,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     paging::register(m)?;
     tlb::register(m)?;
     mmu::register(m)?;
+    traces::register(m)?;
     Ok(())
 }

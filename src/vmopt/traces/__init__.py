@@ -2,9 +2,9 @@
 
 A trace is an iterator of :class:`TraceChunk` (parallel NumPy arrays of
 addresses, :class:`AccessKind` values and optional vCPU numbers). Read one
-from a file with :func:`open_trace` (Lackey, text, ``.npy`` or raw uint64,
-optionally gzip/zstd/xz compressed, or stdin) or generate one with
-:func:`make_workload`.
+from a file with :func:`open_trace` (Lackey, text, ``.npy``, raw uint64,
+ChampSim or DynamoRIO drmemtrace, optionally gzip/zstd/xz compressed, or
+stdin; parsed in the Rust core) or generate one with :func:`make_workload`.
 """
 
 from vmopt.traces.chunk import (
@@ -15,7 +15,7 @@ from vmopt.traces.chunk import (
     rechunk,
 )
 from vmopt.traces.errors import TraceError
-from vmopt.traces.readers import FORMATS, Trace, open_trace
+from vmopt.traces.readers import COMPRESSIONS, FORMATS, Trace, open_trace
 from vmopt.traces.workloads import (
     DEFAULT_BASE,
     WORKLOADS,
@@ -25,6 +25,7 @@ from vmopt.traces.workloads import (
 )
 
 __all__ = [
+    "COMPRESSIONS",
     "DEFAULT_BASE",
     "DEFAULT_CHUNK_SIZE",
     "FORMATS",

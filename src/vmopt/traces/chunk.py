@@ -28,6 +28,7 @@ DEFAULT_CHUNK_SIZE = 65536
 AddrArray = npt.NDArray[np.uint64]
 KindArray = npt.NDArray[np.uint8]
 CpuArray = npt.NDArray[np.uint16]
+AsidArray = npt.NDArray[np.uint16]
 
 
 class AccessKind(IntEnum):
@@ -44,13 +45,17 @@ class TraceChunk:
 
     ``addrs`` is ``uint64`` virtual addresses, ``kinds`` is ``uint8``
     :class:`AccessKind` values and ``cpus`` (``uint16`` vCPU numbers) is
-    ``None`` for single-vCPU traces. All arrays are 1-D and equally long.
-    Treat the arrays as read-only: readers may hand out views of buffers.
+    ``None`` for single-vCPU traces. ``asids`` (``uint16`` address-space
+    ids, from formats that carry them: ChampSim cloudsuite, drmemtrace) is
+    ``None`` for traces of one address space; the simulator does not use it
+    yet. All arrays are 1-D and equally long. Treat the arrays as
+    read-only: readers may hand out views of buffers.
     """
 
     addrs: AddrArray
     kinds: KindArray
     cpus: CpuArray | None = None
+    asids: AsidArray | None = None
 
     def __post_init__(self) -> None:
         if self.addrs.dtype != np.uint64 or self.addrs.ndim != 1:
@@ -65,6 +70,11 @@ class TraceChunk:
                 f"cpus must be None or a uint16 array shaped like addrs {self.addrs.shape}, "
                 f"got {self.cpus.dtype} {self.cpus.shape}"
             )
+        if self.asids is not None and (self.asids.dtype != np.uint16 or self.asids.shape != self.addrs.shape):
+            raise TypeError(
+                f"asids must be None or a uint16 array shaped like addrs {self.addrs.shape}, "
+                f"got {self.asids.dtype} {self.asids.shape}"
+            )
 
     def __len__(self) -> int:
         return int(self.addrs.shape[0])
@@ -75,30 +85,36 @@ class TraceChunk:
             self.addrs[start:stop],
             self.kinds[start:stop],
             None if self.cpus is None else self.cpus[start:stop],
+            None if self.asids is None else self.asids[start:stop],
         )
 
 
 def concat_chunks(chunks: Sequence[TraceChunk]) -> TraceChunk:
-    """Join chunks into one; ``cpus`` is kept only if every chunk has it.
+    """Join chunks into one; ``cpus`` and ``asids`` are kept only if every chunk has them.
 
     An empty sequence gives an empty chunk. Mixing chunks with and without
-    ``cpus`` is a ``ValueError`` (it would silently lose vCPU numbers).
+    ``cpus`` (or ``asids``) is a ``ValueError`` (it would silently lose them).
     """
     if not chunks:
         return TraceChunk(np.empty(0, np.uint64), np.empty(0, np.uint8))
     if len(chunks) == 1:
         return chunks[0]
-    with_cpus = [c.cpus is not None for c in chunks]
-    if any(with_cpus) and not all(with_cpus):
-        raise ValueError("cannot concatenate chunks with and without cpus")
-    cpus = None
-    if all(with_cpus):
-        cpus = np.concatenate([c.cpus for c in chunks if c.cpus is not None])
     return TraceChunk(
         np.concatenate([c.addrs for c in chunks]),
         np.concatenate([c.kinds for c in chunks]),
-        cpus,
+        _concat_optional([c.cpus for c in chunks], "cpus"),
+        _concat_optional([c.asids for c in chunks], "asids"),
     )
+
+
+def _concat_optional(parts: Sequence[CpuArray | None], what: str) -> CpuArray | None:
+    """Concatenate an optional array of every chunk: all present, or all ``None``."""
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    if len(present) != len(parts):
+        raise ValueError(f"cannot concatenate chunks with and without {what}")
+    return np.concatenate(present)
 
 
 def rechunk(chunks: Iterable[TraceChunk], chunk_size: int) -> Iterator[TraceChunk]:

@@ -1,136 +1,37 @@
-"""Opening address traces: format detection and streaming readers.
+"""Opening address traces: the Python face of the core's trace readers.
 
 :func:`open_trace` turns a file (or stdin) in one of :data:`FORMATS`,
 optionally gzip/zstd/xz compressed, into a :class:`Trace`: a single-pass
-iterator of :class:`~vmopt.traces.chunk.TraceChunk` that never holds more
-than about one block of input plus one chunk of output in memory.
+iterator of :class:`~vmopt.traces.chunk.TraceChunk`. Detection,
+decompression and parsing run in the Rust core (``vmopt._core.TraceReader``)
+with the GIL released; memory stays within about one input block plus one
+chunk whatever the trace length. This module opens the file (so open
+errors read as Python's) and adapts the core's arrays to chunks.
 """
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os
-from collections.abc import Callable, Iterator
-from pathlib import PurePath
+import stat
+import sys
 from types import TracebackType
-from typing import Any, Final
+from typing import BinaryIO, Final
 
-import numpy as np
-import numpy.lib.format as npformat
-import numpy.typing as npt
-
+from vmopt import _core
 from vmopt.errors import ConfigError
-from vmopt.traces._lines import (
-    BadLine,
-    is_lackey_banner,
-    parse_block,
-    parse_lackey_line,
-    parse_text_line,
-)
-from vmopt.traces._source import ByteSource, open_source
-from vmopt.traces.chunk import DEFAULT_CHUNK_SIZE, AccessKind, TraceChunk, concat_chunks, rechunk
+from vmopt.traces.chunk import DEFAULT_CHUNK_SIZE, TraceChunk, concat_chunks
 from vmopt.traces.errors import TraceError
 
-__all__ = ["FORMATS", "Trace", "open_trace"]
+__all__ = ["COMPRESSIONS", "FORMATS", "Trace", "open_trace"]
 
 logger = logging.getLogger(__name__)
 
-#: Trace format names accepted by ``open_trace(format=...)``.
-FORMATS: Final = ("lackey", "text", "npy", "raw")
+#: Trace format names accepted by ``open_trace(format=...)`` and ``--format``.
+FORMATS: Final = ("lackey", "text", "npy", "raw", "champsim", "champsim-cloudsuite", "drmemtrace")
 
-_NPY_MAGIC = b"\x93NUMPY"
-_RAW_EXTS = frozenset({".bin", ".raw", ".u64"})
-_COMPRESSED_EXTS = frozenset({".gz", ".zst", ".zstd", ".xz"})
-_SNIFF_BYTES = 64 * 1024
-_SNIFF_LINES = 20
-_BLOCK_BYTES = 1 << 20
-_MAX_LINE_BYTES = 1 << 20
-_CONTENT_CHARS = 200
-
-
-def _logical_ext(name: str) -> str:
-    """The extension that names the format, ignoring a compression suffix."""
-    suffixes = [s.lower() for s in PurePath(name).suffixes]
-    while suffixes and suffixes[-1] in _COMPRESSED_EXTS:
-        suffixes.pop()
-    return suffixes[-1] if suffixes else ""
-
-
-def _show(line: bytes) -> str:
-    """Printable form of a raw line for messages and ``TraceError.content``."""
-    return line[:_CONTENT_CHARS].decode("ascii", errors="backslashreplace").strip()
-
-
-def _is_text(head: bytes) -> bool:
-    """Whether ``head`` looks like UTF-8 text (no NULs, decodes, few control bytes)."""
-    if b"\x00" in head:
-        return False
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-    except UnicodeDecodeError:
-        return False
-    controls = sum(head.count(bytes([c])) for c in range(32) if c not in (9, 10, 12, 13))
-    return controls * 100 <= len(head)
-
-
-def _detect_text_format(head: bytes, name: str, at_eof: bool) -> str:
-    """Choose "lackey" or "text" from the first lines of a text trace."""
-    lines = head.split(b"\n")
-    if not at_eof:
-        lines.pop()  # possibly cut in the middle
-    lackey = text = seen = 0
-    first_bad: tuple[int, bytes] | None = None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if is_lackey_banner(line):
-            return "lackey"
-        seen += 1
-        lackey_rec = text_rec = None
-        failures = 0
-        try:
-            lackey_rec = parse_lackey_line(line)
-        except BadLine:
-            failures += 1
-        try:
-            text_rec = parse_text_line(line)
-        except BadLine:
-            failures += 1
-        lackey += lackey_rec is not None
-        text += text_rec is not None
-        if failures == 2 and first_bad is None:
-            first_bad = (number, line)
-        if seen >= _SNIFF_LINES:
-            break
-    if lackey and lackey >= text:
-        return "lackey"
-    if text or first_bad is None:
-        return "text"
-    number, line = first_bad
-    raise TraceError(
-        f"{name}:{number}: cannot detect the trace format: {_show(line)!r} is neither a "
-        f"Lackey nor a text record; pass format= (one of {', '.join(FORMATS)})",
-        path=name,
-        line=number,
-        content=_show(line),
-    )
-
-
-def _detect(source: ByteSource, head: bytes) -> str:
-    name = source.name
-    ext = _logical_ext(name)
-    if head.startswith(_NPY_MAGIC):
-        return "npy"
-    if ext == ".npy":
-        raise TraceError(
-            f"{name}: not a .npy file (it does not start with the NumPy magic "
-            f"\\x93NUMPY); pass format= to read it as something else",
-            path=name,
-        )
-    if ext in _RAW_EXTS or not _is_text(head):
-        return "raw"
-    return _detect_text_format(head, name, at_eof=len(head) < _SNIFF_BYTES)
+#: Compression names accepted by ``open_trace(compression=...)``.
+COMPRESSIONS: Final = ("gzip", "zstd", "xz")
 
 
 class Trace:
@@ -154,40 +55,32 @@ class Trace:
 
     def __init__(
         self,
-        source: ByteSource,
-        fmt: str,
+        reader: _core.TraceReader,
+        path: str,
         *,
+        total_bytes: int | None,
         chunk_size: int,
         skip_bad: bool,
     ) -> None:
-        self.path = source.name
-        self.format = fmt
-        self.compression = source.compression
-        self.total_bytes = source.total_bytes
+        self.path = path
+        self.format: str = reader.format
+        self.compression: str | None = reader.compression
+        self.total_bytes = total_bytes
         self.chunk_size = chunk_size
         self.skip_bad = skip_bad
         self.records = 0
-        self.bad_records = 0
-        self._source = source
-        self._progress: Callable[[], int] = lambda: source.bytes_read
+        self._reader = reader
         self._closed = False
-        readers = {
-            "lackey": self._read_lines,
-            "text": self._read_lines,
-            "npy": self._read_npy,
-            "raw": self._read_raw,
-        }
-        try:
-            chunks = readers[fmt]()
-        except BaseException:
-            self.close()
-            raise
-        self._chunks = rechunk(chunks, chunk_size)
 
     @property
     def bytes_read(self) -> int:
         """Bytes of the underlying file consumed so far (for progress bars)."""
-        return self._progress()
+        return self._reader.bytes_read
+
+    @property
+    def bad_records(self) -> int:
+        """Malformed records skipped so far (only with ``skip_bad``)."""
+        return self._reader.bad_records
 
     def __iter__(self) -> Trace:
         return self
@@ -196,15 +89,18 @@ class Trace:
         if self._closed:
             raise StopIteration
         try:
-            chunk = next(self._chunks)
-        except StopIteration:
-            self.close()
-            if self.records == 0:
-                self._raise_empty()
-            raise
+            arrays = self._reader.next_chunk()
         except BaseException:
             self.close()
             raise
+        finally:
+            self._warn_skipped()
+        if arrays is None:
+            self.close()
+            if self.records == 0:
+                self._raise_empty()
+            raise StopIteration
+        chunk = TraceChunk(*arrays)
         self.records += len(chunk)
         return chunk
 
@@ -216,7 +112,7 @@ class Trace:
         """Release the file; further iteration ends immediately."""
         if not self._closed:
             self._closed = True
-            self._source.close()
+            self._reader.close()
 
     def __enter__(self) -> Trace:
         return self
@@ -236,165 +132,53 @@ class Trace:
             f"bad_records={self.bad_records})"
         )
 
-    # -- helpers -----------------------------------------------------------
+    def _warn_skipped(self) -> None:
+        message = self._reader.take_first_bad()
+        if message is not None:
+            logger.warning("%s (skipping malformed records)", message)
 
     def _raise_empty(self) -> None:
-        skipped = f" ({self.bad_records} malformed records skipped)" if self.bad_records else ""
+        bad = self.bad_records
+        skipped = f" ({bad} malformed records skipped)" if bad else ""
         raise TraceError(f"{self.path}: empty trace: no records{skipped}", path=self.path)
 
-    def _bad(self, message: str, *, line: int | None = None, content: str | None = None) -> None:
-        """Count a malformed record, or raise for it unless ``skip_bad``."""
-        if not self.skip_bad:
-            raise TraceError(message, path=self.path, line=line, content=content)
-        if self.bad_records == 0:
-            logger.warning("%s (skipping malformed records)", message)
-        self.bad_records += 1
 
-    # -- readers -----------------------------------------------------------
-    # Each reader validates what it can up front and returns a generator.
+def _open_reader(
+    path: str | os.PathLike[str],
+    *,
+    format: str | None,
+    compression: str | None,
+    chunk_size: int,
+    skip_bad: bool,
+) -> tuple[_core.TraceReader, str, int | None]:
+    """The core reader for ``path``, its display name and its size (``None`` if not a regular file)."""
 
-    def _read_lines(self) -> Iterator[TraceChunk]:
-        """Text and Lackey: blocks of whole lines, parsed by ``_lines.parse_block``."""
-        return self._line_chunks(self._source, self.format)
+    def reader(name: str, fd: int | None = None, stream: BinaryIO | None = None) -> _core.TraceReader:
+        return _core.TraceReader(
+            name,
+            fd=fd,
+            stream=stream,
+            format=format,
+            compression=compression,
+            chunk_size=chunk_size,
+            skip_bad=skip_bad,
+        )
 
-    def _line_chunks(self, source: ByteSource, fmt: str) -> Iterator[TraceChunk]:
-        carry = b""  # incomplete last line of the previous read
-        lines_before = 0  # physical lines in earlier blocks
-        discarding = False  # inside an over-long line that was skipped
-        while True:
-            data = source.read(_BLOCK_BYTES)
-            if not data:  # EOF; a last line without "\n" still counts
-                if carry:
-                    yield self._parse_lines(carry + b"\n", fmt, lines_before)
-                return
-            if discarding:
-                nl = data.find(b"\n")
-                if nl < 0:
-                    continue
-                discarding = False
-                lines_before += 1
-                data = data[nl + 1 :]
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                carry += data
-                if len(carry) > _MAX_LINE_BYTES:
-                    self._bad(
-                        f"{self.path}:{lines_before + 1}: line longer than "
-                        f"{_MAX_LINE_BYTES} bytes (is this really a {fmt} trace?)",
-                        line=lines_before + 1,
-                        content=_show(carry),
-                    )
-                    carry, discarding = b"", True
-                continue
-            block, carry = carry + data[: cut + 1], data[cut + 1 :]
-            chunk = self._parse_lines(block, fmt, lines_before)
-            lines_before += block.count(b"\n")
-            yield chunk
-
-    def _parse_lines(self, block: bytes, fmt: str, lines_before: int) -> TraceChunk:
-        """Parse whole lines; raise or count the bad ones (numbered from ``lines_before``)."""
-        result = parse_block(block, fmt)
-        for index, reason, line in result.bad:
-            number = lines_before + index + 1
-            self._bad(f"{self.path}:{number}: {reason}", line=number, content=_show(line))
-        return TraceChunk(result.addrs, result.kinds)
-
-    def _read_raw(self) -> Iterator[TraceChunk]:
-        """Raw little-endian uint64 addresses, all reads."""
-        total = self._source.total_bytes
-        if self._source.plain_path is not None and total is not None and total % 8:
-            raise TraceError(
-                f"{self.path}: raw trace size {total} is not a multiple of 8 bytes "
-                "(raw traces are little-endian uint64 addresses)",
-                path=self.path,
-            )
-        return self._raw_chunks()
-
-    def _raw_chunks(self) -> Iterator[TraceChunk]:
-        step = self.chunk_size * 8
-        position = 0
-        while data := self._source.read(step):
-            if len(data) % 8:
-                raise TraceError(
-                    f"{self.path}: raw trace length {position + len(data)} is not a multiple "
-                    "of 8 bytes (raw traces are little-endian uint64 addresses)",
-                    path=self.path,
-                )
-            position += len(data)
-            addrs = np.frombuffer(data, "<u8").astype(np.uint64)
-            yield TraceChunk(addrs, np.zeros(addrs.shape[0], np.uint8))
-
-    def _read_npy(self) -> Iterator[TraceChunk]:
-        """A 1-D integer .npy array, all reads; memory-mapped when the file allows."""
-        source = self._source
-        try:
-            version = npformat.read_magic(source)  # type: ignore[arg-type]
-            if version == (1, 0):
-                shape, _, dtype = npformat.read_array_header_1_0(source)  # type: ignore[arg-type]
-            else:
-                shape, _, dtype = npformat.read_array_header_2_0(source)  # type: ignore[arg-type]
-        except (ValueError, OSError, EOFError) as exc:
-            raise TraceError(f"{self.path}: not a valid .npy file: {exc}", path=self.path) from exc
-        if len(shape) != 1 or dtype.kind not in "iu" or dtype.fields is not None:
-            raise TraceError(
-                f"{self.path}: expected a 1-D integer array in the .npy file, "
-                f"got dtype {dtype} with shape {shape}",
-                path=self.path,
-            )
-        count = shape[0]
-        if count == 0:
-            self._raise_empty()
-        offset = source.position
-        need = offset + count * dtype.itemsize
-        if source.plain_path is not None and source.total_bytes is not None:
-            if source.total_bytes < need:
-                raise TraceError(
-                    f"{self.path}: truncated .npy file: header declares {count} elements "
-                    f"({need} bytes) but the file has {source.total_bytes} bytes",
-                    path=self.path,
-                )
-            array = np.memmap(source.plain_path, dtype=dtype, mode="r", offset=offset, shape=count)
-            return self._npy_mmap_chunks(array, offset)
-        return self._npy_stream_chunks(dtype, count)
-
-    def _npy_values(self, values: npt.NDArray[Any], first: int) -> TraceChunk:
-        """Check and convert one slice of array elements starting at index ``first``."""
-        if values.dtype.kind == "i":
-            negative = values < 0
-            if negative.any():
-                bad = np.flatnonzero(negative)
-                for index in bad.tolist():
-                    self._bad(
-                        f"{self.path}: element {first + index} is negative ({values[index]}); "
-                        "addresses must be >= 0",
-                        content=str(values[index]),
-                    )
-                values = values[~negative]
-        addrs = values.astype(np.uint64)
-        return TraceChunk(addrs, np.full(addrs.shape[0], AccessKind.READ, np.uint8))
-
-    def _npy_mmap_chunks(self, array: np.memmap[Any, np.dtype[Any]], offset: int) -> Iterator[TraceChunk]:
-        position = 0
-        itemsize = array.dtype.itemsize
-        self._progress = lambda: offset + position * itemsize
-        for position in range(0, array.shape[0], self.chunk_size):
-            values = np.array(array[position : position + self.chunk_size])
-            yield self._npy_values(values, position)
-        position = array.shape[0]
-
-    def _npy_stream_chunks(self, dtype: np.dtype[Any], count: int) -> Iterator[TraceChunk]:
-        done = 0
-        while done < count:
-            n = min(self.chunk_size, count - done)
-            data = self._source.read(n * dtype.itemsize)
-            if len(data) < n * dtype.itemsize:
-                raise TraceError(
-                    f"{self.path}: truncated .npy data: header declares {count} elements, "
-                    f"found {done + len(data) // dtype.itemsize}",
-                    path=self.path,
-                )
-            yield self._npy_values(np.frombuffer(data, dtype), done)
-            done += n
+    if isinstance(path, str) and path == "-":
+        name = "<stdin>"
+        if sys.stdin is None:
+            raise TraceError(f"cannot read trace {name!r}: stdin is closed", path=name)
+        return reader(name, stream=sys.stdin.buffer), name, None
+    name = os.fspath(path)
+    try:
+        f = open(name, "rb")  # noqa: SIM115 - closed below; the core keeps a duplicate
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise TraceError(f"cannot open trace {name!r}: {reason}", path=name) from exc
+    with f:
+        st = os.fstat(f.fileno())
+        total = st.st_size if stat.S_ISREG(st.st_mode) else None
+        return reader(name, fd=f.fileno()), name, total
 
 
 def open_trace(
@@ -408,8 +192,9 @@ def open_trace(
     """Open an address trace for streaming; ``path`` ``"-"`` reads stdin.
 
     ``format`` is one of :data:`FORMATS` or ``None``/``"auto"`` to detect it
-    (``.npy`` magic, Valgrind banner or Lackey records, ``.bin``/``.raw``/
-    ``.u64`` extension or binary content for raw, else text).
+    (``.npy`` magic; a ``.champsimtrace`` name; a drmemtrace header entry;
+    a Valgrind banner or Lackey records; ``.bin``/``.raw``/``.u64``
+    extension or binary content for raw; else text).
     ``compression`` is ``None`` to detect gzip/zstd/xz by magic bytes,
     ``"none"`` to disable decompression, or ``"gzip"``/``"zstd"``/``"xz"``.
     With ``skip_bad`` malformed records are skipped and counted in
@@ -425,21 +210,21 @@ def open_trace(
             f"unknown trace format {format!r}; expected one of: {', '.join(FORMATS)} "
             "(or None/'auto' to detect)"
         )
+    if compression is not None and compression != "none" and compression not in COMPRESSIONS:
+        raise TraceError(
+            f"unknown compression {compression!r}; expected None (detect), 'none' or one of: "
+            + ", ".join(COMPRESSIONS)
+        )
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ConfigError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    source = open_source(path, compression=compression)
-    try:
-        head = source.peek_head(_SNIFF_BYTES)
-        if not head:
-            raise TraceError(f"{source.name}: empty trace: no records", path=source.name)
-        fmt = format if format is not None else _detect(source, head)
-        logger.debug(
-            "trace %s: format %s%s",
-            source.name,
-            fmt,
-            "" if format is not None else " (detected)",
-        )
-        return Trace(source, fmt, chunk_size=chunk_size, skip_bad=skip_bad)
-    except BaseException:
-        source.close()
-        raise
+    reader, name, total = _open_reader(
+        path, format=format, compression=compression, chunk_size=chunk_size, skip_bad=skip_bad
+    )
+    logger.debug(
+        "trace %s: format %s%s, compression %s",
+        name,
+        reader.format,
+        "" if format is not None else " (detected)",
+        reader.compression,
+    )
+    return Trace(reader, name, total_bytes=total, chunk_size=chunk_size, skip_bad=skip_bad)

@@ -174,7 +174,7 @@ def _decompressor(kind: str, raw: BinaryIO, name: str) -> tuple[_Reader, tuple[t
             f"{name}: reading zstd-compressed traces needs the 'zstandard' package",
             path=name,
         ) from exc
-    from vmopt.traces._zstd import ZstdReader
+    from reference.traces._zstd import ZstdReader
 
     return ZstdReader(raw), (*_DECODE_ERRORS, zstandard.ZstdError)
 
