@@ -70,6 +70,8 @@ U64 = npt.NDArray[np.uint64]
 
 #: Slots of prefault's cache of mapped pages, minus one (64 Ki slots, 512 KiB).
 _CACHE_MASK = (1 << 16) - 1
+#: Anonymous memory's rights.
+_RWX = Perm.R | Perm.W | Perm.X
 #: An empty cache slot: no page number is that large.
 _NO_PAGE = np.uint64(2**64 - 1)
 
@@ -293,7 +295,7 @@ class MemoryOptimizer:
         assert size is not None  # callers check that the guest has anonymous memory
         va = page * size
         nodes = self.mem.placement(self.policy, page, self.cpu_node[cpu])
-        placed = self.page_table.install(va, size, nodes, None, Perm.R | Perm.W | Perm.X, True)
+        placed = self.page_table.install(va, size, nodes, None, _RWX, True)
         if placed is None:
             raise self.mem.out_of_frames(nodes, size, self.policy)
         frame, node = placed
