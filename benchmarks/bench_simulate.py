@@ -194,7 +194,7 @@ def make_npy(path: Path, accesses: int) -> None:
         visits = rng.zipf(1.2, 1 << 18) % 65536
         repeat = rng.integers(1, 17, visits.shape[0])
         pages = np.repeat(visits.astype(np.uint64), repeat)[: accesses - done]
-        offsets = rng.integers(0, 4096, pages.shape[0], dtype=np.uint64) & np.uint64(~7)
+        offsets = rng.integers(0, 4096, pages.shape[0], dtype=np.uint64) & np.uint64(4096 - 8)
         out[done : done + pages.shape[0]] = base + (pages << np.uint64(12)) + offsets
         done += pages.shape[0]
     out.flush()
@@ -204,7 +204,9 @@ def make_npy(path: Path, accesses: int) -> None:
 def bench_npy(runs: int, accesses: int, work: Path) -> bool:
     path = Path(tempfile.gettempdir()) / f"vmopt-bench-{accesses}.npy"
     if not path.exists():
-        make_npy(path, accesses)
+        partial = path.with_suffix(".partial.npy")
+        make_npy(partial, accesses)
+        partial.rename(path)
     print(f"(b) {path}: {accesses:,} accesses, {runs} runs (medians)")
     times, rss = [], []
     report: dict[str, Any] = {}
