@@ -107,7 +107,7 @@ def simulate(
 ) -> dict[str, Any]:
     """Run one simulation and return its report (see docs/report-schema.md).
 
-    With ``pipeline`` a trace is read ``depth`` chunks ahead on its own
+    With ``pipeline`` a trace (not a workload) is read ``depth`` chunks ahead on its own
     thread (see :mod:`vmopt.sim.pipeline`); without, on the simulation
     thread (the counts are the same). On Ctrl-C, ``partial_on_interrupt``
     returns the report of what was simulated, marked ``partial``; otherwise
@@ -122,6 +122,9 @@ def simulate(
         if trace is not None:
             trace.close()
         raise
+    # One rule: traces are read ahead on their own thread; workloads are generated on the
+    # simulation thread (NumPy's generators hold the GIL: pipelined, numa_mix, zipf and
+    # sequential measured the same, 4.9, 5.0 and 27.9 M accesses/s both ways).
     read_ahead = depth if pipeline and trace is not None else None
     close = None if trace is None else trace.close
     if progress:
