@@ -18,6 +18,14 @@ from vmopt.traces import TraceError
 WAIT = 30.0  # safety bound on every wait: the events decide, this only stops a hung test
 
 
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in the main thread during the test, whatever ran before."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def workers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name in ("vmopt-reader", "vmopt-simulate")]
 
@@ -159,6 +167,7 @@ def test_consumer_error_stops_an_endless_reader() -> None:
     assert closed.is_set()  # the reader closed its stream and ended (the fixture checks the thread)
 
 
+@pytest.mark.usefixtures("sigint_raises")
 @pytest.mark.parametrize("inline", [False, True])
 def test_ctrl_c_stops_both_threads_after_the_chunk_in_progress(
     inline: bool, monkeypatch: pytest.MonkeyPatch
@@ -198,6 +207,7 @@ def test_ctrl_c_stops_both_threads_after_the_chunk_in_progress(
     assert closed.is_set() and rec.seen == [0, 1, 2, 3]
 
 
+@pytest.mark.usefixtures("sigint_raises")
 def test_ctrl_c_can_be_reraised(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "JOIN_GRACE_S", 0.01)
     release = threading.Event()

@@ -39,6 +39,14 @@ LACKEY_LETTER = {0: " L", 1: " S", 2: "I "}
 VOLATILE = ("elapsed_s", "accesses_per_s", "source")
 
 
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in the main thread during the test, whatever ran before."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def records(seed: int, n: int) -> tuple[list[int], list[int]]:
     """``n`` accesses over ~300 pages with some locality, and their kinds."""
     rng = np.random.default_rng(seed)
@@ -224,6 +232,7 @@ def test_ctrl_c_on_a_fifo_reports_partial_and_exits_130(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "plots").iterdir())
 
 
+@pytest.mark.usefixtures("sigint_raises")
 def test_ctrl_c_in_process_returns_a_consistent_partial_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,6 +43,9 @@ DEFAULT_DEPTH: Final = 4
 #: Seconds to wait for a stopped reader before leaving it behind.
 JOIN_GRACE_S: Final = 2.0
 
+#: Seconds between the main thread's checks for a signal while it waits.
+_POLL_S: Final = 0.25
+
 T = TypeVar("T")
 
 
@@ -131,6 +134,7 @@ class _Reader(Generic[T]):
         self._chunks = chunks
         self._close = close
         self.thread = threading.Thread(target=self._run, name="vmopt-reader", daemon=True)
+        self.ended = threading.Event()  # set as the thread's last act
 
     def _run(self) -> None:
         _block_sigint()
@@ -144,7 +148,10 @@ class _Reader(Generic[T]):
             with contextlib.suppress(_Closed):
                 self.channel.put(_Failed(exc))
         finally:
-            _close(self._chunks, self._close)
+            try:
+                _close(self._chunks, self._close)
+            finally:
+                self.ended.set()
 
     def __iter__(self) -> Iterator[T]:
         while True:
@@ -172,6 +179,7 @@ class _Run(Generic[T]):
         self._consume = consume
         self._close = close
         self.thread = threading.Thread(target=self._run, name="vmopt-simulate", daemon=True)
+        self.ended = threading.Event()  # set as the thread's last act
 
     def _run(self) -> None:
         _block_sigint()
@@ -189,10 +197,13 @@ class _Run(Generic[T]):
         except BaseException as exc:  # re-raised in the calling thread
             self.error = exc
         finally:
-            if self.reader is not None:
-                self.reader.channel.cancel()
-            else:
-                _close(stream, self._close)
+            try:
+                if self.reader is not None:
+                    self.reader.channel.cancel()
+                else:
+                    _close(stream, self._close)
+            finally:
+                self.ended.set()
 
     def halt(self) -> None:
         """Stop both workers; return once no chunk is being consumed or will be."""
@@ -203,12 +214,18 @@ class _Run(Generic[T]):
             pass  # the chunk in progress finished; the stop flag keeps any other out
 
     def join(self) -> None:
-        """Wait for both threads, leaving behind (with a log line) a reader stuck in a read."""
-        for thread in (self.thread, None if self.reader is None else self.reader.thread):
-            if thread is None:
-                continue
-            thread.join(None if self.completed else JOIN_GRACE_S)
-            if thread.is_alive():
+        """Wait for both threads, leaving behind (with a log line) a reader stuck in a read.
+
+        The waits are on events, not ``Thread.join``: on CPython 3.11 a
+        KeyboardInterrupt inside ``join`` can mark a running thread stopped.
+        """
+        workers = [(self.thread, self.ended)]
+        if self.reader is not None:
+            workers.append((self.reader.thread, self.reader.ended))
+        for thread, ended in workers:
+            if ended.wait(None if self.completed else JOIN_GRACE_S):
+                thread.join()  # only its last few bytecodes remain
+            else:
                 log.debug(
                     "%s is blocked in a read; it plays nothing more and ends with the process", thread.name
                 )
@@ -240,14 +257,15 @@ def play(
         if run.reader is not None:
             run.reader.thread.start()
         run.thread.start()
-        run.thread.join()
+        while not run.ended.wait(_POLL_S):
+            pass  # bounded waits: a signal whose wakeup was lost is still handled within one
     except KeyboardInterrupt:
         interrupted = True
         log.debug("interrupted: stopping the reader and simulation threads")
     finally:
         while True:
             try:
-                if interrupted or run.thread.is_alive():
+                if interrupted or not run.ended.is_set():
                     run.halt()
                 run.join()
                 break
