@@ -243,9 +243,11 @@ def bench_npy(kind: str, runs: int, accesses: int, work: Path) -> bool:
     assert report["accesses"] == accesses
     t = median(times)
     rate = accesses / t
+    inner = report["accesses_per_s"]
     print(f"    vmopt simulate: {t:.1f} s = {rate / 1e6:.1f} M accesses/s end to end"
-          f" (runs: {', '.join(f'{x:.1f}' for x in times)} s); peak RSS {max(rss):.0f} MiB;"
-          f" bar >= {NPY_BAR / 1e6:.0f} M/s: {'ok' if rate >= NPY_BAR else 'MISSED'}")  # fmt: skip
+          f" (runs: {', '.join(f'{x:.1f}' for x in times)} s; the report's host throughput, without"
+          f" start-up and report: {inner / 1e6:.1f} M/s); peak RSS {max(rss):.0f} MiB;"
+          f" bar >= {NPY_BAR / 1e6:.0f} M/s end to end: {'ok' if rate >= NPY_BAR else 'MISSED'}")  # fmt: skip
     return rate >= NPY_BAR
 
 
