@@ -69,3 +69,37 @@ def lackey_traces(names: Sequence[str] | None = None) -> list[tuple[str, Path]]:
             raw.unlink()
         out.append((name, path))
     return out
+
+
+#: The large trace of bench_simulate: bzip2 compressing ~380 KB of words, ~175M accesses (~2.5 GB of text).
+LARGE_WORDS = 64_000
+
+
+def large_lackey_trace() -> Path | None:
+    """A Lackey trace of at least 150M accesses of a real program, made once and cached (uncompressed).
+
+    Recipe: ``LARGE_WORDS`` words drawn (``random.Random(1)``) from 5,000 random
+    2-8 letter words, joined by spaces into ``large.txt``; then
+    ``valgrind --tool=lackey --trace-mem=yes --log-file=bzip2-large.lackey bzip2 -c large.txt``.
+    bzip2 makes about 460 accesses per input byte; valgrind takes a few minutes.
+    None when valgrind or bzip2 is missing.
+    """
+    import random
+
+    TRACE_DIR.mkdir(parents=True, exist_ok=True)
+    path = TRACE_DIR / "bzip2-large.lackey"
+    if path.exists():
+        return path
+    if shutil.which("valgrind") is None or shutil.which("bzip2") is None:
+        print("skipping the large trace: valgrind or bzip2 is not installed", file=sys.stderr)
+        return None
+    rnd = random.Random(1)
+    words = ["".join(rnd.choice("abcdefghijklmnop") for _ in range(rnd.randrange(2, 9))) for _ in range(5000)]
+    (TRACE_DIR / "large.txt").write_text(" ".join(rnd.choice(words) for _ in range(LARGE_WORDS)))
+    partial = path.with_suffix(".partial")
+    subprocess.run(
+        ["valgrind", "--tool=lackey", "--trace-mem=yes", f"--log-file={partial}", "bzip2", "-c", "large.txt"],
+        check=True, cwd=TRACE_DIR, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    partial.rename(path)
+    return path

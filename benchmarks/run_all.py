@@ -1,8 +1,8 @@
 """Run every benchmark and its bar: ``python benchmarks/run_all.py``.
 
 Each script measures ratios within one run (medians over repetitions) and
-exits non-zero when its bar is missed. Pass ``--quick`` for a shorter
-streaming run (10M addresses instead of 100M).
+exits non-zero when its bar is missed. Pass ``--quick`` for shorter
+streaming and simulate runs (10M addresses instead of 100M, one run).
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ BENCHES = [
     ("I/O-bound concurrency (>= 6x at 8, >= 40x at 64)", ["bench_io.py", "--reps", "5"]),
     ("100M-address stream (< 500 MiB RSS)", ["bench_streaming.py"]),
     ("trace parsing (Lackey >= 10M/s, npy >= 50M/s, ChampSim >= 30M/s)", ["bench_parse.py"]),
+    (
+        "vmopt simulate end to end: 150M+-access Lackey (>= 10M/s, < 200 MiB, vs C) and 100M npy (>= 50M/s)",
+        ["bench_simulate.py"],
+    ),
     ("first run after install (< 2 s)", ["bench_first_run.py"]),
 ]
 
@@ -31,6 +35,8 @@ def main() -> int:
     for title, argv in BENCHES:
         if quick and argv[0] == "bench_streaming.py":
             argv = [*argv, "--accesses", "10000000"]
+        if quick and argv[0] == "bench_simulate.py":
+            argv = [*argv, "--runs", "1", "--npy-accesses", "10000000"]
         print(f"== {title}", flush=True)
         rc = subprocess.run([sys.executable, str(HERE / argv[0]), *argv[1:]]).returncode
         print(f"-> {'ok' if rc == 0 else 'MISSED'}\n", flush=True)

@@ -23,6 +23,9 @@ __all__ = ["add_input_args", "input_from_args", "register", "run"]
 
 log = logging.getLogger(__name__)
 
+#: Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """``--config`` and ``--set``, shared by simulate, sweep and config."""
@@ -85,6 +88,10 @@ def register(sub: Any) -> None:
     p.add_argument("--json", dest="json_path", metavar="PATH", help="write the report as JSON")
     p.add_argument("--plot", dest="plot_dir", metavar="DIR", help="write PNG plots into DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-pipeline", action="store_true",
+        help="read the trace on the simulation thread instead of its own (same counts, slower)",
+    )  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -100,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     if show_progress:
         # Building the guest (TLBs, NUMA memory) comes before the first progress update.
         print(f"vmopt simulate: preparing {inp.label} ...", file=sys.stderr, flush=True)
-    report = simulate(config, inp, progress=show_progress)
+    report = simulate(
+        config, inp, progress=show_progress, pipeline=not args.no_pipeline, partial_on_interrupt=True
+    )
     written = []
     if args.json_path:
         try:
@@ -120,4 +129,10 @@ def run(args: argparse.Namespace) -> int:
     render_report(report, sys.stdout)
     for path in written:
         print(f"wrote {path}")
+    if report["partial"]:
+        print(
+            f"vmopt simulate: interrupted after {report['accesses']:,} accesses (partial report)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     return 0

@@ -10,6 +10,7 @@ distance to that node's cost.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,8 +44,12 @@ class Traffic:
             counts: Sequence[int] | None = None
             nodes = [bisect.bisect_right(self._bases, pas) - 1]
         else:
-            found = np.searchsorted(self._base_array, pas, side="right") - 1
-            counts = np.bincount(found.astype(np.int64), minlength=len(self._bases)).tolist()
+            # Accesses at or above each node's base, one comparison pass per node
+            # (nodes are few; a searchsorted plus bincount costs several times more).
+            at_or_above = [int(pas.shape[0])]
+            at_or_above += [int(np.count_nonzero(pas >= base)) for base in self._base_array[1:]]
+            at_or_above.append(0)
+            counts = [a - b for a, b in itertools.pairwise(at_or_above)]
             nodes = [n for n, c in enumerate(counts) if c]
         row = self.distances[home]
         for node in nodes:

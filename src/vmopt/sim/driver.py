@@ -20,6 +20,10 @@ driver keeps only what is specific to traces. Per chunk:
    address) counts as a failure and the run goes on.
 3. **Windows.** Counter deltas give one point of the windowed miss-rate and
    traffic series.
+
+:meth:`Simulator.run` plays the chunks through :func:`vmopt.sim.pipeline.play`:
+the trace is read on one thread, simulated on another, and Ctrl-C stops
+both at a chunk boundary, leaving a consistent partial result.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import numpy.typing as npt
 from vmopt.errors import ConfigError
 from vmopt.guest import MemoryOptimizer
 from vmopt.sim.config import SimConfig
-from vmopt.traces.chunk import TraceChunk
+from vmopt.sim.pipeline import DEFAULT_DEPTH, play
+from vmopt.traces.chunk import AccessKind, TraceChunk
 
 __all__ = ["MAX_WINDOWS", "Progress", "SimResult", "Simulator", "Windows"]
 
@@ -97,6 +102,8 @@ class SimResult:
     remote: list[int]
     windows: Windows
     elapsed_s: float
+    #: True when Ctrl-C stopped the run: the counters cover the first ``accesses`` only.
+    partial: bool = False
 
 
 class Simulator:
@@ -159,9 +166,12 @@ class Simulator:
                 raise ConfigError(
                     f"numa.cpus: the trace uses vCPU {top} but the simulation has {self.cpus} vCPUs"
                 )
-        counts = np.bincount(chunk.kinds, minlength=3).tolist()
-        for k in range(3):
-            self.kinds[k] += counts[k]
+        kinds = chunk.kinds
+        writes = int(np.count_nonzero(kinds == AccessKind.WRITE))
+        fetches = int(np.count_nonzero(kinds == AccessKind.FETCH))
+        self.kinds[0] += n - writes - fetches
+        self.kinds[1] += writes
+        self.kinds[2] += fetches
         placed = self.opt.prefault(addrs, cpus)
         self.demand_faults += sum(placed)
         for node, count in enumerate(placed):
@@ -189,19 +199,44 @@ class Simulator:
     def _sum_walks(self) -> int:
         return sum(m.stats.walks for m in self.opt.mmus)
 
-    def run(self, chunks: Iterable[TraceChunk], progress: Progress | None = None) -> SimResult:
-        """Feed every chunk (the reading time counts in ``elapsed_s``); return the result."""
-        t0 = time.perf_counter()
-        for chunk in chunks:
+    def run(
+        self,
+        chunks: Iterable[TraceChunk],
+        progress: Progress | None = None,
+        *,
+        depth: int | None = DEFAULT_DEPTH,
+        close: Callable[[], None] | None = None,
+        partial_on_interrupt: bool = False,
+    ) -> SimResult:
+        """Feed every chunk (the reading time counts in ``elapsed_s``); return the result.
+
+        ``depth`` chunks are read ahead on a reader thread (None: read inline,
+        on the simulation thread); ``close`` releases the stream once read
+        (see :func:`~vmopt.sim.pipeline.play`). On Ctrl-C both threads stop
+        after the chunk in progress; with ``partial_on_interrupt`` the result
+        so far comes back marked ``partial``, else the KeyboardInterrupt is
+        re-raised.
+        """
+
+        def consume(chunk: TraceChunk) -> None:
             self.feed(chunk)
+            log.debug("simulated %d accesses", self.accesses)
             if progress is not None:
                 progress(len(chunk))
-        self.elapsed = time.perf_counter() - t0
-        return self.result()
 
-    def result(self) -> SimResult:
-        """What happened so far."""
+        t0 = time.perf_counter()
+        try:
+            done = play(
+                chunks, consume, depth=depth, close=close,
+                on_interrupt="return" if partial_on_interrupt else "raise",
+            )  # fmt: skip
+        finally:
+            self.elapsed = time.perf_counter() - t0
+        return self.result(partial=not done)
+
+    def result(self, *, partial: bool = False) -> SimResult:
+        """What happened so far (``partial``: the run was interrupted)."""
         return SimResult(
             self.config, self.opt, self.accesses, list(self.kinds), self.demand_faults, self.failed,
-            list(self.pages), self.local, self.remote, self.windows, self.elapsed,
+            list(self.pages), self.local, self.remote, self.windows, self.elapsed, partial,
         )  # fmt: skip

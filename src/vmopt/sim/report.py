@@ -83,6 +83,7 @@ def build_report(result: SimResult, source: dict[str, Any]) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "source": source,
+        "partial": result.partial,
         "accesses": accesses,
         "kinds": {"read": result.kinds[0], "write": result.kinds[1], "fetch": result.kinds[2]},
         "cpus": len(mmus),
@@ -190,6 +191,8 @@ def render_report(report: dict[str, Any], file: IO[str] | None = None) -> None:
             raise BrokenPipeError(errno.EPIPE, "the report's reader closed the pipe")
 
     console = _Console(file=file, width=None if file is None or file.isatty() else 100)
+    if report.get("partial"):
+        console.print(f"[bold]partial run[/bold]: interrupted after {report['accesses']:,} accesses")
     console.print(f"[bold]vmopt simulate[/bold]: {header(report)}")
     t = Table(title="TLB hierarchy", title_justify="left")
     for col in ("level", "arrays", "lookups", "hits", "misses", "evictions", "hit rate"):

@@ -11,6 +11,7 @@ from typing import Any, Final
 from vmopt.errors import ConfigError
 from vmopt.sim.config import SimConfig, parse_value
 from vmopt.sim.driver import Simulator
+from vmopt.sim.pipeline import DEFAULT_DEPTH
 from vmopt.sim.report import build_report
 from vmopt.traces import WORKLOADS, Trace, TraceChunk, make_workload, open_trace
 from vmopt.units import parse_size
@@ -95,23 +96,46 @@ def _open(inp: Input) -> tuple[Iterator[TraceChunk], dict[str, Any], int, Trace 
     return chunks, source, cpus, None
 
 
-def simulate(config: SimConfig, inp: Input, *, progress: bool = False) -> dict[str, Any]:
-    """Run one simulation and return its report (see docs/report-schema.md)."""
+def simulate(
+    config: SimConfig,
+    inp: Input,
+    *,
+    progress: bool = False,
+    pipeline: bool = True,
+    depth: int = DEFAULT_DEPTH,
+    partial_on_interrupt: bool = False,
+) -> dict[str, Any]:
+    """Run one simulation and return its report (see docs/report-schema.md).
+
+    With ``pipeline`` a trace (not a workload) is read ``depth`` chunks ahead on its own
+    thread (see :mod:`vmopt.sim.pipeline`); without, on the simulation
+    thread (the counts are the same). On Ctrl-C, ``partial_on_interrupt``
+    returns the report of what was simulated, marked ``partial``; otherwise
+    the KeyboardInterrupt propagates once both threads have stopped.
+    """
     chunks, source, cpus, trace = _open(inp)
     try:
         if config.numa.cpus:
             cpus = config.numa.cpus
         sim = Simulator(config, cpus)
-        if progress:
-            from vmopt.sim.progress import progress_bar
-
-            with progress_bar(trace, source, sys.stderr) as advance:
-                result = sim.run(chunks, advance)
-        else:
-            result = sim.run(chunks)
-    finally:
+    except BaseException:
         if trace is not None:
             trace.close()
+        raise
+    # One rule: traces are read ahead on their own thread; workloads are generated on the
+    # simulation thread (NumPy's generators hold the GIL: pipelined, numa_mix, zipf and
+    # sequential measured the same, 4.9, 5.0 and 27.9 M accesses/s both ways).
+    read_ahead = depth if pipeline and trace is not None else None
+    close = None if trace is None else trace.close
+    if progress:
+        from vmopt.sim.progress import progress_bar
+
+        with progress_bar(trace, source, sys.stderr) as advance:
+            result = sim.run(
+                chunks, advance, depth=read_ahead, close=close, partial_on_interrupt=partial_on_interrupt
+            )
+    else:
+        result = sim.run(chunks, depth=read_ahead, close=close, partial_on_interrupt=partial_on_interrupt)
     if trace is not None:
         source["bad_records"] = trace.bad_records
     report = build_report(result, source)
