@@ -57,6 +57,9 @@ fn user_of(user: &Bound<'_, PyAny>) -> PyResult<bool> {
     ))))
 }
 
+/// `translate_or_install`'s answer: the pa, and `(frame, node)` if the page went in.
+type Resolved = (u64, Option<(u64, u32)>);
+
 /// The exception of a stopped translation, marked restartable when it is.
 fn stop_to_py(py: Python<'_>, stop: Stop) -> PyErr {
     let err = to_py(stop.error);
@@ -249,7 +252,7 @@ impl PyMmu {
         data: Option<&[u8]>,
         perms: u8,
         page_user: bool,
-    ) -> PyResult<Option<(u64, Option<(u64, u32)>)>> {
+    ) -> PyResult<Option<Resolved>> {
         let access = access_of(access)?;
         let user = user_of(user)?;
         let page = PageInstall {
