@@ -57,6 +57,25 @@ fn user_of(user: &Bound<'_, PyAny>) -> PyResult<bool> {
     ))))
 }
 
+/// The page an install call describes (the arguments after `va, access, user`).
+fn page_of<'a>(
+    va: u64,
+    size: u64,
+    nodes: &'a [u32],
+    data: Option<&'a [u8]>,
+    perms: u8,
+    user: bool,
+) -> PageInstall<'a> {
+    PageInstall {
+        va,
+        size,
+        nodes,
+        data,
+        perms: Perm(perms),
+        user,
+    }
+}
+
 /// `translate_or_install`'s answer: the pa, and `(frame, node)` if the page went in.
 type Resolved = (u64, Option<(u64, u32)>);
 
@@ -220,16 +239,8 @@ impl PyMmu {
         perms: u8,
         page_user: bool,
     ) -> PyResult<Option<(u64, u64, u32)>> {
-        let access = access_of(access)?;
-        let user = user_of(user)?;
-        let page = PageInstall {
-            va: page_va,
-            size,
-            nodes: &nodes,
-            data,
-            perms: Perm(perms),
-            user: page_user,
-        };
+        let (access, user) = (access_of(access)?, user_of(user)?);
+        let page = page_of(page_va, size, &nodes, data, perms, page_user);
         let inner = &self.inner;
         py.allow_threads(|| guarded(|| inner.install_page(va, access, user, page)))
     }
@@ -253,16 +264,8 @@ impl PyMmu {
         perms: u8,
         page_user: bool,
     ) -> PyResult<Option<Resolved>> {
-        let access = access_of(access)?;
-        let user = user_of(user)?;
-        let page = PageInstall {
-            va: page_va,
-            size,
-            nodes: &nodes,
-            data,
-            perms: Perm(perms),
-            user: page_user,
-        };
+        let (access, user) = (access_of(access)?, user_of(user)?);
+        let page = page_of(page_va, size, &nodes, data, perms, page_user);
         let inner = &self.inner;
         let result = py.allow_threads(|| {
             catch_unwind(AssertUnwindSafe(|| {

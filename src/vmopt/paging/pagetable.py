@@ -420,7 +420,7 @@ class PageTable:
 
     def _is_page(self, va: Any, size: Any) -> bool:
         """True if a page of exactly ``size`` starts at ``va``."""
-        leaf = self.lookup(va) if _is_u64(va) else None
+        leaf = self.lookup(va) if _is_u64(va) and isinstance(size, int) else None
         return leaf is not None and leaf.va == va and leaf.page_size == size
 
     def invalidate(self, va: int, size: int) -> None:

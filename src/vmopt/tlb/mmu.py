@@ -246,16 +246,9 @@ class Mmu:
         Returns ``(pa of va, frame, node)``, or None when no node has room
         (nothing changed).
         """
-        try:
-            placed: tuple[int, int, int] | None = self._core.install_page(
-                va, access, user, page_va, size, nodes, data, int(perms), page_user
-            )
-        except (TypeError, OverflowError, ValueError) as exc:
-            if isinstance(exc, VmoptError):
-                raise
-            raise bad_input(
-                "install_page", va=va, page_va=page_va, size=size, nodes=nodes, perms=perms
-            ) from None
+        placed: tuple[int, int, int] | None = self._install_call(
+            self._core.install_page, va, access, user, page_va, size, nodes, data, perms, page_user
+        )
         return placed
 
     def translate_or_install(
@@ -272,17 +265,25 @@ class Mmu:
         raised as :meth:`translate` raises it (the fault handler is not
         called).
         """
+        resolved: tuple[int, tuple[int, int] | None] | None = self._install_call(
+            self._core.translate_or_install, va, access, user, page_va, size, nodes, data, perms, page_user
+        )
+        return resolved
+
+    @staticmethod
+    def _install_call(
+        call: Callable[..., Any], va: int, access: str, user: bool, page_va: int, size: int,
+        nodes: list[int], data: bytes | None, perms: Perm, page_user: bool,
+    ) -> Any:  # fmt: skip
+        """One of the core's install calls, with a wrong-typed argument as an InputError."""
         try:
-            resolved: tuple[int, tuple[int, int] | None] | None = self._core.translate_or_install(
-                va, access, user, page_va, size, nodes, data, int(perms), page_user
-            )
+            return call(va, access, user, page_va, size, nodes, data, int(perms), page_user)
         except (TypeError, OverflowError, ValueError) as exc:
             if isinstance(exc, VmoptError):
                 raise
             raise bad_input(
-                "translate_or_install", va=va, page_va=page_va, size=size, nodes=nodes, perms=perms
+                call.__name__, va=va, page_va=page_va, size=size, nodes=nodes, perms=perms
             ) from None
-        return resolved
 
     def translate_into(
         self, vas: U64, out: U64, access: str = "r", user: bool = False
