@@ -278,16 +278,7 @@ impl TlbArray {
     /// Refresh the recency of the entry in `slot` as a hit does.
     #[inline(always)]
     pub fn touch(&mut self, slot: usize) {
-        match self.cfg.policy {
-            Policy::Lru => {
-                let (clock, ways) = self.lru_parts();
-                if let Some(e) = ways[slot].as_mut() {
-                    lru_touch(clock, e);
-                }
-            }
-            Policy::Plru => self.plru_touch(slot / self.ways, slot % self.ways),
-            Policy::Fifo | Policy::Random => {}
-        }
+        self.touch_run(slot, 1);
     }
 
     /// What `k >= 1` hits in a row on the entry in `slot` do to the
@@ -295,7 +286,7 @@ impl TlbArray {
     /// with it (each hit's stamp overwrites the last), PLRU points the tree
     /// away from the way once (the same bits each time), FIFO and random
     /// keep none.
-    #[inline]
+    #[inline(always)]
     pub fn touch_run(&mut self, slot: usize, k: u64) {
         debug_assert!(k >= 1);
         match self.cfg.policy {
