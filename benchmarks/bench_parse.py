@@ -33,21 +33,10 @@ import numpy as np
 from _common import lackey_traces, median
 
 from reference.traces import open_trace as ref_open_trace
+from trace_layouts import INPUT_INSTR as CHAMPSIM
 from vmopt.traces import open_trace
 
 BARS = {"lackey": 10e6, "npy": 50e6, "champsim": 30e6}
-
-CHAMPSIM = np.dtype(
-    [
-        ("ip", "<u8"),
-        ("is_branch", "u1"),
-        ("branch_taken", "u1"),
-        ("dst_regs", "u1", 2),
-        ("src_regs", "u1", 4),
-        ("dst_mem", "<u8", 2),
-        ("src_mem", "<u8", 4),
-    ]
-)
 
 
 def drain(opener: Callable[..., Any], path: Path, **kw: Any) -> int:
