@@ -226,6 +226,10 @@ class Mmu:
     def translate_batch(
         self, vas: npt.NDArray[np.uint64], out: npt.NDArray[np.uint64], access: object, user: object
     ) -> tuple[int, VmoptError | None]: ...
+    def translate_batch_staged(
+        self, vas: npt.NDArray[np.uint64], out: npt.NDArray[np.uint64], access: object, user: object,
+        pages: list[tuple[int, int, list[int], bytes | None, int, bool]],
+    ) -> tuple[int, VmoptError | None, int | None, bool, list[tuple[int, int, int]]]: ...  # fmt: skip
     def install_page(
         self, va: int, access: object, user: object, page_va: int, size: int, nodes: list[int],
         data: bytes | None, perms: int, page_user: bool,

@@ -82,6 +82,20 @@ impl From<Error> for Stop {
     }
 }
 
+/// What stopped [`Mmu::translate_batch_staged`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StagedStop {
+    /// A translation stopped as [`Mmu::translate_batch`] stops (a fault
+    /// outside the staged pages, or the restart after an install).
+    Fault(Stop),
+    /// No node of this staged page's `nodes` has room; nothing changed.
+    NoRoom(usize),
+    /// The last page installed fell back past the first of its `nodes`, and
+    /// its access finished: a caller whose placement depends on where pages
+    /// landed recomputes the rest before going on.
+    FellBack,
+}
+
 /// A page for [`Mmu::install_page`] to allocate, fill and map.
 #[derive(Clone, Copy, Debug)]
 pub struct PageInstall<'a> {
@@ -630,6 +644,81 @@ impl Mmu {
                 i += 1;
             }
             st.count_fast_hits(fast);
+        }
+        (n, None)
+    }
+
+    /// [`translate_batch`](Self::translate_batch) with staged pages: a
+    /// restartable fault inside one of `pages` (contents fetched ahead, by a
+    /// batch that overlapped its fetches) is resolved in the loop as
+    /// [`translate_or_install`](Self::translate_or_install) resolves it, so
+    /// a batch of first touches costs one call, not one per page. Counts
+    /// exactly what the scalar calls count, in the same order.
+    ///
+    /// Each page is installed at most once; `placed` receives `(index in
+    /// pages, frame, node)` for every page that went in, also when the
+    /// restarted access then stops. Returns how many addresses were done and
+    /// what stopped the batch, if anything.
+    pub fn translate_batch_staged(
+        &self,
+        vas: &[u64],
+        out: &mut [u64],
+        access: Access,
+        user: bool,
+        pages: &[PageInstall<'_>],
+        placed: &mut Vec<(usize, u64, u32)>,
+    ) -> (usize, Option<StagedStop>) {
+        let n = vas.len().min(out.len());
+        let mut done = vec![false; pages.len()];
+        // Slots by page start, to find a faulting address's page by bisection
+        // (staged pages do not overlap: they are distinct pages of one table).
+        let mut by_va: Vec<usize> = (0..pages.len()).collect();
+        by_va.sort_unstable_by_key(|&s| pages[s].va);
+        let staged_at = |va: u64, done: &[bool]| {
+            let k = by_va.partition_point(|&s| pages[s].va <= va);
+            let s = *by_va[..k].last()?;
+            (!done[s] && va - pages[s].va < pages[s].size).then_some(s)
+        };
+        let mut i = 0;
+        while i < n {
+            let (k, stop) = self.translate_batch(&vas[i..n], &mut out[i..n], access, user);
+            i += k;
+            let Some(stop) = stop else {
+                return (n, None);
+            };
+            let va = vas[i];
+            let slot = if stop.restartable {
+                staged_at(va, &done)
+            } else {
+                None
+            };
+            let Some(slot) = slot else {
+                return (i, Some(StagedStop::Fault(stop)));
+            };
+            let page = pages[slot];
+            let table = self.page_table();
+            let installed = table.install(
+                page.va, page.size, page.nodes, page.data, page.perms, page.user,
+            );
+            match installed {
+                Err(error) => return (i, Some(StagedStop::Fault(error.into()))),
+                Ok(None) => return (i, Some(StagedStop::NoRoom(slot))),
+                Ok(Some((frame, node))) => {
+                    done[slot] = true;
+                    placed.push((slot, frame, node));
+                }
+            }
+            match self.translate_restart(va, access, user) {
+                Ok(pa) => out[i] = pa,
+                Err(error) => return (i, Some(StagedStop::Fault(error.into()))),
+            }
+            i += 1;
+            if placed
+                .last()
+                .is_some_and(|&(_, _, node)| page.nodes.first() != Some(&node))
+            {
+                return (i, Some(StagedStop::FellBack));
+            }
         }
         (n, None)
     }

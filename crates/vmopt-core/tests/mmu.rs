@@ -6,7 +6,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use vmopt_core::error::Error;
 use vmopt_core::memory::PhysMem;
-use vmopt_core::mmu::{Mmu, MmuConfig, PageInstall};
+use vmopt_core::mmu::{Mmu, MmuConfig, PageInstall, StagedStop};
 use vmopt_core::paging::{Access, FaultCause, PageTable, Perm, X86_64};
 use vmopt_core::tlb::{
     Policy, PrefetchConfig, PrefetchKind, PrefetchMode, PwcConfig, TlbConfig, TlbLevel,
@@ -264,6 +264,81 @@ proptest! {
         prop_assert_eq!(got, want);
         prop_assert_eq!(batch.stats(), scalar.stats());
         prop_assert_eq!(batch.level_stats(), scalar.level_stats());
+    }
+
+    /// The staged batch installs what a `translate_or_install` loop installs,
+    /// at the same accesses, with the same counters and the same frames.
+    #[test]
+    fn staged_batch_equals_translate_or_install_loop(
+        write in any::<bool>(),
+        pages in prop::collection::vec(0u64..40, 1..200),
+        staged in prop::collection::btree_set(10u64..40, 0..24),
+        nodes_empty in prop::collection::btree_set(20u64..40, 0..3),
+    ) {
+        let access = if write { Access::Write } else { Access::Read };
+        let vas: Vec<u64> = pages.iter().map(|p| BASE + p * K4 + p % 5).collect();
+        let data: Vec<Vec<u8>> = (0..40u8).map(|p| vec![p; 4096]).collect();
+        let (none, zero): (&[u32], &[u32]) = (&[], &[0]);
+        let page = |p: u64| PageInstall {
+            va: BASE + p * K4,
+            size: K4,
+            nodes: if nodes_empty.contains(&p) { none } else { zero },
+            data: Some(&data[p as usize]),
+            perms: Perm(if p % 4 == 0 { 4 } else { 6 }),
+            user: true,
+        };
+        let scalar = Mmu::new(table(20), batch_config(Policy::Lru, false)).unwrap();
+        let batch = Mmu::new(table(20), batch_config(Policy::Lru, false)).unwrap();
+        // The loop: a staged page installs on its first restartable fault.
+        let mut want = Vec::new();
+        let mut left: std::collections::BTreeSet<u64> = staged.clone();
+        for &va in &vas {
+            let p = (va - BASE) / K4;
+            let step = if left.contains(&p) {
+                match scalar.translate_or_install(va, access, true, page(p)) {
+                    Ok(Some((pa, placed))) => {
+                        if placed.is_some() { left.remove(&p); }
+                        Ok(pa)
+                    }
+                    Ok(None) => Err(None),
+                    Err(stop) => {
+                        if scalar.page_table().lookup(BASE + p * K4).is_some() { left.remove(&p); }
+                        Err(Some(stop.error))
+                    }
+                }
+            } else {
+                scalar.translate(va, access, true).map_err(|s| Some(s.error))
+            };
+            want.push(step);
+        }
+        // The staged batch, resumed after each stop with the pages not yet in.
+        let mut got = Vec::new();
+        let mut out = vec![0u64; vas.len()];
+        let mut left: Vec<u64> = staged.iter().copied().collect();
+        let mut pos = 0;
+        while pos < vas.len() {
+            let pages: Vec<PageInstall<'_>> = left.iter().map(|&p| page(p)).collect();
+            let mut placed = Vec::new();
+            let (done, stop) =
+                batch.translate_batch_staged(&vas[pos..], &mut out[pos..], access, true, &pages, &mut placed);
+            let gone: Vec<u64> = placed.iter().map(|&(slot, _, _)| left[slot]).collect();
+            left.retain(|p| !gone.contains(p));
+            got.extend(out[pos..pos + done].iter().map(|&pa| Ok(pa)));
+            pos += done;
+            match stop {
+                None => {}
+                Some(StagedStop::NoRoom(_)) => { got.push(Err(None)); pos += 1; }
+                Some(StagedStop::FellBack) => {}
+                Some(StagedStop::Fault(stop)) => { got.push(Err(Some(stop.error))); pos += 1; }
+            }
+        }
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(batch.stats(), scalar.stats());
+        prop_assert_eq!(batch.level_stats(), scalar.level_stats());
+        for p in 0..40u64 {
+            let (a, b) = (scalar.page_table().lookup(BASE + p * K4), batch.page_table().lookup(BASE + p * K4));
+            prop_assert_eq!(a.is_some(), b.is_some());
+        }
     }
 
     /// A level's lookup memo never changes a result: every lookup finds what

@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use numpy::{PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBool, PyString};
 use vmopt_core::error::{Error, Result};
-use vmopt_core::mmu::{Mmu, MmuConfig, PageInstall, Stop};
+use vmopt_core::mmu::{Mmu, MmuConfig, PageInstall, StagedStop, Stop};
 use vmopt_core::paging::{Access, Perm};
 use vmopt_core::tlb::{PrefetchConfig, PrefetchKind, PrefetchMode, PwcConfig};
 
@@ -78,6 +79,20 @@ fn page_of<'a>(
 
 /// `translate_or_install`'s answer: the pa, and `(frame, node)` if the page went in.
 type Resolved = (u64, Option<(u64, u32)>);
+
+/// A staged page as Python passes it: `(page_va, size, nodes, data, perms, page_user)`.
+type StagedPage = (u64, u64, Vec<u32>, Option<PyBackedBytes>, u8, bool);
+
+/// `translate_batch_staged`'s answer: addresses done, the stopping exception,
+/// the staged page that found no room, whether the last install fell back,
+/// and `(slot, frame, node)` per page installed.
+type StagedAnswer = (
+    usize,
+    Option<PyObject>,
+    Option<usize>,
+    bool,
+    Vec<(usize, u64, u32)>,
+);
 
 /// The exception of a stopped translation, marked restartable when it is.
 fn stop_to_py(py: Python<'_>, stop: Stop) -> PyErr {
@@ -217,6 +232,51 @@ impl PyMmu {
             Ok((done, None)) => Ok((done, None)),
             Ok((done, Some(stop))) => {
                 Ok((done, Some(stop_to_py(py, stop).into_value(py).into_any())))
+            }
+            Err(panic) => Err(panic_to_py(panic)),
+        }
+    }
+
+    /// `translate_batch`, resolving restartable faults inside the staged
+    /// `pages` by installing them (contents fetched ahead) in the same call:
+    /// `(done, exception or None, slot of a page with no room or None, fell
+    /// back, [(slot, frame, node) per page installed])`: "fell back" stops
+    /// the batch after an install that missed the first of its nodes.
+    fn translate_batch_staged(
+        &self,
+        py: Python<'_>,
+        vas: PyReadonlyArray1<'_, u64>,
+        mut out: PyReadwriteArray1<'_, u64>,
+        access: &Bound<'_, PyAny>,
+        user: &Bound<'_, PyAny>,
+        pages: Vec<StagedPage>,
+    ) -> PyResult<StagedAnswer> {
+        let access = access_of(access)?;
+        let user = user_of(user)?;
+        let vas = vas.as_slice()?;
+        let out = out.as_slice_mut()?;
+        let staged: Vec<PageInstall<'_>> = pages
+            .iter()
+            .map(|(va, size, nodes, data, perms, page_user)| {
+                page_of(*va, *size, nodes, data.as_deref(), *perms, *page_user)
+            })
+            .collect();
+        let inner = &self.inner;
+        let mut placed = Vec::new();
+        let result = py.allow_threads(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                inner.translate_batch_staged(vas, out, access, user, &staged, &mut placed)
+            }))
+        });
+        match result {
+            Ok((done, None)) => Ok((done, None, None, false, placed)),
+            Ok((done, Some(StagedStop::NoRoom(slot)))) => {
+                Ok((done, None, Some(slot), false, placed))
+            }
+            Ok((done, Some(StagedStop::FellBack))) => Ok((done, None, None, true, placed)),
+            Ok((done, Some(StagedStop::Fault(stop)))) => {
+                let error = stop_to_py(py, stop).into_value(py).into_any();
+                Ok((done, Some(error), None, false, placed))
             }
             Err(panic) => Err(panic_to_py(panic)),
         }

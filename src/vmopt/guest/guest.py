@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -53,7 +53,7 @@ from vmopt.paging.pagetable import PageTable
 from vmopt.paging.types import Perm
 from vmopt.stores.base import BackingStore
 from vmopt.tlb.config import PrefetchConfig, PwcConfig
-from vmopt.tlb.mmu import ARRAY_CHUNK, RIGHTS_BIT, Mmu, TlbSpec
+from vmopt.tlb.mmu import ARRAY_CHUNK, RIGHTS_BIT, Mmu, StagedPage, TlbSpec
 from vmopt.tlb.stats import TlbStats
 from vmopt.units import format_size
 
@@ -602,12 +602,168 @@ class MemoryOptimizer:
         done: list[int] | U64 | BatchResult = finish(results, failures, mode, total)
         return done
 
-    def _pages_to_fetch(self, chunk: Any) -> list[tuple[Region, int]]:
-        """Store-backed, non-resident pages ``chunk`` will fault on, in first-touch order."""
-        out: list[tuple[Region, int]] = []
+    def translate_fetched_batch(
+        self, vas: npt.NDArray[np.integer[Any]], fetched: Mapping[int, bytes], access: str = "r",
+        cpu: int = 0, errors: str = "raise",
+    ) -> U64 | BatchResult:  # fmt: skip
+        """Translate ``vas`` in order, installing ``fetched`` pages on their first touch.
+
+        ``fetched`` maps the first virtual address of a region page to its
+        contents, fetched ahead. The pages go in inside the core's translate
+        loop, one call per run of addresses rather than one per page: how a
+        concurrent batch installs what it fetched. Results and statistics
+        equal :meth:`translate_fetched` in a loop.
+        """
+        mode = check_errors_mode(errors)
+        mmu = self._check_cpu(cpu)
+        name = "MemoryOptimizer.translate_fetched_batch"
+        if not isinstance(vas, np.ndarray) or vas.dtype.kind not in "iu" or vas.ndim != 1:
+            raise bad_input(name, "vas must be a 1-D integer array", vas=vas)
+        if (access, True) not in RIGHTS_BIT:
+            raise bad_input(name, "access must be 'r', 'w' or 'x'", access=access)
+        if not isinstance(fetched, Mapping):
+            raise bad_input(name, fetched=fetched)
+        values = np.ascontiguousarray(vas, dtype=np.uint64)
+        staged: list[tuple[Region, int, bytes]] = []
+        for page_va, data in fetched.items():
+            region = self._regions.find(page_va) if isinstance(page_va, int) else None
+            if region is None or region.page_va(region.index_of(page_va)) != page_va:
+                shown = hex(page_va) if isinstance(page_va, int) else repr(page_va)
+                raise AddressError(f"fetched page {shown} is not the start of a region page")
+            staged.append((region, region.index_of(page_va), data))
+        out = np.zeros(len(values), dtype=np.uint64)
+        failures: dict[int, BaseException] = {}
+        if self.numa_balancing:
+            # Balancing samples every access: one at a time, as translate_fetched does.
+            data_of = {(r.va, index): data for r, index, data in staged}
+            for i, va in enumerate(values.tolist()):
+                region = self._regions.find(va)
+                page = None if region is None else data_of.get((region.va, region.index_of(va)))
+                try:
+                    out[i] = self.translate_fetched(va, page, access, cpu)
+                except VmoptError as exc:
+                    record_failure(failures, i, va, exc)
+        else:
+            self._translate_staged(mmu, values, out, 0, len(values), access, cpu, staged, {}, failures, 0)
+        done: U64 | BatchResult = finish(out, failures, mode, len(values))
+        return done
+
+    def _staged_vas(self, chunk: Any, access: str) -> U64 | None:
+        """``chunk`` as a uint64 array for the staged core loop, or None when that loop cannot apply."""
+        if self.numa_balancing or (access, True) not in RIGHTS_BIT:
+            return None  # balancing samples per access; bad arguments fail per index
+        if isinstance(chunk, np.ndarray):
+            return np.ascontiguousarray(chunk, dtype=np.uint64) if chunk.dtype.kind in "iu" else None
+        if not all(is_address(va) for va in chunk):
+            return None
+        try:
+            return np.array(chunk, dtype=np.uint64)
+        except OverflowError:
+            return None  # out-of-range entries fail at their own index
+
+    def _translate_staged(
+        self, mmu: Mmu, vas: U64, out: U64, pos: int, end: int, access: str, cpu: int,
+        staged: list[tuple[Region, int, bytes]], failed: dict[tuple[int, int], BaseException],
+        failures: dict[int, BaseException], base: int,
+    ) -> None:  # fmt: skip
+        """Translate ``vas[pos:end]`` into ``out``, installing ``staged`` pages on first touch.
+
+        ``staged`` loses the pages that go in (or that are already resident);
+        a not-present fault on a page in ``failed`` records that page's fetch
+        error; any other stop is finished as :meth:`translate` finishes it.
+        Failures go to ``failures`` at ``base + index``, their ``out`` left 0.
+        Pages go where :meth:`translate_fetched` would put them: placements
+        are computed ahead and again after any install that fell back (which
+        moves the tie-breaking rotation), and a region whose policy follows
+        usage is installed through the fault path, with its fetched data.
+        """
+        home = self.cpu_node[cpu]
+        with self._lock:
+            current = {id(r): self._regions.find(r.va) is r for r, _, _ in staged}
+            live = [s for s in staged if current[id(s[0])] and s[1] not in s[0].resident]
+            held = {(r.va, i): d for r, i, d in live if r.policy.period is None}
+            if held:
+                live = [s for s in live if s[0].policy.period is not None]
+            pages = self._staged_pages(live, home)
+            while pos < end:
+                done, error, no_room, fell_back, placed = mmu.translate_staged(
+                    vas[pos:end], out[pos:end], access, True, pages
+                )
+                for slot, frame, node in placed:
+                    region, index, _ = live[slot]
+                    self.mem.placed(pages[slot][2], node, region.page_size)
+                    region.resident[index] = frame
+                if placed:
+                    gone = {slot for slot, _, _ in placed}
+                    live = [s for k, s in enumerate(live) if k not in gone]
+                    pages = [p for k, p in enumerate(pages) if k not in gone]
+                if done:
+                    self.traffic.count(out[pos : pos + done], home)
+                pos += done
+                if fell_back:
+                    pages = self._staged_pages(live, home)  # the rotation moved
+                    continue
+                if pos == end:
+                    break
+                va = int(vas[pos])
+                try:
+                    if no_room is not None:
+                        region = live[no_room][0]
+                        raise self.mem.out_of_frames(pages[no_room][2], region.page_size, region.policy)
+                    assert error is not None  # the core stopped early for a reason
+                    out[pos] = self._resume_staged(mmu, va, access, cpu, error, failed, held)
+                except VmoptError as exc:
+                    out[pos] = 0
+                    record_failure(failures, base + pos, va, exc)
+                pos += 1
+            staged[:] = live + [
+                (r, i, held[(r.va, i)]) for r, i, _ in staged if (r.va, i) in held and i not in r.resident
+            ]
+
+    def _staged_pages(self, live: list[tuple[Region, int, bytes]], home: int) -> list[StagedPage]:
+        """``live`` as the core's staged pages, each with the nodes :meth:`_install` would try."""
+        perms: dict[int, int] = {}
+        nodes_of: dict[tuple[int, int], list[int]] = {}
+        pages: list[StagedPage] = []
+        for region, index, data in live:
+            key = (id(region), index % region.policy.period)  # type: ignore[operator]
+            nodes = nodes_of.get(key)
+            if nodes is None:
+                nodes = nodes_of[key] = self.mem.placement(region.policy, index, home)
+            bits = perms.get(id(region))
+            if bits is None:
+                bits = perms[id(region)] = int(region.perms)
+            pages.append(
+                (region.va + index * region.page_size, region.page_size, nodes, data, bits, region.user)
+            )
+        return pages
+
+    def _resume_staged(
+        self, mmu: Mmu, va: int, access: str, cpu: int, error: VmoptError,
+        failed: dict[tuple[int, int], BaseException], held: dict[tuple[int, int], bytes],
+    ) -> int:  # fmt: skip
+        """Finish a staged loop's stop at ``va`` as :meth:`translate` would; its pa."""
+        data = None
+        if isinstance(error, PageFault) and error.restartable:
+            region = self._regions.find(va)
+            if region is not None:
+                key = (region.va, region.index_of(va))
+                if key in failed:
+                    raise failed[key]
+                data = held.get(key)
+        pa = self._fault(mmu, va, access, cpu, error, data)
+        self._account(pa, cpu, va)
+        return pa
+
+    def _pages_to_fetch(self, chunk: Any) -> list[tuple[Region, int, int]]:
+        """``(region, index, first touch)`` of the store-backed, non-resident pages ``chunk`` faults on.
+
+        In first-touch order: the index in ``chunk`` of each page's first access.
+        """
+        out: list[tuple[Region, int, int]] = []
         seen: set[tuple[int, int]] = set()
         last_page = -1
-        for va in chunk:
+        for k, va in enumerate(chunk):
             if not is_address(va):
                 continue
             va = int(va)
@@ -622,7 +778,7 @@ class MemoryOptimizer:
             if key in seen or index in region.resident:
                 continue
             seen.add(key)
-            out.append((region, index))
+            out.append((region, index, k))
         return out
 
     async def _run_concurrent_chunk(
@@ -638,36 +794,15 @@ class MemoryOptimizer:
             self.store_fetches += pages_per
             return data
 
-        tasks = {(r.va, i): asyncio.ensure_future(fetch(r, i)) for r, i in self._pages_to_fetch(chunk)}
-        installed = 0
+        plan = self._pages_to_fetch(chunk)
+        tasks = {(r.va, i): asyncio.ensure_future(fetch(r, i)) for r, i, _ in plan}
         try:
-            for k, va in enumerate(chunk):
-                idx = start + k
-                if not is_address(va):
-                    record_failure(failures, idx, va, bad_address(idx, va))
-                    continue
-                va = int(va)
-                data = None
-                region = self._regions.find(va) if tasks else None
-                task = None if region is None else tasks.get((region.va, region.index_of(va)))
-                if task is not None:
-                    try:
-                        data = await task
-                    except VmoptError as exc:
-                        record_failure(failures, idx, va, exc)
-                        continue
-                try:
-                    # Installs happen here, in input order, as the sequential path's faults would.
-                    results[idx] = self.translate_fetched(va, data, access, cpu)
-                except VmoptError as exc:
-                    record_failure(failures, idx, va, exc)
-                    continue
-                if task is not None:
-                    installed += 1
-                    if installed % 4 == 0:
-                        # Let finished fetches release their slots so the
-                        # next ones start while this loop installs pages.
-                        await asyncio.sleep(0)
+            vas = self._staged_vas(chunk, access)
+            if vas is None:
+                await self._install_per_access(chunk, start, access, cpu, results, failures, tasks)
+            else:
+                order = [tasks[(r.va, i)] for r, i, _ in plan]
+                await self._install_staged(vas, plan, order, start, access, cpu, results, failures)
         finally:
             pending = [t for t in tasks.values() if not t.done()]
             for t in pending:
@@ -676,6 +811,81 @@ class MemoryOptimizer:
                 await asyncio.gather(*pending, return_exceptions=True)
             if loader.history is not None:
                 self.limit_history = loader.history
+
+    async def _install_staged(
+        self, vas: U64, plan: list[tuple[Region, int, int]], order: Sequence[asyncio.Future[bytes]],
+        start: int, access: str, cpu: int, results: Any, failures: dict[int, BaseException],
+    ) -> None:  # fmt: skip
+        """Run ``vas`` through the core in runs that end where a fetch is still in flight.
+
+        Each run installs the pages fetched so far in one core call; between
+        runs the loop yields, so finished fetches free their slots for the
+        next ones while the installs go on.
+        """
+        mmu = self.mmus[cpu]
+        out = np.zeros(len(vas), dtype=np.uint64)
+        staged: list[tuple[Region, int, bytes]] = []
+        failed: dict[tuple[int, int], BaseException] = {}
+        mine: dict[int, BaseException] = {}
+        j = pos = 0
+        while pos < len(vas):
+            while j < len(plan) and order[j].done():
+                region, index, _ = plan[j]
+                exc = order[j].exception()
+                if exc is None:
+                    staged.append((region, index, order[j].result()))
+                elif isinstance(exc, VmoptError):
+                    failed[(region.va, index)] = exc
+                else:
+                    raise exc
+                j += 1
+            end = plan[j][2] if j < len(plan) else len(vas)
+            if end == pos:
+                await asyncio.wait([order[j]])
+                continue
+            self._translate_staged(mmu, vas, out, pos, end, access, cpu, staged, failed, mine, start)
+            pos = end
+            await asyncio.sleep(0)
+        if isinstance(results, np.ndarray):
+            results[start : start + len(vas)] = out
+        else:
+            results[start : start + len(vas)] = out.tolist()
+            for idx in mine:
+                results[idx] = None
+        failures.update(mine)
+
+    async def _install_per_access(
+        self, chunk: Any, start: int, access: str, cpu: int, results: Any,
+        failures: dict[int, BaseException], tasks: Mapping[tuple[int, int], asyncio.Future[bytes]],
+    ) -> None:  # fmt: skip
+        """The chunk one access at a time (balancing, bad entries): installs in input order."""
+        installed = 0
+        for k, va in enumerate(chunk):
+            idx = start + k
+            if not is_address(va):
+                record_failure(failures, idx, va, bad_address(idx, va))
+                continue
+            va = int(va)
+            data = None
+            region = self._regions.find(va) if tasks else None
+            task = None if region is None else tasks.get((region.va, region.index_of(va)))
+            if task is not None:
+                try:
+                    data = await task
+                except VmoptError as exc:
+                    record_failure(failures, idx, va, exc)
+                    continue
+            try:
+                results[idx] = self.translate_fetched(va, data, access, cpu)
+            except VmoptError as exc:
+                record_failure(failures, idx, va, exc)
+                continue
+            if task is not None:
+                installed += 1
+                if installed % 4 == 0:
+                    # Let finished fetches release their slots so the
+                    # next ones start while this loop installs pages.
+                    await asyncio.sleep(0)
 
     # -- statistics -----------------------------------------------------------------------
 

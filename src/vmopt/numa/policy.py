@@ -126,6 +126,19 @@ class MemPolicy:
 
     # -- placement -------------------------------------------------------------------
 
+    @property
+    def period(self) -> int | None:
+        """Pages after which :meth:`target` repeats for one toucher; None when it follows usage.
+
+        Page ``i`` and page ``i + period`` of a region want the same node
+        (balanced placement follows the nodes' usage, so has no period).
+        """
+        if self.mode == "interleave":
+            return len(self.nodes)
+        if self.mode == "weighted_interleave":
+            return sum(w for _, w in self.weights)
+        return None if self.mode == "balanced" else 1
+
     def target(self, index: int, local: int, usage: Callable[[int], float], num_nodes: int) -> int:
         """The node this policy wants for page ``index`` first touched from node ``local``."""
         mode = self.mode

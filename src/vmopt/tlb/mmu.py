@@ -41,7 +41,7 @@ from vmopt.tlb.tlb import GLOBAL_ASID, TlbLevel, config_tuple
 if TYPE_CHECKING:
     from vmopt.paging.pagetable import PageTable
 
-__all__ = ["ARRAY_CHUNK", "DEFAULT_TLB_LEVELS", "RIGHTS_BIT", "Mmu", "TlbSpec"]
+__all__ = ["ARRAY_CHUNK", "DEFAULT_TLB_LEVELS", "RIGHTS_BIT", "Mmu", "StagedPage", "StagedResult", "TlbSpec"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,10 @@ TlbSpec = TlbConfig | Sequence[TlbConfig | Sequence[TlbConfig]] | None
 FaultHandler = Callable[[int, str, bool], bool]
 
 U64 = npt.NDArray[np.uint64]
+#: A page fetched ahead for :meth:`Mmu.translate_staged`: ``(page_va, size, nodes, data, perms, page_user)``.
+StagedPage = tuple[int, int, list[int], "bytes | None", int, bool]
+#: :meth:`Mmu.translate_staged`'s answer: ``(done, error, no_room, fell_back, placed)``.
+StagedResult = tuple[int, "VmoptError | None", "int | None", bool, list[tuple[int, int, int]]]
 
 
 def _level_configs(spec: TlbSpec) -> list[list[TlbConfig]]:
@@ -304,6 +308,33 @@ class Mmu:
                 raise
             raise bad_input("translate_into", exc, vas=vas, out=out) from None
         return done, stop
+
+    def translate_staged(
+        self, vas: U64, out: U64, access: str, user: bool, pages: list[StagedPage]
+    ) -> StagedResult:
+        """:meth:`translate_into`, installing staged pages on their first touch, in one core call.
+
+        ``pages`` are ``(page_va, size, nodes, data, perms, page_user)``
+        (``perms`` as an int), distinct pages whose contents were fetched
+        ahead. A restartable fault inside one is resolved as
+        :meth:`translate_or_install` resolves it; each is installed at most
+        once. Returns ``(done, error, no_room, fell_back, placed)``:
+        addresses done; the error that stopped the batch (counted as
+        :meth:`translate_into` counts it) or None; the index in ``pages`` of
+        a page no node of its ``nodes`` had room for (the batch stopped at
+        its first touch, nothing changed) or None; True if the batch stopped
+        after an install that fell back past the first of its ``nodes`` (a
+        caller whose placements depend on that recomputes them); and
+        ``(index, frame, node)`` for each page that went in, also when the
+        restarted access then faulted.
+        """
+        try:
+            result: StagedResult = self._core.translate_batch_staged(vas, out, access, user, pages)
+        except (TypeError, ValueError, OverflowError) as exc:
+            if isinstance(exc, VmoptError):
+                raise
+            raise bad_input("translate_staged", exc, vas=vas, out=out) from None
+        return result
 
     # -- batches ---------------------------------------------------------------------
 
