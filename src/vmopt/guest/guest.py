@@ -625,12 +625,15 @@ class MemoryOptimizer:
             raise bad_input(name, fetched=fetched)
         values = np.ascontiguousarray(vas, dtype=np.uint64)
         staged: list[tuple[Region, int, bytes]] = []
+        region: Region | None = None
         for page_va, data in fetched.items():
-            region = self._regions.find(page_va) if isinstance(page_va, int) else None
-            if region is None or region.page_va(region.index_of(page_va)) != page_va:
+            if region is None or not (isinstance(page_va, int) and region.va <= page_va < region.end):
+                region = self._regions.find(page_va) if isinstance(page_va, int) else None
+            offset = -1 if region is None else page_va - region.va
+            if region is None or offset % region.page_size:
                 shown = hex(page_va) if isinstance(page_va, int) else repr(page_va)
                 raise AddressError(f"fetched page {shown} is not the start of a region page")
-            staged.append((region, region.index_of(page_va), data))
+            staged.append((region, offset // region.page_size, data))
         out = np.zeros(len(values), dtype=np.uint64)
         failures: dict[int, BaseException] = {}
         if self.numa_balancing:
@@ -679,24 +682,31 @@ class MemoryOptimizer:
         """
         home = self.cpu_node[cpu]
         with self._lock:
-            current = {id(r): self._regions.find(r.va) is r for r, _, _ in staged}
-            live = [s for s in staged if current[id(s[0])] and s[1] not in s[0].resident]
-            held = {(r.va, i): d for r, i, d in live if r.policy.period is None}
+            regions = {id(r): r for r, _, _ in staged}
+            alive = {k for k, r in regions.items() if self._regions.find(r.va) is r}
+            live = [s for s in staged if id(s[0]) in alive and s[1] not in s[0].resident]
+            follows_usage = {k for k in alive if regions[k].policy.period is None}
+            held = {(r.va, i): d for r, i, d in live if id(r) in follows_usage}
             if held:
-                live = [s for s in live if s[0].policy.period is not None]
+                live = [s for s in live if id(s[0]) not in follows_usage]
             pages = self._staged_pages(live, home)
             while pos < end:
                 done, error, no_room, fell_back, placed = mmu.translate_staged(
                     vas[pos:end], out[pos:end], access, True, pages
                 )
-                for slot, frame, node in placed:
-                    region, index, _ = live[slot]
-                    self.mem.placed(pages[slot][2], node, region.page_size)
-                    region.resident[index] = frame
                 if placed:
-                    gone = {slot for slot, _, _ in placed}
-                    live = [s for k, s in enumerate(live) if k not in gone]
-                    pages = [p for k, p in enumerate(pages) if k not in gone]
+                    for slot, frame, node in placed:
+                        region, index, _ = live[slot]
+                        region.resident[index] = frame
+                        nodes = pages[slot][2]
+                        if node != nodes[0]:  # placed() moves the rotation on fallbacks only
+                            self.mem.placed(nodes, node, region.page_size)
+                    if len(placed) == len(live):
+                        live, pages = [], []
+                    else:
+                        gone = {slot for slot, _, _ in placed}
+                        live = [s for k, s in enumerate(live) if k not in gone]
+                        pages = [p for k, p in enumerate(pages) if k not in gone]
                 if done:
                     self.traffic.count(out[pos : pos + done], home)
                 pos += done
@@ -721,21 +731,24 @@ class MemoryOptimizer:
             ]
 
     def _staged_pages(self, live: list[tuple[Region, int, bytes]], home: int) -> list[StagedPage]:
-        """``live`` as the core's staged pages, each with the nodes :meth:`_install` would try."""
-        perms: dict[int, int] = {}
-        nodes_of: dict[tuple[int, int], list[int]] = {}
+        """``live`` as the core's staged pages, each with the nodes :meth:`_install` would try.
+
+        Pages ``period`` apart in a region want the same nodes (see
+        :attr:`MemPolicy.period`), so placement runs once per class.
+        """
+        meta: dict[int, tuple[int, int, int, bool, int, dict[int, list[int]]]] = {}
+        for region, _, _ in live:
+            if id(region) not in meta:
+                period = region.policy.period
+                assert period is not None  # usage-following regions are not staged
+                meta[id(region)] = (region.va, region.page_size, int(region.perms), region.user, period, {})
         pages: list[StagedPage] = []
         for region, index, data in live:
-            key = (id(region), index % region.policy.period)  # type: ignore[operator]
-            nodes = nodes_of.get(key)
+            va, size, bits, user, period, classes = meta[id(region)]
+            nodes = classes.get(index % period)
             if nodes is None:
-                nodes = nodes_of[key] = self.mem.placement(region.policy, index, home)
-            bits = perms.get(id(region))
-            if bits is None:
-                bits = perms[id(region)] = int(region.perms)
-            pages.append(
-                (region.va + index * region.page_size, region.page_size, nodes, data, bits, region.user)
-            )
+                nodes = classes[index % period] = self.mem.placement(region.policy, index, home)
+            pages.append((va + index * size, size, nodes, data, bits, user))
         return pages
 
     def _resume_staged(

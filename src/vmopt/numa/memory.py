@@ -133,7 +133,8 @@ class NumaMemory(PhysicalMemory):
         """Note that a block for :meth:`placement`'s ``nodes`` landed on ``node``.
 
         A fallback (not the first node) moves the round-robin rotation that
-        breaks distance ties for the next one.
+        breaks distance ties for the next one; a block on the first node
+        changes nothing, so a batch may report its fallbacks only.
         """
         if not (type(nodes) is list and nodes and isinstance(node, int) and isinstance(size, int)):
             raise bad_input("NumaMemory.placed", nodes=nodes, node=node, size=size)
