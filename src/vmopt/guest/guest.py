@@ -14,6 +14,10 @@ touch, accessed and dirty from the start, as Linux sets A/D when it
 handles an anonymous fault): the model ``vmopt simulate`` plays traces
 through. :meth:`MemoryOptimizer.prefault` maps a batch's new anonymous
 pages before the batch runs, so their faults cost no walk.
+
+A vCPU runs in one address space at a time (:meth:`MemoryOptimizer.switch`;
+see :mod:`vmopt.guest.spaces`): ASID 0 holds the regions, every other ASID
+anonymous memory only.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from vmopt.fetching.concurrency import ConcurrencyConfig
 from vmopt.fetching.loader import PageLoader
 from vmopt.guest.migration import Migrator, NumaBalancer
 from vmopt.guest.regions import NodeStats, Region, RegionMap
+from vmopt.guest.spaces import CACHE_MASK, AddressSpace
 from vmopt.guest.traffic import Traffic
 from vmopt.numa.config import NumaConfig
 from vmopt.numa.memory import NumaMemory
@@ -68,12 +73,8 @@ REGION_PAGE_SIZES = (4096, 2 << 20)
 
 U64 = npt.NDArray[np.uint64]
 
-#: Slots of prefault's cache of mapped pages, minus one (64 Ki slots, 512 KiB).
-_CACHE_MASK = (1 << 16) - 1
 #: Anonymous memory's rights.
 _RWX = Perm.R | Perm.W | Perm.X
-#: An empty cache slot: no page number is that large.
-_NO_PAGE = np.uint64(2**64 - 1)
 
 
 class MemoryOptimizer:
@@ -140,11 +141,10 @@ class MemoryOptimizer:
         self.concurrency = (concurrency or ConcurrencyConfig()).validate()
         self.store_fetches = 0
         self.limit_history: list[tuple[int, int]] = []
-        #: Anonymous page number (va // anonymous_page_size) -> frame.
-        self._anonymous: dict[int, int] = {}
-        #: Direct-mapped cache of anonymous page numbers known mapped (slot: page & _CACHE_MASK);
-        #: anonymous pages are never unmapped, so a hit is always right.
-        self._mapped_cache = np.full(0 if anonymous_page_size is None else _CACHE_MASK + 1, _NO_PAGE)
+        #: Address spaces by ASID; 0 is the guest's own (its page_table, its regions).
+        self._spaces = {0: AddressSpace.new(0, self.page_table, anonymous_page_size is not None)}
+        #: The ASID each vCPU runs in.
+        self._running = [0] * ncpus
         self._scratch = threading.local()  # prefault's work arrays, per calling thread
 
     @property
@@ -170,7 +170,43 @@ class MemoryOptimizer:
     @property
     def anonymous_pages(self) -> int:
         """Anonymous pages mapped so far (one demand fault each)."""
-        return len(self._anonymous)
+        return sum(len(space.anonymous) for space in self._spaces.values())
+
+    @property
+    def address_spaces(self) -> int:
+        """Address spaces made so far (ASID 0 and every ASID a vCPU was switched to)."""
+        return len(self._spaces)
+
+    def switch(self, cpu: int, asid: int) -> None:
+        """Run vCPU ``cpu`` in address space ``asid`` (0..65535), made on first use.
+
+        A context switch: the MMU loads the space's page table and tags new
+        TLB entries with ``asid``; entries of other spaces stay cached. Any
+        ASID but 0 needs anonymous memory (its pages are anonymous).
+        """
+        mmu = self._check_cpu(cpu)
+        if isinstance(asid, bool) or not isinstance(asid, int) or not 0 <= asid <= 0xFFFF:
+            raise ConfigError(f"asid must be an integer in [0, 65535], got {asid!r}")
+        if self._running[cpu] == asid:
+            return
+        space = self._space(asid)
+        mmu.switch(space.table, asid)
+        self._running[cpu] = asid
+
+    def _space(self, asid: int) -> AddressSpace:
+        """Address space ``asid``, made on first use."""
+        space = self._spaces.get(asid)
+        if space is None:
+            if self.anonymous_page_size is None:
+                raise ConfigError(
+                    f"address space {asid} needs anonymous memory: build the guest with anonymous_page_size"
+                )
+            with self._lock:
+                space = self._spaces.get(asid)
+                if space is None:
+                    table = PageTable(self.mem, self.page_table.fmt)
+                    space = self._spaces[asid] = AddressSpace.new(asid, table, True)
+        return space
 
     def __repr__(self) -> str:
         return f"MemoryOptimizer({self.mem!r}, {self.page_table.fmt.name}, cpus={self.cpus})"
@@ -248,13 +284,14 @@ class MemoryOptimizer:
         """
         if not isinstance(fault, PageFault) or not fault.restartable:
             raise fault
-        region = self._regions.find(va)
+        space = self._spaces[self._running[cpu]]
+        region = self._regions.find(va) if space.asid == 0 else None
         if region is None:
             if self.anonymous_page_size is None:
                 raise fault
             with self._lock:
-                if va // self.anonymous_page_size not in self._anonymous:
-                    self._map_anonymous(va // self.anonymous_page_size, cpu)
+                if va // self.anonymous_page_size not in space.anonymous:
+                    self._map_anonymous(space, va // self.anonymous_page_size, cpu)
             return mmu.restart(va, access, True)
         with self._lock:
             index = region.index_of(va)
@@ -309,40 +346,46 @@ class MemoryOptimizer:
         self.store_fetches += pages_per
         return b"".join(chunks)
 
-    def _map_anonymous(self, page: int, cpu: int) -> int:
-        """Map anonymous page number ``page``, first touched by ``cpu``, accessed and dirty; its node."""
+    def _map_anonymous(self, space: AddressSpace, page: int, cpu: int) -> int:
+        """Map anonymous page ``page`` of ``space``, first touched by ``cpu``, accessed, dirty; its node."""
         size = self.anonymous_page_size
         assert size is not None  # callers check that the guest has anonymous memory
         va = page * size
         nodes = self.mem.placement(self.policy, page, self.cpu_node[cpu])
-        placed = self.page_table.install(va, size, nodes, None, _RWX, True)
+        placed = space.table.install(va, size, nodes, None, _RWX, True)
         if placed is None:
             raise self.mem.out_of_frames(nodes, size, self.policy)
         frame, node = placed
         self.mem.placed(nodes, node, size)
-        self.page_table.walk(va, "w", True)  # the OS sets A and D when it handles the first touch
-        self._anonymous[page] = frame
+        space.table.walk(va, "w", True)  # the OS sets A and D when it handles the first touch
+        space.anonymous[page] = frame
         return node
 
-    def prefault(self, vas: U64, cpus: npt.NDArray[np.integer[Any]] | None = None) -> list[int]:
+    def prefault(
+        self, vas: U64, cpus: npt.NDArray[np.integer[Any]] | None = None, asid: int = 0
+    ) -> list[int]:
         """Map the anonymous pages ``vas`` will touch first, in first-touch order, before they run.
 
         ``cpus[i]`` is the vCPU of access ``i`` (None: vCPU 0); each page goes
         where the guest's policy puts it for its first toucher's node.
-        Region pages and non-canonical addresses are left to the accesses
-        themselves. The faults' own walks are not counted (the kernel's
-        work); returns the pages mapped per node.
+        ``asid`` is the address space the accesses run in. Region pages and
+        non-canonical addresses are left to the accesses themselves. The
+        faults' own walks are not counted (the kernel's work); returns the
+        pages mapped per node.
         """
         size = self.anonymous_page_size
         if size is None:
             raise ConfigError("prefault needs anonymous memory: build the guest with anonymous_page_size")
+        if isinstance(asid, bool) or not isinstance(asid, int) or not 0 <= asid <= 0xFFFF:
+            raise ConfigError(f"asid must be an integer in [0, 65535], got {asid!r}")
+        space = self._space(asid)
         placed = [0] * self.numa.num_nodes
         if not len(vas):
             return placed
         # Most accesses touch pages mapped already: the direct-mapped cache of mapped page
         # numbers answers for them without a sort. The rest (cache misses: new pages,
         # collisions, non-canonical addresses) go through the sort below.
-        pages, hit = self._cached_pages(vas, size)
+        pages, hit = self._cached_pages(space, vas, size)
         if hit.all():
             return placed
         misses = np.flatnonzero(~hit)
@@ -362,7 +405,7 @@ class MemoryOptimizer:
         distinct = np.empty(len(ordered), np.bool_)
         distinct[0] = True
         np.not_equal(ordered[1:], ordered[:-1], out=distinct[1:])
-        known = self._anonymous
+        known = space.anonymous
         new: list[int] = []
         mapped: list[int] = []
         for page in ordered[distinct].tolist():
@@ -374,17 +417,17 @@ class MemoryOptimizer:
             firsts = misses[starts[runs[first[order]]]]
             with self._lock:
                 for page, where in zip(new_pages[order].tolist(), firsts.tolist(), strict=True):
-                    if page in known or self._regions.find(page * size) is not None:
+                    if page in known or (asid == 0 and self._regions.find(page * size) is not None):
                         continue
-                    placed[self._map_anonymous(page, 0 if cpus is None else int(cpus[where]))] += 1
+                    placed[self._map_anonymous(space, page, 0 if cpus is None else int(cpus[where]))] += 1
                     mapped.append(page)
         if mapped:
             cached = np.array(mapped, dtype=np.uint64)
-            self._mapped_cache[cached & np.uint64(_CACHE_MASK)] = cached
+            space.mapped_cache[cached & np.uint64(CACHE_MASK)] = cached
         return placed
 
-    def _cached_pages(self, vas: U64, size: int) -> tuple[U64, npt.NDArray[np.bool_]]:
-        """Page numbers of ``vas`` and which the mapped-page cache holds, in per-thread scratch arrays.
+    def _cached_pages(self, space: AddressSpace, vas: U64, size: int) -> tuple[U64, npt.NDArray[np.bool_]]:
+        """Page numbers of ``vas`` and which of them ``space``'s mapped-page cache holds (scratch arrays).
 
         In place and with ``take`` instead of fancy indexing: three times faster on
         chunks of 64 Ki accesses, which matters at tens of millions of accesses a second.
@@ -402,8 +445,8 @@ class MemoryOptimizer:
             scratch.bufs = bufs
         pages, slots, cached, hit = bufs[0][:n], bufs[1][:n], bufs[2][:n], bufs[3][:n]
         np.right_shift(vas, np.uint64(size.bit_length() - 1), out=pages)
-        np.bitwise_and(pages, np.uint64(_CACHE_MASK), out=slots)
-        np.take(self._mapped_cache, slots.view(np.intp), out=cached, mode="wrap")
+        np.bitwise_and(pages, np.uint64(CACHE_MASK), out=slots)
+        np.take(space.mapped_cache, slots.view(np.intp), out=cached, mode="wrap")
         np.equal(cached, pages, out=hit)
         return pages, hit
 
@@ -430,7 +473,9 @@ class MemoryOptimizer:
         return pa
 
     def _translate_fetched(self, mmu: Mmu, va: int, data: bytes | None, access: str, cpu: int) -> int:
-        region = None if data is None or not isinstance(va, int) else self._regions.find(va)
+        # Regions live in address space 0 only.
+        in_regions = data is not None and isinstance(va, int) and self._running[cpu] == 0
+        region = self._regions.find(va) if in_regions else None
         if region is not None:
             # A fetched page not yet in: translate and install in one core call.
             with self._lock:
@@ -681,6 +726,8 @@ class MemoryOptimizer:
         usage is installed through the fault path, with its fetched data.
         """
         home = self.cpu_node[cpu]
+        if self._running[cpu] != 0:
+            staged = []  # regions live in address space 0 only
         with self._lock:
             regions = {id(r): r for r, _, _ in staged}
             alive = {k for k, r in regions.items() if self._regions.find(r.va) is r}
@@ -921,7 +968,7 @@ class MemoryOptimizer:
             for pa in region.resident.values():
                 pages[self.mem.node_of(pa)] += region.page_size // 4096
         if self.anonymous_page_size is not None:
-            for pa in self._anonymous.values():
+            for pa in (pa for space in self._spaces.values() for pa in space.anonymous.values()):
                 pages[self.mem.node_of(pa)] += self.anonymous_page_size // 4096
         t = self.traffic
         return [

@@ -17,7 +17,10 @@ driver keeps only what is specific to traces. Per chunk:
    dirty, a read, a write and a fetch take the same path through TLBs and
    walker, so all are translated as reads; the kinds are counted
    separately. An access that cannot be translated (a non-canonical
-   address) counts as a failure and the run goes on.
+   address) counts as a failure and the run goes on. A chunk with ASIDs
+   (ChampSim cloudsuite, drmemtrace PIDs) runs each ASID in its own address
+   space (:meth:`MemoryOptimizer.switch` at every change, in trace order;
+   its pages are prefaulted in that space).
 3. **Windows.** Counter deltas give one point of the windowed miss-rate and
    traffic series.
 
@@ -32,6 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -153,6 +157,30 @@ class Simulator:
         done = self.opt.batch_access(vas, "r", cpu, errors="collect", log_failures=False)
         self.failed += done.total - done.success
 
+    def _play_spaces(self, cpu: int, vas: U64, asids: npt.NDArray[np.uint16] | None) -> None:
+        """:meth:`_play`, switching the vCPU's address space at every change of ASID."""
+        if asids is None:
+            self.opt.switch(cpu, 0)
+            self._play(cpu, vas)
+            return
+        cuts = np.flatnonzero(asids[1:] != asids[:-1]) + 1
+        for start, stop in zip([0, *cuts.tolist()], [*cuts.tolist(), len(vas)], strict=True):
+            self.opt.switch(cpu, int(asids[start]))
+            self._play(cpu, vas[start:stop])
+
+    def _prefault(
+        self, addrs: U64, cpus: npt.NDArray[np.integer[Any]] | None, asids: npt.NDArray[np.uint16] | None
+    ) -> list[int]:
+        """Map the chunk's new anonymous pages, in each address space it touches; pages per node."""
+        if asids is None:
+            return self.opt.prefault(addrs, cpus)
+        placed = [0] * len(self.pages)
+        for asid in np.unique(asids).tolist():
+            sel = asids == asid
+            got = self.opt.prefault(addrs[sel], None if cpus is None else cpus[sel], asid)
+            placed = [a + b for a, b in zip(placed, got, strict=True)]
+        return placed
+
     def feed(self, chunk: TraceChunk) -> None:
         """Play one chunk."""
         n = len(chunk)
@@ -172,7 +200,10 @@ class Simulator:
         self.kinds[0] += n - writes - fetches
         self.kinds[1] += writes
         self.kinds[2] += fetches
-        placed = self.opt.prefault(addrs, cpus)
+        asids = chunk.asids
+        if asids is not None and not asids.any():
+            asids = None  # one address space: the guest's own
+        placed = self._prefault(addrs, cpus, asids)
         self.demand_faults += sum(placed)
         for node, count in enumerate(placed):
             self.pages[node] += count
@@ -180,10 +211,11 @@ class Simulator:
         before_walks = self._sum_walks()
         before_local, before_remote = self.opt.traffic.snapshot()
         if cpus is None or self.cpus == 1:
-            self._play(0, addrs)
+            self._play_spaces(0, addrs, asids)
         else:
             for cpu in np.unique(cpus).tolist():
-                self._play(cpu, addrs[cpus == cpu])
+                sel = cpus == cpu
+                self._play_spaces(cpu, addrs[sel], None if asids is None else asids[sel])
         local, remote = self.opt.traffic.snapshot()
         self.accesses += n
         self.windows.add(
