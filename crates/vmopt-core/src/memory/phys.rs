@@ -33,18 +33,50 @@ const WORDS: usize = (FRAME_SIZE / 8) as usize;
 struct Frame([AtomicU64; WORDS]);
 
 impl Frame {
-    fn zeroed() -> Box<Frame> {
-        Box::new(Frame(std::array::from_fn(|_| AtomicU64::new(0))))
+    /// A fresh frame from the global allocator, zeroed or not.
+    fn allocate(zeroed: bool) -> *mut Frame {
+        let layout = std::alloc::Layout::new::<Frame>();
+        // SAFETY: a Frame's layout has a non-zero size (4 KiB).
+        let ptr = unsafe {
+            if zeroed {
+                std::alloc::alloc_zeroed(layout)
+            } else {
+                std::alloc::alloc(layout)
+            }
+        };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        ptr.cast()
     }
 
-    /// A frame holding `data`, exactly one frame of bytes (a page install's copy).
+    /// A frame of zeros, straight from the allocator's zeroed memory (no stores).
+    fn zeroed() -> Box<Frame> {
+        let ptr = Self::allocate(true);
+        // SAFETY: `ptr` is a fresh global allocation of Frame's layout, all zero
+        // bytes: a valid Frame (512 AtomicU64s, each with a u64's in-memory
+        // representation), owned by nobody else, so the Box may own it.
+        unsafe { Box::from_raw(ptr) }
+    }
+
+    /// A frame holding `data`, exactly one frame of bytes (a page install's
+    /// copy): one memcpy into the new frame before anyone can see it.
     fn holding(data: &[u8]) -> Box<Frame> {
-        debug_assert_eq!(data.len(), FRAME_SIZE as usize);
-        Box::new(Frame(std::array::from_fn(|i| {
-            AtomicU64::new(u64::from_ne_bytes(
-                data[i * 8..i * 8 + 8].try_into().expect("8 bytes"),
-            ))
-        })))
+        assert_eq!(
+            data.len(),
+            FRAME_SIZE as usize,
+            "a frame holds one frame of bytes"
+        );
+        let ptr = Self::allocate(false);
+        // SAFETY: `ptr` is a fresh, unshared global allocation of FRAME_SIZE
+        // bytes and `data` is FRAME_SIZE readable bytes that cannot overlap it.
+        // The copy initialises every byte; any bytes make a valid Frame (an
+        // AtomicU64 has a u64's in-memory representation), in memory order as
+        // `put` stores them; the Box then owns the allocation.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.cast::<u8>(), FRAME_SIZE as usize);
+            Box::from_raw(ptr)
+        }
     }
 
     /// Store `data` at byte offset `off` of this frame (the range stays inside it).
