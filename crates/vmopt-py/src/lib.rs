@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 mod errors;
 mod memory;
 mod mmu;
+mod pages;
 mod paging;
 mod tlb;
 mod traces;
@@ -22,6 +23,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     paging::register(m)?;
     tlb::register(m)?;
     mmu::register(m)?;
+    pages::register(m)?;
     traces::register(m)?;
     Ok(())
 }
