@@ -121,7 +121,7 @@ class BatchResult:
 
 def check_errors_mode(errors: str) -> ErrorMode:
     """Validate the ``errors`` argument."""
-    if errors not in ("raise", "collect"):
+    if not isinstance(errors, str) or errors not in ("raise", "collect"):
         raise ConfigError(f"errors must be 'raise' or 'collect', got {errors!r}")
     return errors  # type: ignore[return-value]
 
