@@ -91,6 +91,9 @@ class _Pipe(asyncio.Protocol):
         self.sock: socket.socket | None = None
         self.peak = 0
         self.closer: AsyncGenerator[None, None] | None = None
+        # Requests issued in one turn of the loop leave in one write (one syscall, one wake-up).
+        self._out = bytearray()
+        self._flush_due = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -154,11 +157,21 @@ class _Pipe(asyncio.Protocol):
             self._pending[handle] = (fut, length)
             if len(self._pending) > self.peak:
                 self.peak = len(self._pending)
-            self._transport.write(encode_read(handle, offset, length))
+            self._out += encode_read(handle, offset, length)
+            if not self._flush_due:
+                self._flush_due = True
+                fut.get_loop().call_soon(self._flush)
             try:
                 return await fut
             finally:
                 self._pending.pop(handle, None)
+
+    def _flush(self) -> None:
+        """Send the requests queued this turn."""
+        self._flush_due = False
+        if self._out and self.alive and self._transport is not None:
+            self._transport.write(bytes(self._out))
+        self._out.clear()
 
     @property
     def in_flight(self) -> int:
@@ -168,6 +181,7 @@ class _Pipe(asyncio.Protocol):
     def close(self) -> None:
         """Send NBD_CMD_DISC and close (on this connection's loop)."""
         if self.alive and self._transport is not None:
+            self._flush()
             self.alive = False
             self._transport.write(encode_disc())
             self._transport.close()
