@@ -154,4 +154,3 @@ def snapshot_bytes(pages: int, tail: int = 0, page_size: int = 4096) -> bytes:
 
     data = (np.arange(words, dtype=np.uint64) * np.uint64(8)) ^ np.uint64(0x5EED_0000_0000_0000)
     return data.tobytes()[:n]
-
