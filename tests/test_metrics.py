@@ -8,6 +8,7 @@ say what the counters must have been at that point.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -20,10 +21,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from vmopt import ConcurrencyConfig, LatencyStore, MemoryOptimizer, NumaConfig
 from vmopt.cli.main import main
 from vmopt.errors import ConfigError
-from vmopt.metrics import FETCH_LATENCY_BUCKETS, FetchMetrics, GuestCollector, instrument, serve
+from vmopt.metrics import (
+    FETCH_LATENCY_BUCKETS,
+    FetchMetrics,
+    GuestCollector,
+    SweepCollector,
+    instrument,
+    serve,
+)
 from vmopt.sim.config import load_config
 from vmopt.sim.driver import Simulator
 from vmopt.sim.run import Input, MetricsObserver, simulate
+from vmopt.sim.sweep import run_sweep, write_results
 from vmopt.units import parse_size
 
 WAIT = 60.0  # bound on every event wait (the run itself takes well under a second)
@@ -228,3 +237,34 @@ def test_cli_port_in_use_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         assert "--metrics-port" in capsys.readouterr().err
     finally:
         server.close()
+
+
+def test_sweep_metrics_after_each_point_and_at_the_end(tmp_path: Path) -> None:
+    """Scraped from the result callback (a known point: n points finished), then against sweep.json."""
+    grid = [("tlb.l1.entries", [16, 64]), ("prefetch.kind", ["none", "next_page"])]
+    collector = SweepCollector(4)
+    server = serve(0, [collector])
+    seen: list[Samples] = []
+
+    def on_result(result: dict[str, Any]) -> None:
+        collector.point_done(result)
+        seen.append(scrape(server.url)[0])
+
+    try:
+        inp = Input(workload="strided", params={"length": 4000})
+        outcome = run_sweep(grid, [inp], workers=1, on_result=on_result)
+        end, _ = scrape(server.url)
+    finally:
+        server.close()
+    assert [total(m, "vmopt_sweep_points", state="finished") for m in seen] == [1, 2, 3, 4]
+    assert [total(m, "vmopt_sweep_points", state="pending") for m in seen] == [3, 2, 1, 0]
+    write_results(outcome, [k for k, _ in grid], tmp_path)
+    doc = json.loads((tmp_path / "sweep.json").read_text())
+    for run in doc["runs"]:
+        point = ",".join(f"{k}={v}" for k, v in run["params"].items())
+        rep = run["report"]
+        assert total(end, "vmopt_sweep_point_accesses_total", point=point) == rep["accesses"]
+        assert total(end, "vmopt_sweep_point_page_walks_total", point=point) == rep["page_walks"]
+        for level, lv in rep["tlb"].items():
+            got = total(end, "vmopt_sweep_point_tlb_misses_total", point=point, level=level)
+            assert got == lv["misses"]

@@ -41,6 +41,7 @@ __all__ = [
     "GuestCollector",
     "InstrumentedStore",
     "MetricsServer",
+    "SweepCollector",
     "instrument",
     "serve",
 ]
@@ -318,3 +319,59 @@ def serve(port: int, collectors: Sequence[Collector], *, host: str = "127.0.0.1"
     bound = int(server.server_address[1])
     log.warning("serving metrics on http://%s:%d/metrics", host, bound)
     return MetricsServer(registry, host, bound, server, thread)
+
+
+class SweepCollector(Collector):
+    """A sweep's progress (points finished, failed, pending) and each finished point's key counters.
+
+    ``point_done`` is called with each point's result as it finishes (any
+    engine); the per-point series carry ``input`` and ``point`` labels
+    (``point`` is the grid values, ``key=value`` joined by commas).
+    """
+
+    def __init__(self, total: int) -> None:
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise ConfigError(f"total must be an int >= 0, got {total!r}")
+        self.total = total
+        self._lock = threading.Lock()
+        self._failed = 0
+        self._reports: list[tuple[str, str, dict[str, Any]]] = []
+
+    def point_done(self, result: dict[str, Any]) -> None:
+        """Count one finished point (a ``{"report": ...}`` or an ``{"error": ...}`` result)."""
+        with self._lock:
+            if "report" in result:
+                point = ",".join(f"{k}={v}" for k, v in result["params"].items())
+                self._reports.append((str(result["input"]), point, result["report"]))
+            else:
+                self._failed += 1
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front (the families are built at each scrape)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The counts and every finished point's counters, now."""
+        with self._lock:
+            failed, reports = self._failed, list(self._reports)
+        points = GaugeMetricFamily("vmopt_sweep_points", "Grid points by state", labels=["state"])
+        points.add_metric(["finished"], len(reports))
+        points.add_metric(["failed"], failed)
+        points.add_metric(["pending"], self.total - len(reports) - failed)
+        yield points
+        labels = ["input", "point"]
+        accesses = CounterMetricFamily("vmopt_sweep_point_accesses", "Accesses a point played", labels=labels)
+        misses = CounterMetricFamily(
+            "vmopt_sweep_point_tlb_misses", "TLB misses of a point, per level", labels=[*labels, "level"]
+        )
+        walks = CounterMetricFamily("vmopt_sweep_point_page_walks", "Page walks of a point", labels=labels)
+        cycles = GaugeMetricFamily(
+            "vmopt_sweep_point_cycles_per_access", "Modelled cycles per access of a point", labels=labels
+        )
+        for inp, point, rep in reports:
+            accesses.add_metric([inp, point], rep["accesses"])
+            for level, lv in rep["tlb"].items():
+                misses.add_metric([inp, point, level], lv["misses"])
+            walks.add_metric([inp, point], rep["page_walks"])
+            cycles.add_metric([inp, point], rep["cycles"]["per_access"])
+        yield from (accesses, misses, walks, cycles)
