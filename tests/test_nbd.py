@@ -8,7 +8,11 @@ or on the store's own in-flight count, never on time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
+import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -292,3 +296,50 @@ def test_sync_fetch_reconnects_once(snapshot: Path, sock_dir: Path, expected: by
 
 def test_exported_from_vmopt() -> None:
     assert vmopt.NbdStore is NbdStore and "NbdStore" in vmopt.__all__
+
+
+# -- hostile servers ------------------------------------------------------------------------------
+
+_GREETING = struct.pack(">QQH", 0x4E42444D41474943, 0x49484156454F5054, 3)
+
+
+def _reply(rtype: int, payload: bytes) -> bytes:
+    return struct.pack(">QIII", 0x3E889045565A9, 7, rtype, len(payload)) + payload
+
+
+@pytest.mark.parametrize(
+    ("script", "match"),
+    [
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "not an NBD server"),
+        (struct.pack(">QQ", 0x4E42444D41474943, 0x00420281861253) + bytes(8), "fixed newstyle"),
+        (_GREETING + struct.pack(">QIII", 0x3E889045565A9, 7, 3, 1 << 31), "reply of 2147483648 bytes"),
+        (_GREETING + _reply((1 << 31) | 6, b"no such export"), "NBD_REP_ERR_UNKNOWN.*no such export"),
+        (_GREETING + _reply(1, b""), "without NBD_INFO_EXPORT"),
+        (_GREETING[:10], "handshake"),
+    ],
+)
+def test_hostile_handshakes_are_store_errors(sock_dir: Path, script: bytes, match: str) -> None:
+    """A server that lies or breaks off: a StoreError naming what went wrong; nothing sized by its lengths."""
+    path = sock_dir / "fake.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(script)
+            conn.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):  # the client may reset the connection
+                while conn.recv(4096):
+                    pass
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        with pytest.raises(StoreError, match=match):
+            NbdStore(f"nbd+unix:///?socket={path}", timeout=5)
+    finally:
+        server.join(10)
+        listener.close()
+    assert not server.is_alive()
