@@ -268,3 +268,17 @@ def test_sweep_metrics_after_each_point_and_at_the_end(tmp_path: Path) -> None:
         for level, lv in rep["tlb"].items():
             got = total(end, "vmopt_sweep_point_tlb_misses_total", point=point, level=level)
             assert got == lv["misses"]
+
+
+def test_store_faults_resolved_by_the_guest_are_demand_not_other() -> None:
+    store = LatencyStore(0.0, num_pages=32)
+    opt = MemoryOptimizer(NumaConfig(1, 16 << 20), concurrency=ConcurrencyConfig(max_concurrent=4))
+    va = opt.allocate(32 * 4096, store=store)
+    addrs = [va + p * 4096 for p in range(32)] + [1 << 62]
+    asyncio.run(opt.batch_access_concurrent(addrs, errors="collect"))
+    samples = {}
+    for family in GuestCollector(opt).collect():
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    assert total(samples, "vmopt_page_faults_total", cause="demand") == 32
+    assert total(samples, "vmopt_page_faults_total", cause="other") == 1  # the non-canonical address

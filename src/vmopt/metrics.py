@@ -225,7 +225,7 @@ def _guest_metrics(opt: MemoryOptimizer) -> Iterator[Metric]:
         pf = ms.prefetch
         for field, family in prefetch.items():
             family.add_metric([c], getattr(pf, field))
-        other_faults += ms.faults
+        other_faults += ms.faults - ms.demand_faults  # faults counts the resolved ones too
     yield from tlb.values()
     yield walks
     yield refs
