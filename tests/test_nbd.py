@@ -343,3 +343,27 @@ def test_hostile_handshakes_are_store_errors(sock_dir: Path, script: bytes, matc
         server.join(10)
         listener.close()
     assert not server.is_alive()
+
+
+def test_cancelled_reads_leave_the_connection_usable(nbdkit: NbdServer, expected: bytes) -> None:
+    with NbdStore(nbdkit.uri, max_concurrent=4) as store:
+
+        async def run() -> list[bytes]:
+            doomed = [asyncio.ensure_future(store.fetch(i)) for i in range(12)]
+            await asyncio.sleep(0)  # the fetches start; the first starts the dial
+            await asyncio.sleep(0)  # the dial is under way (its handshake runs in a thread)
+            for t in doomed:
+                t.cancel()
+            await asyncio.gather(*doomed, return_exceptions=True)
+            first = await asyncio.gather(*(store.fetch(i) for i in range(20, 25)))
+            # Now with the connection up: 4 reads on the wire and 8 in the backlog, all cancelled;
+            # the server still answers the 4, and those replies must not break the connection.
+            doomed = [asyncio.ensure_future(store.fetch(i)) for i in range(12)]
+            await _until(lambda: store.stats.in_flight == 4, "4 reads on the wire")
+            for t in doomed:
+                t.cancel()
+            await asyncio.gather(*doomed, return_exceptions=True)
+            return first + await asyncio.gather(*(store.fetch(i) for i in range(25, 30)))
+
+        assert b"".join(asyncio.run(run())) == expected[20 * PS : 30 * PS]
+        assert store.stats.connects == 2 and store.stats.errors == 0

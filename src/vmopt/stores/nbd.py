@@ -25,6 +25,7 @@ import contextlib
 import logging
 import socket
 import threading
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -77,14 +78,21 @@ class _Dropped(Exception):
 
 
 class _Pipe(asyncio.Protocol):
-    """One NBD connection on an event loop: sends reads, matches replies to them by handle."""
+    """One NBD connection on an event loop: sends reads, matches replies to them by handle.
 
-    def __init__(self, limit: int, on_drop: Callable[[_Pipe], None]) -> None:
+    At most ``limit`` reads are on the wire; more wait in a backlog and
+    leave as replies free their slots. A read whose caller was cancelled
+    keeps its handle until its reply arrives (the server still sends it).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int, on_drop: Callable[[_Pipe], None]) -> None:
+        self._loop = loop
+        self._limit = limit
         self._buf = bytearray()
         self._pending: dict[int, tuple[asyncio.Future[bytes], int]] = {}
+        self._backlog: deque[tuple[asyncio.Future[bytes], int, int]] = deque()
         self._next = 1
         self._transport: asyncio.Transport | None = None
-        self._slots = asyncio.Semaphore(limit)
         self._on_drop = on_drop
         self.alive = False
         self.error: BaseException | None = None
@@ -105,40 +113,49 @@ class _Pipe(asyncio.Protocol):
         buf += data
         pos = 0
         header = REPLY_HEADER.size
-        while len(buf) - pos >= header:
-            magic, error, handle = REPLY_HEADER.unpack_from(buf, pos)
-            entry = self._pending.get(handle)
-            if magic != _SIMPLE_REPLY_MAGIC or entry is None:
-                shown = "bad reply magic" if magic != _SIMPLE_REPLY_MAGIC else f"unknown handle {handle}"
-                self._fail(StoreError(f"NBD protocol error: {shown}"))
-                return
-            fut, length = entry
-            if error:
-                del self._pending[handle]
-                pos += header
+        pending = self._pending
+        with memoryview(buf) as view:
+            while len(buf) - pos >= header:
+                magic, error, handle = REPLY_HEADER.unpack_from(buf, pos)
+                entry = pending.get(handle)
+                if magic != _SIMPLE_REPLY_MAGIC or entry is None:
+                    shown = "bad reply magic" if magic != _SIMPLE_REPLY_MAGIC else f"unknown handle {handle}"
+                    view.release()
+                    self._fail(StoreError(f"NBD protocol error: {shown}"))
+                    return
+                fut, length = entry
+                if error:
+                    del pending[handle]
+                    pos += header
+                    if not fut.done():
+                        fut.set_exception(_ErrorReply(error))
+                    continue
+                if len(buf) - pos < header + length:
+                    break
+                del pending[handle]
+                data_start = pos + header
+                pos = data_start + length
                 if not fut.done():
-                    fut.set_exception(_ErrorReply(error))
-                continue
-            if len(buf) - pos < header + length:
-                break
-            del self._pending[handle]
-            data_start = pos + header
-            pos = data_start + length
-            if not fut.done():
-                fut.set_result(bytes(buf[data_start:pos]))
+                    fut.set_result(bytes(view[data_start:pos]))
         if pos:
             del buf[:pos]
+        backlog = self._backlog
+        while backlog and len(pending) < self._limit:
+            fut, offset, length = backlog.popleft()
+            if not fut.done():
+                self._send(fut, offset, length)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or ConnectionResetError("server closed the connection"))
 
     def _fail(self, exc: BaseException) -> None:
-        """Mark the connection dead and fail every read in flight on it."""
+        """Mark the connection dead and fail every read in flight or waiting on it."""
         was_alive = self.alive
         self.alive = False
         self.error = exc
-        pending, self._pending = self._pending, {}
-        for fut, _ in pending.values():
+        waiting = [f for f, _ in self._pending.values()] + [f for f, _, _ in self._backlog]
+        self._pending, self._backlog = {}, deque()
+        for fut in waiting:
             if not fut.done():
                 fut.set_exception(_Dropped(str(exc)))
         if self._transport is not None:
@@ -146,25 +163,28 @@ class _Pipe(asyncio.Protocol):
         if was_alive:
             self._on_drop(self)
 
-    async def read(self, offset: int, length: int) -> bytes:
-        """One NBD_CMD_READ; raises _Dropped if the connection goes, _ErrorReply on an error reply."""
-        async with self._slots:
-            if not self.alive or self._transport is None:
-                raise _Dropped(str(self.error or "not connected"))
-            handle = self._next
-            self._next += 1
-            fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-            self._pending[handle] = (fut, length)
-            if len(self._pending) > self.peak:
-                self.peak = len(self._pending)
-            self._out += encode_read(handle, offset, length)
-            if not self._flush_due:
-                self._flush_due = True
-                fut.get_loop().call_soon(self._flush)
-            try:
-                return await fut
-            finally:
-                self._pending.pop(handle, None)
+    def submit(self, offset: int, length: int) -> asyncio.Future[bytes]:
+        """Queue one NBD_CMD_READ; the future fails with _Dropped if the connection goes, _ErrorReply
+        on an error reply."""
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+        if not self.alive or self._transport is None:
+            fut.set_exception(_Dropped(str(self.error or "not connected")))
+        elif len(self._pending) >= self._limit:
+            self._backlog.append((fut, offset, length))
+        else:
+            self._send(fut, offset, length)
+        return fut
+
+    def _send(self, fut: asyncio.Future[bytes], offset: int, length: int) -> None:
+        handle = self._next
+        self._next += 1
+        self._pending[handle] = (fut, length)
+        if len(self._pending) > self.peak:
+            self.peak = len(self._pending)
+        self._out += encode_read(handle, offset, length)
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Send the requests queued this turn."""
@@ -228,7 +248,7 @@ class NbdStore:
         self._sync: socket.socket | None = None
         self._pipe: _Pipe | None = None
         self._pipe_loop: asyncio.AbstractEventLoop | None = None
-        self._dialing: asyncio.Future[_Pipe] | None = None
+        self._dialing: asyncio.Task[_Pipe] | None = None
         self._sync, self._info = self._open_sync()
         if self._info.min_block > self._page_size or self._page_size % self._info.min_block:
             self.close()
@@ -285,7 +305,7 @@ class NbdStore:
         with self._lock:
             return NbdStoreStats(
                 self._reads, self._bytes, self._errors, 0 if pipe is None else pipe.in_flight,
-                self._max_in_flight, self._connects, self._retries,
+                max(self._max_in_flight, 0 if pipe is None else pipe.peak), self._connects, self._retries,
             )  # fmt: skip
 
     # -- fetching --------------------------------------------------------------------------
@@ -295,15 +315,17 @@ class NbdStore:
         index = self._check(page_index)
         offset, length = self._extent(index)
         try:
-            pipe = await self._connected()
+            pipe = self._pipe
+            if pipe is None or not pipe.alive or self._pipe_loop is not asyncio.get_running_loop():
+                pipe = await self._connected()
             try:
-                data = await self._read_on(pipe, offset, length)
+                data = await pipe.submit(offset, length)
             except _Dropped as exc:
                 logger.info("%s: connection lost (%s); retrying page %d once", self._addr, exc, index)
                 with self._lock:
                     self._retries += 1
                 pipe = await self._connected()
-                data = await self._read_on(pipe, offset, length)
+                data = await pipe.submit(offset, length)
         except _Dropped as exc:
             raise self._error(f"connection to {self._addr} lost again on retry: {exc}", index) from None
         except _ErrorReply as exc:
@@ -443,50 +465,50 @@ class NbdStore:
             raise _ErrorReply(error)
         return _recv_exact(sock, length)
 
-    async def _read_on(self, pipe: _Pipe, offset: int, length: int) -> bytes:
-        try:
-            return await pipe.read(offset, length)
-        finally:
-            if pipe.peak > self._max_in_flight:
-                self._max_in_flight = pipe.peak
-
     async def _connected(self) -> _Pipe:
-        """The live connection of the running loop, dialling one (shared by concurrent callers)."""
+        """The live connection of the running loop, dialling one (one dial shared by every caller).
+
+        The dial runs as its own task, so a caller cancelled while it waits
+        does not leave a half-made connection behind.
+        """
         loop = asyncio.get_running_loop()
         pipe = self._pipe
         if pipe is not None and pipe.alive and self._pipe_loop is loop:
             return pipe
         if self._closed:
             raise StoreError(f"store for {self._addr} is closed")
-        if self._dialing is not None and self._pipe_loop is loop and not self._dialing.done():
-            return await asyncio.shield(self._dialing)
-        if pipe is not None and self._pipe_loop is not loop and self._pipe_loop is not None:
-            self._close_pipe(pipe, self._pipe_loop)
-            self._pipe = None
-        self._pipe_loop = loop
-        dialing: asyncio.Future[_Pipe] = loop.create_future()
-        self._dialing = dialing
+        dialing = self._dialing
+        if dialing is None or dialing.done() or dialing.get_loop() is not loop:
+            if pipe is not None:
+                self._max_in_flight = max(self._max_in_flight, pipe.peak)
+                if self._pipe_loop is not loop and self._pipe_loop is not None:
+                    self._close_pipe(pipe, self._pipe_loop)
+                self._pipe = None
+            self._pipe_loop = loop
+            dialing = loop.create_task(self._dial(loop))
+            dialing.add_done_callback(_retrieve)
+            self._dialing = dialing
+        return await asyncio.shield(dialing)
+
+    async def _dial(self, loop: asyncio.AbstractEventLoop) -> _Pipe:
+        sock, _ = await asyncio.to_thread(self._open_sync)
         try:
-            sock, _ = await asyncio.to_thread(self._open_sync)
             sock.settimeout(None)
-            new = _Pipe(self._max_concurrent, self._dropped)
+            new = _Pipe(loop, self._max_concurrent, self._dropped)
             new.sock = sock
             await loop.connect_accepted_socket(lambda: new, sock)
-        except BaseException as exc:
-            dialing.set_exception(exc)
-            dialing.exception()  # retrieved: the other waiters re-raise it
-            self._dialing = None
+        except BaseException:
+            sock.close()
             raise
         # asyncio.run finalizes live async generators before it closes the loop: this one
         # disconnects politely then, so no transport outlives its loop.
         new.closer = _close_at_loop_end(new)
         await anext(new.closer)
         self._pipe = new
-        dialing.set_result(new)
-        self._dialing = None
         return new
 
     def _dropped(self, pipe: _Pipe) -> None:
+        self._max_in_flight = max(self._max_in_flight, pipe.peak)
         if self._pipe is pipe:
             logger.warning("%s: connection dropped: %s", self._addr, pipe.error)
 
@@ -505,6 +527,12 @@ class NbdStore:
             pipe.close()
         else:
             loop.call_soon_threadsafe(pipe.close)
+
+
+def _retrieve(task: asyncio.Task[_Pipe]) -> None:
+    """Mark a dial's failure as seen (its callers re-raise it; all of them may have gone)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _close_at_loop_end(pipe: _Pipe) -> AsyncGenerator[None, None]:
