@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from vmopt.cli.main import main
+from vmopt.errors import ConfigError
 from vmopt.sim.run import Input
 from vmopt.sim.sweep import SweepOutcome, run_sweep, write_results
 
@@ -238,3 +239,8 @@ def test_a_bad_scheduler_address_is_exit_2(tmp_path: Path, capsys: pytest.Captur
     code = main(["sweep", "--grid", "tlb.l1.entries=16", "--scheduler", "nowhere:1", "--out", str(tmp_path)])
     assert code == 2
     assert "--scheduler 'nowhere:1'" in capsys.readouterr().err
+
+
+def test_stdin_cannot_go_to_dask(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="standard input"):
+        run_sweep([("tlb.l1.entries", [16])], [Input(trace="-")], scheduler="local")

@@ -130,6 +130,8 @@ def run_sweep(
     if scheduler is not None:
         from vmopt.sim.dask_engine import require_dask
 
+        if any(inp.trace == "-" for inp in inputs):
+            raise ConfigError("TRACE '-' (standard input) cannot be read by Dask workers; give a file")
         require_dask()  # before any work, naming what to install
     else:
         workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
