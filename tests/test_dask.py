@@ -116,6 +116,7 @@ def _files(out: Path) -> tuple[Any, list[dict[str, str]]]:
 GRID = [("tlb.l1.entries", [16, 64]), ("prefetch.kind", ["none", "next_page"])]
 
 
+@pytest.mark.slow
 def test_dask_sweep_equals_the_local_pool(cluster: Cluster, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.chdir(tmp_path)
@@ -132,6 +133,7 @@ def test_dask_sweep_equals_the_local_pool(cluster: Cluster, tmp_path: Path,
     assert _files(tmp_path / "dask") == _files(tmp_path / "local")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_has_its_point_retried(cluster: Cluster, tmp_path: Path) -> None:
     fifo = tmp_path / "held.txt"
     os.mkfifo(fifo)
@@ -215,6 +217,7 @@ def _wait(cond: Any, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_cli_scheduler_local_and_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["sweep", "--grid", "tlb.l1.entries=16,32", "--workload", "sequential", "--length", "3000"]
     assert main([*args, "--scheduler", "local", "--workers", "2", "--out", str(tmp_path / "d"),
