@@ -222,7 +222,9 @@ def test_cli_scheduler_local_and_metrics(tmp_path: Path, capsys: pytest.CaptureF
     args = ["sweep", "--grid", "tlb.l1.entries=16,32", "--workload", "sequential", "--length", "3000"]
     assert main([*args, "--scheduler", "local", "--workers", "2", "--out", str(tmp_path / "d"),
                  "--metrics-port", "0"]) == 0  # fmt: skip
-    lines = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    assert "vmopt sweep: serving metrics on http://127.0.0.1:" in captured.err
+    lines = captured.out.splitlines()
     assert sorted(line[:5] for line in lines if line.startswith("[")) == ["[1/2]", "[2/2]"]
     assert main([*args, "--workers", "1", "--out", str(tmp_path / "l")]) == 0
     assert _files(tmp_path / "d") == _files(tmp_path / "l")

@@ -317,7 +317,7 @@ def serve(port: int, collectors: Sequence[Collector], *, host: str = "127.0.0.1"
     except OSError as exc:
         raise ConfigError(f"--metrics-port {port}: cannot listen on {host}: {exc.strerror or exc}") from exc
     bound = int(server.server_address[1])
-    log.warning("serving metrics on http://%s:%d/metrics", host, bound)
+    log.info("serving metrics on http://%s:%d/metrics", host, bound)
     return MetricsServer(registry, host, bound, server, thread)
 
 

@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
         collector = GuestCollector()
         server = serve(args.metrics_port, [collector])
+        print(f"vmopt simulate: serving metrics on {server.url}", file=sys.stderr, flush=True)
         observer = MetricsObserver(collector)
     try:
         report = simulate(

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
         collector = SweepCollector(total)
         server = serve(args.metrics_port, [collector])
+        print(f"vmopt sweep: serving metrics on {server.url}", file=sys.stderr, flush=True)
 
     def show(result: dict[str, Any]) -> None:
         finished[0] += 1
