@@ -219,7 +219,9 @@ class NbdStore:
     """Guest pages from an NBD export: page ``i`` is bytes ``[i*ps, (i+1)*ps)`` of the export.
 
     ``max_concurrent`` caps the reads in flight on the async connection;
-    ``timeout`` bounds connecting and the handshake (seconds). The export's
+    ``timeout`` bounds connecting and the handshake (seconds). Async
+    fetches belong to one event loop at a time (a new loop reconnects);
+    ``fetch_sync`` may be called from any thread. The export's
     size is read once, at open; a short last page is zero-padded. Use it as
     a context manager or call :meth:`close` (which sends NBD_CMD_DISC).
     """
