@@ -18,7 +18,7 @@ BENCHES = [
     ("core batch vs scalar translate (>= 1.5x)", ["bench_batch.py"]),
     ("core batch vs pycachesim on six real traces (>= 3x each, equal counts)", ["bench_pycachesim.py"]),
     ("install a fetched page (<= 5 us of CPU)", ["bench_install.py"]),
-    ("I/O-bound concurrency (>= 6x at 8, >= 40x at 64)", ["bench_io.py", "--reps", "5"]),
+    ("I/O-bound concurrency, nbdkit 2 ms reads (>= 7x at 8, >= 40x at 64)", ["bench_io.py", "--reps", "5"]),
     ("100M-address stream (< 500 MiB RSS)", ["bench_streaming.py"]),
     ("trace parsing (Lackey >= 10M/s, npy >= 50M/s, ChampSim >= 30M/s)", ["bench_parse.py"]),
     (

@@ -24,7 +24,7 @@ from vmopt.guest import MemoryOptimizer
 from vmopt.memory import PhysicalMemory
 from vmopt.numa import MemPolicy, NumaConfig, NumaMemory
 from vmopt.paging import Mapping, PageFault, PageTable, Perm, Translation
-from vmopt.stores import FileStore, LatencyStore, StoreError
+from vmopt.stores import FileStore, LatencyStore, NbdStore, StoreError
 from vmopt.tlb import (
     Mmu,
     PrefetchConfig,
@@ -51,6 +51,7 @@ __all__ = [
     "MemPolicy",
     "MemoryOptimizer",
     "Mmu",
+    "NbdStore",
     "NumaConfig",
     "NumaMemory",
     "OutOfFramesError",

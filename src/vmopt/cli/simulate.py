@@ -92,7 +92,16 @@ def register(sub: Any) -> None:
         "--no-pipeline", action="store_true",
         help="read the trace on the simulation thread instead of its own (same counts, slower)",
     )  # fmt: skip
+    add_metrics_arg(p)
     p.set_defaults(run=run)
+
+
+def add_metrics_arg(p: argparse.ArgumentParser) -> None:
+    """``--metrics-port``, shared by simulate and sweep."""
+    p.add_argument(
+        "--metrics-port", type=int, metavar="PORT",
+        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics while running (0: a free port)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,9 +116,23 @@ def run(args: argparse.Namespace) -> int:
     if show_progress:
         # Building the guest (TLBs, NUMA memory) comes before the first progress update.
         print(f"vmopt simulate: preparing {inp.label} ...", file=sys.stderr, flush=True)
-    report = simulate(
-        config, inp, progress=show_progress, pipeline=not args.no_pipeline, partial_on_interrupt=True
-    )
+    observer = server = None
+    if args.metrics_port is not None:
+        from vmopt.metrics import GuestCollector, serve
+        from vmopt.sim.run import MetricsObserver
+
+        collector = GuestCollector()
+        server = serve(args.metrics_port, [collector])
+        print(f"vmopt simulate: serving metrics on {server.url}", file=sys.stderr, flush=True)
+        observer = MetricsObserver(collector)
+    try:
+        report = simulate(
+            config, inp, progress=show_progress, pipeline=not args.no_pipeline, partial_on_interrupt=True,
+            observer=observer,
+        )  # fmt: skip
+    finally:
+        if server is not None:
+            server.close()
     written = []
     if args.json_path:
         try:

@@ -1,6 +1,9 @@
 """``vmopt sweep``: run a grid of configurations over traces or workloads, in parallel.
 
-Each point prints its line as it finishes. A point that fails (a bad trace)
+Points run on a local process pool, or with ``--scheduler`` on a Dask
+cluster (``tcp://HOST:PORT``, or ``local`` for a LocalCluster); the files
+written are the same. Each point prints its line as it finishes, prefixed
+with how many have finished (``[3/8]``). A point that fails (a bad trace)
 is listed on stderr and the others still run and are written; the exit
 status is then 2. Ctrl-C stops the running points at once and writes the
 finished ones, marked ``partial`` in sweep.json; the exit status is 130.
@@ -9,11 +12,12 @@ finished ones, marked ``partial`` in sweep.json; the exit status is 130.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
 from vmopt.cli.outputs import check_dir
-from vmopt.cli.simulate import add_input_args, input_from_args
+from vmopt.cli.simulate import add_input_args, add_metrics_arg, input_from_args
 from vmopt.errors import ConfigError
 from vmopt.sim.sweep import parse_grid, run_sweep, write_results
 
@@ -36,6 +40,12 @@ def register(sub: Any) -> None:
     add_input_args(p)
     p.add_argument("--out", default="sweep-out", metavar="DIR", help="output directory (default sweep-out)")
     p.add_argument("--workers", type=int, help="worker processes (default: every core)")
+    p.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="run the points on a Dask cluster: tcp://HOST:PORT of a scheduler, or local (a LocalCluster"
+        " of --workers processes); needs pip install 'vmopt[dask]'",
+    )  # fmt: skip
+    add_metrics_arg(p)
     p.set_defaults(run=run)
 
 
@@ -57,14 +67,31 @@ def run(args: argparse.Namespace) -> int:
     check_dir(args.out, "--out")
     inputs = [input_from_args(args, t) for t in args.traces] or [input_from_args(args, None)]
     keys = [k for k, _ in grid]
+    total = len(inputs) * math.prod(len(v) for _, v in grid)
+    finished = [0]
+    collector = server = None
+    if args.metrics_port is not None:
+        from vmopt.metrics import SweepCollector, serve
+
+        collector = SweepCollector(total)
+        server = serve(args.metrics_port, [collector])
+        print(f"vmopt sweep: serving metrics on {server.url}", file=sys.stderr, flush=True)
 
     def show(result: dict[str, Any]) -> None:
+        finished[0] += 1
+        if collector is not None:
+            collector.point_done(result)
         stream = sys.stderr if "error" in result else sys.stdout
-        print(_line(result, keys), file=stream, flush=True)
+        print(f"[{finished[0]}/{total}] {_line(result, keys)}", file=stream, flush=True)
 
-    outcome = run_sweep(
-        grid, inputs, config_path=args.config, sets=args.sets, workers=args.workers, on_result=show
-    )
+    try:
+        outcome = run_sweep(
+            grid, inputs, config_path=args.config, sets=args.sets, workers=args.workers, on_result=show,
+            scheduler=args.scheduler,
+        )  # fmt: skip
+    finally:
+        if server is not None:
+            server.close()
     paths = write_results(outcome, keys, args.out)
     for path in paths:
         print(f"wrote {path}")

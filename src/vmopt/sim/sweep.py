@@ -18,7 +18,7 @@ from vmopt.errors import ConfigError, VmoptError
 from vmopt.sim.config import load_config, parse_value
 from vmopt.sim.run import Input, simulate
 
-__all__ = ["LEGEND_SERIES", "SweepOutcome", "parse_grid", "run_sweep", "write_results"]
+__all__ = ["LEGEND_SERIES", "SweepOutcome", "parse_grid", "run_job", "run_sweep", "write_results"]
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ def parse_grid(items: Sequence[str]) -> list[tuple[str, list[Any]]]:
     return grid
 
 
-def _point(job: tuple[str | None, list[str], Input, dict[str, Any]]) -> dict[str, Any]:
-    """Run one grid point (in a worker process); errors come back as ``{"error": ...}``."""
+def run_job(job: tuple[str | None, list[str], Input, dict[str, Any]]) -> dict[str, Any]:
+    """Run one grid point (in a pool process or a Dask worker); errors come back as ``{"error": ...}``."""
     config_path, sets, inp, params = job
     try:
         report = simulate(load_config(config_path, sets), inp)
@@ -106,8 +106,12 @@ def run_sweep(
     sets: Sequence[str] = (),
     workers: int | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    scheduler: str | None = None,
 ) -> SweepOutcome:
     """Every (input, grid point) pair, run on ``workers`` processes (default: every core).
+
+    With ``scheduler`` (``tcp://HOST:PORT`` or ``local``) the points run on a
+    Dask cluster instead (see :mod:`vmopt.sim.dask_engine`); the outcome is the same.
 
     The configuration of each point is validated up front, so a bad value
     fails before any simulation starts. A point that fails (a bad trace) is
@@ -123,8 +127,15 @@ def run_sweep(
         load_config(config_path, point_sets)  # fail early, naming the key
         for inp in inputs:
             jobs.append((config_path, point_sets, inp, params))
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    log.info("sweep: %d runs on %d workers", len(jobs), workers)
+    if scheduler is not None:
+        from vmopt.sim.dask_engine import require_dask
+
+        if any(inp.trace == "-" for inp in inputs):
+            raise ConfigError("TRACE '-' (standard input) cannot be read by Dask workers; give a file")
+        require_dask()  # before any work, naming what to install
+    else:
+        workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+        log.info("sweep: %d runs on %d workers", len(jobs), workers)
     done: dict[int, dict[str, Any]] = {}
     interrupted = False
 
@@ -134,9 +145,13 @@ def run_sweep(
             on_result(result)
 
     try:
-        if workers == 1:
+        if scheduler is not None:
+            from vmopt.sim.dask_engine import run_on_dask
+
+            run_on_dask(jobs, scheduler, workers, record, run_job)
+        elif workers == 1:
             for i, job in enumerate(jobs):
-                record(i, _point(job))
+                record(i, run_job(job))
         else:
             with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
                 try:
@@ -155,7 +170,7 @@ def _indexed(
     item: tuple[int, tuple[str | None, list[str], Input, dict[str, Any]]],
 ) -> tuple[int, dict[str, Any]]:
     i, job = item
-    return i, _point(job)
+    return i, run_job(job)
 
 
 def _row(result: dict[str, Any], keys: list[str]) -> dict[str, Any]:
