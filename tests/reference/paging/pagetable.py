@@ -22,7 +22,7 @@ from reference.paging.format import PagingFormat
 from reference.paging.riscv import RiscV
 from reference.paging.x86 import X86_64
 from vmopt.errors import AddressError, ConfigError, MappingError
-from vmopt.paging.types import Leaf, Mapping, PageFault, Perm, Translation, parse_access
+from vmopt.paging.types import Leaf, Mapping, PageFault, Perm, Translation, parse_access, perms_str
 from vmopt.units import format_size
 
 __all__ = ["FORMATS", "Leaf", "PageTable", "make_format"]
@@ -466,10 +466,10 @@ class PageTable:
             leaf = self.lookup(va)
             if leaf is None or leaf.va != va or leaf.page_size != size:
                 raise MappingError(f"no {format_size(size)} page is mapped at {va:#x}")
-            # The new frame and rights are checked before the old page goes,
+            # The new frame and rights are checked before the old page goes
+            # (kept rights too: a corrupted leaf may hold a reserved encoding),
             # so a refused remap changes nothing.
-            if perms is not None:
-                self._check_perms(perms)
+            self._check_perms(perms_str(leaf.perms).replace("-", "") if perms is None else perms)
             self._check_pa(pa, size)
             self.unmap(va, size)
             try:

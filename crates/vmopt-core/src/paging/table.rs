@@ -736,10 +736,11 @@ impl PageTable {
                 )))
             }
         };
+        // The rights are checked before the old page goes, kept ones too (a
+        // corrupted leaf may hold an encoding the format reserves), so a
+        // refused remap changes nothing.
         let new_perms = perms.unwrap_or(leaf.perms);
-        if perms.is_some() {
-            self.check_perms(new_perms)?;
-        }
+        self.check_perms(new_perms)?;
         self.check_pa(pa, size)?;
         self.unmap_locked(va, size)?;
         if let Err(e) = self.map_locked(va, pa, leaf.level, new_perms, leaf.user, leaf.global) {
