@@ -248,6 +248,7 @@ impl State {
             cause: FaultCause::Protection,
             level: Some(level),
             user,
+            stage: None,
         })
         .into()
     }

@@ -273,6 +273,21 @@ impl PageTable {
             .walk(&*self.mem, self.root, va, access, user, update_ad)
     }
 
+    /// Translate `va` reading the tables through `mem` instead of this
+    /// table's memory (a two-stage walk's host-translated view of it), with
+    /// this table's A/D setting.
+    pub fn walk_on(
+        &self,
+        mem: &dyn PteMemory,
+        va: u64,
+        access: Access,
+        user: bool,
+    ) -> Result<Translation> {
+        let _guard = self.frees.read().unwrap_or_else(|e| e.into_inner());
+        self.fmt
+            .walk(mem, self.root, va, access, user, self.update_ad)
+    }
+
     /// The leaf PTE mapping `va`, or `None`; no rights check, no A/D update.
     pub fn lookup(&self, va: u64) -> Option<Leaf> {
         let fmt = &*self.fmt;
