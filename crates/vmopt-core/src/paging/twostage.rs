@@ -34,6 +34,11 @@ pub trait HostWalk: Sync {
     /// Translate `gpa` for `access` (`table`: a guest page-table entry rather
     /// than the final access); also the host references it cost.
     fn host_walk(&self, gpa: u64, access: Access, table: bool) -> (Result<Translation>, u32);
+
+    /// A guest A/D update writes `gpa`: the host must allow the write (and
+    /// sets its own A/D). The hardware reuses the translation the entry's
+    /// read just made, so this costs no references and no cache lookups.
+    fn host_write(&self, gpa: u64) -> Result<()>;
 }
 
 /// Host references a host walk that faulted made: one per level down to the fault.
@@ -59,6 +64,10 @@ impl HostWalk for PageTable {
             }
             Err(e) => (Err(e), 0),
         }
+    }
+
+    fn host_write(&self, gpa: u64) -> Result<()> {
+        self.walk(gpa, Access::Write, true).map(|_| ())
     }
 }
 
@@ -156,11 +165,9 @@ fn host_fault(f: Fault, gva: u64, user: bool, gpa: u64, table: bool) -> Error {
 }
 
 impl NestedView<'_> {
-    fn translate(&self, gpa: u64, access: Access, count: bool) -> Result<Translation> {
+    fn translate(&self, gpa: u64, access: Access) -> Result<Translation> {
         let (r, refs) = self.host.host_walk(gpa, access, true);
-        if count {
-            self.host_refs.fetch_add(refs, Ordering::Relaxed);
-        }
+        self.host_refs.fetch_add(refs, Ordering::Relaxed);
         r.map_err(|e| match e {
             Error::Fault(f) => host_fault(f, self.gva, self.user, gpa, true),
             other => other,
@@ -170,7 +177,7 @@ impl NestedView<'_> {
 
 impl PteMemory for NestedView<'_> {
     fn load_u64(&self, gpa: u64) -> Option<u64> {
-        match self.translate(gpa, self.table_access, true) {
+        match self.translate(gpa, self.table_access) {
             Ok(_) => {
                 let pte = self.guest_mem.load_u64(gpa)?;
                 self.guest_reads.fetch_add(1, Ordering::Relaxed);
@@ -187,7 +194,10 @@ impl PteMemory for NestedView<'_> {
     /// (it sets the host's A/D too). Its translation is the one the load just
     /// made, so it costs no further references.
     fn cas_u64(&self, gpa: u64, old: u64, new: u64) -> Result<bool> {
-        self.translate(gpa, Access::Write, false)?;
+        self.host.host_write(gpa).map_err(|e| match e {
+            Error::Fault(f) => host_fault(f, self.gva, self.user, gpa, true),
+            other => other,
+        })?;
         self.guest_mem.cas_u64(gpa, old, new)
     }
 }
@@ -228,55 +238,70 @@ impl TwoStage {
         user: bool,
         host: &dyn HostWalk,
     ) -> (Result<NestedTranslation>, NestedRefs) {
-        let view = NestedView {
-            guest_mem: self.guest.memory(),
-            host,
-            table_access: self.host.format().nested_table_access(),
-            gva,
-            user,
-            guest_reads: AtomicU32::new(0),
-            host_refs: AtomicU32::new(0),
-            stopped: Mutex::new(None),
-        };
-        let guest = self.guest.walk_on(&view, gva, access, user);
-        let mut refs = NestedRefs {
-            guest: view.guest_reads.load(Ordering::Relaxed),
-            host: view.host_refs.load(Ordering::Relaxed),
-        };
-        let stopped = view
-            .stopped
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let gt = match guest {
-            Ok(t) => t,
-            Err(Error::Fault(f)) => {
-                // A load the host refused ends the guest walk as a table
-                // outside memory: the host's fault is the real one. A refused
-                // A/D write comes back already staged.
-                let stage = f.stage.or(Some(Stage::Guest));
-                let err = stopped.unwrap_or(Error::Fault(Fault { stage, ..f }));
-                return (Err(err), refs);
-            }
-            Err(e) => return (Err(e), refs),
-        };
-        let (ht, host_refs) = host.host_walk(gt.pa, access, false);
-        refs.host += host_refs;
-        let ht = match ht {
-            Ok(t) => t,
-            Err(Error::Fault(f)) => return (Err(host_fault(f, gva, user, gt.pa, false)), refs),
-            Err(e) => return (Err(e), refs),
-        };
-        (
-            Ok(NestedTranslation {
-                guest: gt,
-                host: ht,
-                guest_refs: refs.guest,
-                host_refs: refs.host,
-            }),
-            refs,
-        )
+        let table_access = self.host.format().nested_table_access();
+        walk_nested(&self.guest, table_access, gva, access, user, host)
     }
+}
+
+/// The two-stage walk of `gva` through `guest`, every GPA translated by
+/// `host`; `table_access` is the host format's
+/// [`nested_table_access`](Format::nested_table_access).
+pub fn walk_nested(
+    guest: &PageTable,
+    table_access: Access,
+    gva: u64,
+    access: Access,
+    user: bool,
+    host: &dyn HostWalk,
+) -> (Result<NestedTranslation>, NestedRefs) {
+    let view = NestedView {
+        guest_mem: guest.memory(),
+        host,
+        table_access,
+        gva,
+        user,
+        guest_reads: AtomicU32::new(0),
+        host_refs: AtomicU32::new(0),
+        stopped: Mutex::new(None),
+    };
+    let result = guest.walk_on(&view, gva, access, user);
+    let mut refs = NestedRefs {
+        guest: view.guest_reads.load(Ordering::Relaxed),
+        host: view.host_refs.load(Ordering::Relaxed),
+    };
+    let stopped = view
+        .stopped
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let gt = match result {
+        Ok(t) => t,
+        Err(Error::Fault(f)) => {
+            // A load the host refused ends the guest walk as a table
+            // outside memory: the host's fault is the real one. A refused
+            // A/D write comes back already staged.
+            let stage = f.stage.or(Some(Stage::Guest));
+            let err = stopped.unwrap_or(Error::Fault(Fault { stage, ..f }));
+            return (Err(err), refs);
+        }
+        Err(e) => return (Err(e), refs),
+    };
+    let (ht, host_refs) = host.host_walk(gt.pa, access, false);
+    refs.host += host_refs;
+    let ht = match ht {
+        Ok(t) => t,
+        Err(Error::Fault(f)) => return (Err(host_fault(f, gva, user, gt.pa, false)), refs),
+        Err(e) => return (Err(e), refs),
+    };
+    (
+        Ok(NestedTranslation {
+            guest: gt,
+            host: ht,
+            guest_refs: refs.guest,
+            host_refs: refs.host,
+        }),
+        refs,
+    )
 }
 
 #[cfg(test)]

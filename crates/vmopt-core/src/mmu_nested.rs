@@ -1,0 +1,310 @@
+//! The cost model of two-stage walks in an [`Mmu`](crate::mmu::Mmu): a
+//! nested TLB and a host page-walk cache in front of the host table.
+//!
+//! Following Bhargava et al., "Accelerating two-dimensional page walks for
+//! virtualized systems" (ASPLOS 2008): a two-dimensional walk makes up to
+//! (n+1)(m+1)-1 references; three caches cut them down.
+//! - The MMU's own page-walk cache covers the guest dimension: a hit on a
+//!   guest upper-level entry skips the guest entries above it and the host
+//!   walks that would have translated their GPAs.
+//! - The nested TLB caches GPA->HPA translations of 4 KiB guest-physical
+//!   frames (guest table pages and data pages alike), fully associative, LRU.
+//! - The host page-walk cache covers the host dimension: upper-level host
+//!   entries by GPA prefix, tagged with the VMID.
+//!
+//! TLB entries cache the whole GVA->HPA translation, page size the smaller
+//! of the two, tagged with the guest's ASID and the VMID (the MMU tags them
+//! `asid | vmid << 17`; guest-global pages are cached per ASID, so no entry
+//! is shared across VMs). A change to the host table (unmap, protect) drops
+//! the VM's TLB entries, its nested TLB and host PWC entries.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::error::{Error, Result};
+use crate::paging::twostage::{faulted_refs, HostWalk};
+use crate::paging::{Access, PageTable, Shootdown, Translation};
+use crate::tlb::{PageWalkCache, PwcConfig};
+
+/// Largest VMID (16 bits, as VMX VPIDs and Arm VMIDs).
+pub const MAX_VMID: u32 = 0xFFFF;
+
+/// How an MMU models two-stage walks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NestedConfig {
+    /// The VM's identifier (1..=65535; 0 is the host's).
+    pub vmid: u32,
+    /// Nested TLB entries (GPA->HPA); 0: none.
+    pub ntlb_entries: usize,
+    /// The host page-walk cache, if any.
+    pub host_pwc: Option<PwcConfig>,
+}
+
+impl NestedConfig {
+    /// A validated configuration.
+    pub fn new(
+        vmid: u32,
+        ntlb_entries: usize,
+        host_pwc: Option<PwcConfig>,
+    ) -> Result<NestedConfig> {
+        if vmid == 0 || vmid > MAX_VMID {
+            return Err(Error::Config(format!(
+                "vmid must be an integer in [1, 65535], got {vmid}"
+            )));
+        }
+        if ntlb_entries > 1 << 16 {
+            return Err(Error::Config(format!(
+                "nested TLB entries must be in [0, 65536], got {ntlb_entries}"
+            )));
+        }
+        Ok(NestedConfig {
+            vmid,
+            ntlb_entries,
+            host_pwc,
+        })
+    }
+
+    /// The TLB tag of `asid` in this VM.
+    pub fn tag(&self, asid: u32) -> u32 {
+        asid | self.vmid << 17
+    }
+}
+
+/// Counters of the nested cost model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NestedStats {
+    /// Two-stage walks (demand and dirty re-walks; prefetch probes excluded).
+    pub walks: u64,
+    /// Guest page-table references made (after the guest PWC).
+    pub guest_refs: u64,
+    /// Host page-table references made (after the nested TLB and host PWC).
+    pub host_refs: u64,
+    /// Walks that faulted in the host dimension.
+    pub host_faults: u64,
+    /// Nested TLB lookups.
+    pub ntlb_lookups: u64,
+    /// Nested TLB hits.
+    pub ntlb_hits: u64,
+    /// Host PWC lookups.
+    pub host_pwc_lookups: u64,
+    /// Host PWC hits.
+    pub host_pwc_hits: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct NtlbEntry {
+    gfn: u64,
+    host: Translation,
+    stamp: u64,
+}
+
+/// A fully associative LRU cache of GPA->HPA translations per 4 KiB guest frame.
+#[derive(Debug, Default)]
+pub struct NestedTlb {
+    entries: Vec<NtlbEntry>,
+    capacity: usize,
+    clock: u64,
+}
+
+impl NestedTlb {
+    /// An empty nested TLB of `capacity` entries.
+    pub fn new(capacity: usize) -> NestedTlb {
+        NestedTlb {
+            entries: Vec::with_capacity(capacity),
+            capacity,
+            clock: 0,
+        }
+    }
+
+    /// The cached host translation of `gpa`'s frame, refreshed.
+    fn lookup(&mut self, gpa: u64) -> Option<Translation> {
+        self.clock += 1;
+        let gfn = gpa >> 12;
+        let e = self.entries.iter_mut().find(|e| e.gfn == gfn)?;
+        e.stamp = self.clock;
+        Some(e.host)
+    }
+
+    fn fill(&mut self, gpa: u64, host: Translation) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.clock += 1;
+        let gfn = gpa >> 12;
+        let entry = NtlbEntry {
+            gfn,
+            host,
+            stamp: self.clock,
+        };
+        if let Some(e) = self.entries.iter_mut().find(|e| e.gfn == gfn) {
+            *e = entry;
+        } else if self.entries.len() < self.capacity {
+            self.entries.push(entry);
+        } else if let Some(lru) = self.entries.iter_mut().min_by_key(|e| e.stamp) {
+            *lru = entry;
+        }
+    }
+
+    /// Drop the frames of `[gpa, gpa + size)`.
+    pub fn flush_range(&mut self, gpa: u64, size: u64) {
+        let (lo, hi) = (gpa >> 12, (gpa as u128 + size as u128).div_ceil(4096));
+        self.entries
+            .retain(|e| !(lo <= e.gfn && (e.gfn as u128) < hi));
+    }
+
+    /// Cached frames.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True if nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The nested part of an MMU's state.
+pub(crate) struct Nested {
+    pub(crate) host: Arc<PageTable>,
+    pub(crate) config: NestedConfig,
+    pub(crate) table_access: Access,
+    pub(crate) ntlb: NestedTlb,
+    pub(crate) host_pwc: Option<PageWalkCache>,
+    pub(crate) stats: NestedStats,
+    /// Keeps the host table's shootdown subscriber alive.
+    pub(crate) _subscriber: Option<Arc<dyn Shootdown>>,
+}
+
+impl Nested {
+    pub(crate) fn new(host: Arc<PageTable>, config: NestedConfig) -> Nested {
+        let levels = host.format().levels();
+        Nested {
+            table_access: host.format().nested_table_access(),
+            ntlb: NestedTlb::new(config.ntlb_entries),
+            host_pwc: config.host_pwc.map(|c| PageWalkCache::new(c, levels)),
+            host,
+            config,
+            stats: NestedStats::default(),
+            _subscriber: None,
+        }
+    }
+
+    /// The host table changed at `[gpa, gpa + size)`.
+    pub(crate) fn host_changed(&mut self, gpa: u64, size: u64) {
+        self.ntlb.flush_range(gpa, size);
+        if let Some(pwc) = self.host_pwc.as_mut() {
+            pwc.flush(None);
+        }
+    }
+}
+
+/// The host walks of one two-stage walk, through the nested TLB and host PWC.
+pub(crate) struct CachedHost<'a> {
+    pub(crate) state: Mutex<CachedState<'a>>,
+}
+
+pub(crate) struct CachedState<'a> {
+    pub(crate) nested: &'a mut Nested,
+    /// Host references of each guest table access, in walk order.
+    pub(crate) table_refs: Vec<u32>,
+    /// Modelled cycles of cache lookups.
+    pub(crate) cycles: u64,
+    /// Prefetch probes are not counted in the stats.
+    pub(crate) count: bool,
+}
+
+impl HostWalk for CachedHost<'_> {
+    fn host_walk(&self, gpa: u64, access: Access, table: bool) -> (Result<Translation>, u32) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = &mut *st;
+        let n = &mut *st.nested;
+        let count = st.count;
+        if n.config.ntlb_entries != 0 {
+            if count {
+                n.stats.ntlb_lookups += 1;
+            }
+            if let Some(h) = n.ntlb.lookup(gpa) {
+                let fmt = n.host.format();
+                let ok = access == Access::Probe
+                    || (fmt.allows(h.perms, h.user, access, true)
+                        && (access != Access::Write || h.dirty || !n.host.update_ad()));
+                if ok {
+                    if count {
+                        n.stats.ntlb_hits += 1;
+                    }
+                    if table {
+                        st.table_refs.push(0);
+                    }
+                    let off = gpa & (h.page_size - 1);
+                    let t = Translation {
+                        va: gpa,
+                        pa: h.pa - (h.va & (h.page_size - 1)) + off,
+                        memory_refs: 0,
+                        ..h
+                    };
+                    return (Ok(t), 0);
+                }
+            }
+        }
+        let vmid = n.config.vmid;
+        let levels = n.host.format().levels() as u32;
+        let (result, refs) = match n.host.walk(gpa, access, true) {
+            Ok(t) => {
+                let skip = match n.host_pwc.as_mut() {
+                    Some(pwc) => {
+                        st.cycles += pwc.config().latency;
+                        let s = pwc.skipped_refs(gpa, vmid, t.level);
+                        if count {
+                            n.stats.host_pwc_lookups += 1;
+                            n.stats.host_pwc_hits += (s != 0) as u64;
+                        }
+                        s
+                    }
+                    None => 0,
+                };
+                if access != Access::Probe {
+                    n.ntlb.fill(gpa, t);
+                }
+                let refs = t.memory_refs.saturating_sub(skip);
+                (Ok(t), refs)
+            }
+            Err(Error::Fault(f)) => {
+                let mut refs = faulted_refs(&**n.host.format(), &f);
+                if let (Some(pwc), Some(level)) = (n.host_pwc.as_mut(), f.level) {
+                    st.cycles += pwc.config().latency;
+                    refs = refs.saturating_sub(pwc.skipped_refs(gpa, vmid, level));
+                }
+                debug_assert!(refs <= levels);
+                (Err(Error::Fault(f)), refs)
+            }
+            Err(e) => (Err(e), 0),
+        };
+        if table {
+            st.table_refs.push(refs);
+        }
+        (result, refs)
+    }
+
+    fn host_write(&self, gpa: u64) -> Result<()> {
+        self.host_table().walk(gpa, Access::Write, true).map(|_| ())
+    }
+}
+
+impl CachedHost<'_> {
+    fn host_table(&self) -> Arc<PageTable> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.nested.host.clone()
+    }
+}
+
+/// Subscribed to the host table: its changes reach the MMU as host changes.
+pub(crate) struct HostShootdown {
+    pub(crate) mmu: Weak<crate::mmu::Mmu>,
+}
+
+impl Shootdown for HostShootdown {
+    fn shootdown(&self, gpa: u64, size: u64) {
+        if let Some(mmu) = self.mmu.upgrade() {
+            mmu.host_shootdown(gpa, size);
+        }
+    }
+}
