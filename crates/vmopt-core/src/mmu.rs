@@ -212,7 +212,7 @@ impl State {
             let (rights, dirty, level) = (entry.rights, entry.dirty, entry.level);
             let (page_pa, shift, entry_asid) = (entry.page_pa, entry.shift, entry.asid);
             if rights & bit == 0 {
-                return Err(self.hit_fault(va, access, user, level));
+                return self.hit_fault(va, access, user, level);
             }
             if access == Access::Write && !dirty {
                 return self.dirty_rewalk(va, user);
@@ -246,13 +246,28 @@ impl State {
     }
 
     /// x86 and RISC-V both drop the entry that caused a fault.
-    fn hit_fault(&mut self, va: u64, access: Access, user: bool, level: u8) -> Stop {
-        self.stats.faults += 1;
+    ///
+    /// A nested entry holds the rights of both stages ANDed, so which stage
+    /// refuses is found by walking again (uncounted as a miss), as a CPU
+    /// re-walks before it reports a guest fault or an EPT violation.
+    fn hit_fault(
+        &mut self,
+        va: u64,
+        access: Access,
+        user: bool,
+        level: u8,
+    ) -> std::result::Result<u64, Stop> {
         let asid = self.asid;
         for lv in &mut self.levels {
             lv.flush_va(va, Some(asid));
         }
-        Error::Fault(Fault {
+        if self.nested.is_some() {
+            let t = self.walk(va, access, user, true)?;
+            self.fill_all(&t, va);
+            return Ok(t.pa);
+        }
+        self.stats.faults += 1;
+        Err(Error::Fault(Fault {
             va,
             access,
             cause: FaultCause::Protection,
@@ -260,7 +275,7 @@ impl State {
             user,
             stage: None,
         })
-        .into()
+        .into())
     }
 
     /// Not a TLB miss: counted in `dirty_walks` only, so walks == misses.

@@ -72,7 +72,8 @@ impl NestedConfig {
 /// Counters of the nested cost model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NestedStats {
-    /// Two-stage walks (demand and dirty re-walks; prefetch probes excluded).
+    /// Two-stage walks: misses, dirty re-walks, and the re-walk of a TLB hit
+    /// that faults (to find which stage refuses); prefetch probes excluded.
     pub walks: u64,
     /// Guest page-table references made (after the guest PWC).
     pub guest_refs: u64,
