@@ -471,14 +471,16 @@ impl State {
         let host = CachedHost {
             state: std::sync::Mutex::new(CachedState {
                 nested,
-                table_refs: Vec::new(),
+                table_walks: Vec::new(),
                 cycles: 0,
                 count,
             }),
         };
         let (result, refs) = walk_nested(&self.table, table_access, va, access, user, &host);
         let CachedState {
-            table_refs, cycles, ..
+            table_walks,
+            cycles,
+            ..
         } = host.state.into_inner().unwrap_or_else(|p| p.into_inner());
         self.stats.cycles += cycles;
         let (mut guest, mut host_refs) = (refs.guest as u64, refs.host as u64);
@@ -489,13 +491,18 @@ impl State {
             Err(Error::Fault(f)) if f.stage == Some(Stage::Guest) => f.level,
             _ => None,
         };
+        let mut skipped = 0;
         if let (Some(level), true) = (stop, count) {
-            let skip = (self.pwc_skip(va, level) as usize).min(table_refs.len());
-            guest -= skip as u64;
-            host_refs -= table_refs[..skip].iter().map(|&r| r as u64).sum::<u64>();
+            skipped = (self.pwc_skip(va, level) as usize).min(table_walks.len());
+            guest -= skipped as u64;
+            host_refs -= table_walks[..skipped]
+                .iter()
+                .map(|w| w.refs as u64)
+                .sum::<u64>();
         }
         let nested = self.nested.as_deref_mut().expect("a nested MMU");
         if count {
+            nested.uncount(&table_walks[..skipped]);
             nested.stats.guest_refs += guest;
             nested.stats.host_refs += host_refs;
             if let Err(Error::Fault(f)) = &result {

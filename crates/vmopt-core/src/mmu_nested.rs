@@ -12,6 +12,12 @@
 //! - The host page-walk cache covers the host dimension: upper-level host
 //!   entries by GPA prefix, tagged with the VMID.
 //!
+//! The walk runs the guest walk over the caches first and applies the guest
+//! PWC after it (the PWC needs the leaf level): the host walks of the guest
+//! entries the PWC skips are then taken back from the references and the
+//! cache counters, though their nested TLB and host PWC recency (and the host
+//! PWC's lookup latency) stay: a small over-approximation of cache warmth.
+//!
 //! TLB entries cache the whole GVA->HPA translation, page size the smaller
 //! of the two, tagged with the guest's ASID and the VMID (the MMU tags them
 //! `asid | vmid << 17`; guest-global pages are cached per ASID, so no entry
@@ -203,10 +209,22 @@ pub(crate) struct CachedHost<'a> {
     pub(crate) state: Mutex<CachedState<'a>>,
 }
 
+/// What one host walk for a guest table entry cost and counted.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TableWalk {
+    /// Host references.
+    pub(crate) refs: u32,
+    /// Nested TLB lookups and hits it counted (0 or 1 each).
+    pub(crate) ntlb: (u64, u64),
+    /// Host PWC lookups and hits it counted (0 or 1 each).
+    pub(crate) host_pwc: (u64, u64),
+}
+
 pub(crate) struct CachedState<'a> {
     pub(crate) nested: &'a mut Nested,
-    /// Host references of each guest table access, in walk order.
-    pub(crate) table_refs: Vec<u32>,
+    /// The host walk of each guest table access, in walk order (so the
+    /// guest PWC can take back what the entries it skips cost).
+    pub(crate) table_walks: Vec<TableWalk>,
     /// Modelled cycles of cache lookups.
     pub(crate) cycles: u64,
     /// Prefetch probes are not counted in the stats.
@@ -217,24 +235,38 @@ impl HostWalk for CachedHost<'_> {
     fn host_walk(&self, gpa: u64, access: Access, table: bool) -> (Result<Translation>, u32) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let st = &mut *st;
-        let n = &mut *st.nested;
-        let count = st.count;
-        if n.config.ntlb_entries != 0 {
-            if count {
-                n.stats.ntlb_lookups += 1;
-            }
-            if let Some(h) = n.ntlb.lookup(gpa) {
-                let fmt = n.host.format();
+        let (result, walk, cycles) = st.nested.cached_walk(gpa, access, st.count);
+        st.cycles += cycles;
+        if table {
+            st.table_walks.push(walk);
+        }
+        (result, walk.refs)
+    }
+
+    fn host_write(&self, gpa: u64) -> Result<()> {
+        self.host_table().walk(gpa, Access::Write, true).map(|_| ())
+    }
+}
+
+impl Nested {
+    /// One host walk through the nested TLB, then the host PWC and table:
+    /// the result, what it cost and counted, and the PWC's lookup cycles.
+    fn cached_walk(
+        &mut self,
+        gpa: u64,
+        access: Access,
+        count: bool,
+    ) -> (Result<Translation>, TableWalk, u64) {
+        let mut walk = TableWalk::default();
+        if self.config.ntlb_entries != 0 {
+            walk.ntlb.0 = 1;
+            if let Some(h) = self.ntlb.lookup(gpa) {
                 let ok = access == Access::Probe
-                    || (fmt.allows(h.perms, h.user, access, true)
-                        && (access != Access::Write || h.dirty || !n.host.update_ad()));
+                    || (self.host.format().allows(h.perms, h.user, access, true)
+                        && (access != Access::Write || h.dirty || !self.host.update_ad()));
                 if ok {
-                    if count {
-                        n.stats.ntlb_hits += 1;
-                    }
-                    if table {
-                        st.table_refs.push(0);
-                    }
+                    walk.ntlb.1 = 1;
+                    self.count(count, &walk);
                     let off = gpa & (h.page_size - 1);
                     let t = Translation {
                         va: gpa,
@@ -242,51 +274,60 @@ impl HostWalk for CachedHost<'_> {
                         memory_refs: 0,
                         ..h
                     };
-                    return (Ok(t), 0);
+                    return (Ok(t), walk, 0);
                 }
             }
         }
-        let vmid = n.config.vmid;
-        let levels = n.host.format().levels() as u32;
-        let (result, refs) = match n.host.walk(gpa, access, true) {
+        let vmid = self.config.vmid;
+        let mut cycles = 0;
+        let result = match self.host.walk(gpa, access, true) {
             Ok(t) => {
-                let skip = match n.host_pwc.as_mut() {
-                    Some(pwc) => {
-                        st.cycles += pwc.config().latency;
-                        let s = pwc.skipped_refs(gpa, vmid, t.level);
-                        if count {
-                            n.stats.host_pwc_lookups += 1;
-                            n.stats.host_pwc_hits += (s != 0) as u64;
-                        }
-                        s
-                    }
-                    None => 0,
-                };
-                if access != Access::Probe {
-                    n.ntlb.fill(gpa, t);
+                let mut skip = 0;
+                if let Some(pwc) = self.host_pwc.as_mut() {
+                    cycles += pwc.config().latency;
+                    skip = pwc.skipped_refs(gpa, vmid, t.level);
+                    walk.host_pwc = (1, (skip != 0) as u64);
                 }
-                let refs = t.memory_refs.saturating_sub(skip);
-                (Ok(t), refs)
+                if access != Access::Probe {
+                    self.ntlb.fill(gpa, t);
+                }
+                walk.refs = t.memory_refs.saturating_sub(skip);
+                Ok(t)
             }
             Err(Error::Fault(f)) => {
-                let mut refs = faulted_refs(&**n.host.format(), &f);
-                if let (Some(pwc), Some(level)) = (n.host_pwc.as_mut(), f.level) {
-                    st.cycles += pwc.config().latency;
-                    refs = refs.saturating_sub(pwc.skipped_refs(gpa, vmid, level));
+                walk.refs = faulted_refs(&**self.host.format(), &f);
+                if let (Some(pwc), Some(level)) = (self.host_pwc.as_mut(), f.level) {
+                    cycles += pwc.config().latency;
+                    let skip = pwc.skipped_refs(gpa, vmid, level);
+                    walk.host_pwc = (1, (skip != 0) as u64);
+                    walk.refs = walk.refs.saturating_sub(skip);
                 }
-                debug_assert!(refs <= levels);
-                (Err(Error::Fault(f)), refs)
+                Err(Error::Fault(f))
             }
-            Err(e) => (Err(e), 0),
+            Err(e) => Err(e),
         };
-        if table {
-            st.table_refs.push(refs);
-        }
-        (result, refs)
+        self.count(count, &walk);
+        (result, walk, cycles)
     }
 
-    fn host_write(&self, gpa: u64) -> Result<()> {
-        self.host_table().walk(gpa, Access::Write, true).map(|_| ())
+    /// Add (or, for entries the guest PWC skipped, take back) a walk's counts.
+    pub(crate) fn count(&mut self, count: bool, walk: &TableWalk) {
+        if count {
+            self.stats.ntlb_lookups += walk.ntlb.0;
+            self.stats.ntlb_hits += walk.ntlb.1;
+            self.stats.host_pwc_lookups += walk.host_pwc.0;
+            self.stats.host_pwc_hits += walk.host_pwc.1;
+        }
+    }
+
+    /// Take back the counts of walks the guest PWC skipped.
+    pub(crate) fn uncount(&mut self, walks: &[TableWalk]) {
+        for w in walks {
+            self.stats.ntlb_lookups -= w.ntlb.0;
+            self.stats.ntlb_hits -= w.ntlb.1;
+            self.stats.host_pwc_lookups -= w.host_pwc.0;
+            self.stats.host_pwc_hits -= w.host_pwc.1;
+        }
     }
 }
 

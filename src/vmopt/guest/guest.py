@@ -50,10 +50,12 @@ from vmopt.numa.memory import NumaMemory
 from vmopt.numa.policy import MemPolicy
 from vmopt.paging.format import PagingFormat
 from vmopt.paging.pagetable import PageTable
+from vmopt.paging.twostage import TwoStage, back_guest_memory
 from vmopt.paging.types import Perm
 from vmopt.stores.base import BackingStore
 from vmopt.tlb.config import PrefetchConfig, PwcConfig
 from vmopt.tlb.mmu import ARRAY_CHUNK, RIGHTS_BIT, Mmu, TlbSpec
+from vmopt.tlb.nested import NestedConfig
 from vmopt.tlb.stats import TlbStats
 from vmopt.units import format_size
 
@@ -85,7 +87,10 @@ class MemoryOptimizer:
     ``balance_period`` per vCPU. ``walk_ref_cycles`` is every MMU's cost of
     one PTE read. ``anonymous_page_size`` (None: off) makes every canonical
     page outside the regions anonymous memory of that page size (see the
-    module docstring).
+    module docstring). ``nested`` (a host format: ``"ept"``, ``"ept_5level"``,
+    ``"npt"``) puts the guest under a host stage that backs all its memory
+    with ``nested_page_size`` pages (:func:`vmopt.paging.back_guest_memory`);
+    every vCPU then walks both dimensions with ``nested_config``'s caches.
     """
 
     def __init__(
@@ -103,6 +108,9 @@ class MemoryOptimizer:
         concurrency: ConcurrencyConfig | None = None,
         walk_ref_cycles: int = 20,
         anonymous_page_size: int | None = None,
+        nested: str | None = None,
+        nested_page_size: int = 2 << 20,
+        nested_config: NestedConfig | None = None,
     ) -> None:
         if not (numa is None or isinstance(numa, NumaConfig)):
             raise bad_input("MemoryOptimizer", numa=numa)
@@ -130,6 +138,12 @@ class MemoryOptimizer:
             Mmu(self.page_table, tlb, prefetch, 0, pwc=pwc, walk_ref_cycles=walk_ref_cycles)
             for _ in range(ncpus)
         ]
+        #: The host stage every vCPU walks through, with ``nested`` (a host format name).
+        self.two_stage: TwoStage | None = None
+        if nested is not None:
+            self.two_stage = back_guest_memory(self.page_table, nested, nested_page_size)
+            for mmu in self.mmus:
+                mmu.set_nested(self.two_stage, nested_config)
         self._lock = threading.RLock()
         self._regions = RegionMap(self.page_table.fmt)
         #: Local/remote accesses and their cost, per node.

@@ -5,7 +5,7 @@ from vmopt.paging.format import PagingFormat
 from vmopt.paging.hostfmt import Ept, Npt
 from vmopt.paging.pagetable import FORMATS, PageTable, make_format
 from vmopt.paging.riscv import RiscV
-from vmopt.paging.twostage import HOST_FORMATS, TwoStage
+from vmopt.paging.twostage import HOST_FORMATS, TwoStage, back_guest_memory
 from vmopt.paging.types import Leaf, Mapping, NestedTranslation, PageFault, Perm, Translation
 from vmopt.paging.x86 import X86_64
 
@@ -25,5 +25,6 @@ __all__ = [
     "RiscV",
     "Translation",
     "TwoStage",
+    "back_guest_memory",
     "make_format",
 ]
