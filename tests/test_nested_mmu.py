@@ -135,3 +135,21 @@ def test_caches_never_change_what_a_translation_returns(
     # Nested walks are the misses plus the re-walks (dirty, and a hit that faults finding its stage).
     assert mmu.stats.walks + mmu.stats.dirty_walks <= n.walks <= mmu.stats.translations
     assert mmu.stats.walk_memory_refs <= 24 * n.walks
+
+
+@pytest.mark.parametrize("pwc", [False, True])
+def test_a_nested_tlb_hit_still_checks_the_host_rights(pwc: bool) -> None:
+    """A read caches the frame's GPA->HPA; a later write must still meet the host's read-only page."""
+    ts, _, host = build()
+    host.protect(0x80_0000, 4096, "r")
+    mmu = nested_mmu(ts, NestedConfig(ntlb_entries=16), pwc)
+    assert mmu.translate(GVA, "r", True) == HOST_BASE + 0x80_0000
+    mmu.flush()  # the GVA->HPA entry gone, the nested TLB keeps the frame
+    with pytest.raises(PageFault) as info:
+        mmu.translate(GVA, "w", True)
+    assert (info.value.stage, info.value.cause, info.value.gpa) == ("host", "protection", 0x80_0000)
+    # Through the TLB hit path too: the entry's combined rights refuse, the re-walk names the stage.
+    mmu.translate(GVA + 8, "r", True)
+    with pytest.raises(PageFault) as info:
+        mmu.translate(GVA + 8, "w", True)
+    assert (info.value.stage, info.value.cause) == ("host", "protection")
