@@ -17,8 +17,8 @@ use pyo3::types::{PyBool, PyBytes, PyInt, PyList, PyString, PyTuple, PyType};
 use vmopt_core::paging::table::{LeafEntry, Leaves, Mappings};
 use vmopt_core::paging::twostage::NestedTranslation;
 use vmopt_core::paging::{
-    Access, Ept, Format, Leaf, Mapping, Npt, PageTable, Perm, RiscV, Shootdown, Translation,
-    TwoStage, X86_64,
+    Access, Ept, Format, GStage, Leaf, Mapping, Npt, PageTable, Perm, RiscV, Shootdown,
+    Translation, TwoStage, X86_64,
 };
 use vmopt_core::Error;
 
@@ -386,6 +386,17 @@ impl PyFormat {
     #[pyo3(signature = (levels, maxphyaddr, ad))]
     fn ept(levels: i64, maxphyaddr: i64, ad: bool) -> PyResult<Self> {
         let fmt = guarded(|| Ept::new(levels, maxphyaddr, ad))?;
+        Ok(PyFormat {
+            inner: Arc::new(fmt),
+            x86: None,
+        })
+    }
+
+    /// The RISC-V G-stage: `levels` 3 (Sv39x4) or 4 (Sv48x4).
+    #[staticmethod]
+    #[pyo3(signature = (levels, svade))]
+    fn gstage(levels: i64, svade: bool) -> PyResult<Self> {
+        let fmt = guarded(|| GStage::new(levels, svade))?;
         Ok(PyFormat {
             inner: Arc::new(fmt),
             x86: None,

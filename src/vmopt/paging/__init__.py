@@ -2,7 +2,7 @@
 EPT and NPT with two-stage walks over them, run by the Rust core."""
 
 from vmopt.paging.format import PagingFormat
-from vmopt.paging.hostfmt import Ept, Npt
+from vmopt.paging.hostfmt import Ept, GStage, Npt
 from vmopt.paging.pagetable import FORMATS, PageTable, make_format
 from vmopt.paging.riscv import RiscV
 from vmopt.paging.twostage import HOST_FORMATS, TwoStage, back_guest_memory
@@ -14,6 +14,7 @@ __all__ = [
     "HOST_FORMATS",
     "X86_64",
     "Ept",
+    "GStage",
     "Leaf",
     "Mapping",
     "NestedTranslation",

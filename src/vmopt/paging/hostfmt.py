@@ -9,6 +9,12 @@ violation (``"not_present"``, ``"protection"``). GPAs are zero-extended.
 
 NPT (AMD APM Vol. 2, "Nested Paging"): the long-mode format, and every
 nested walk is a user access, so host leaves are always user pages.
+
+G-stage (RISC-V privileged spec, hypervisor extension): Sv39x4/Sv48x4, the
+Sv39/Sv48 entries with a 16 KiB root and GPAs 2 bits wider; every access is
+a U-mode access, so leaves need U. Its walk runs over tables in memory
+(``fmt.walk(mem, root, gpa, access, user, update_ad)``); ``PageTable``
+builds one-frame roots only and refuses it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from vmopt import _core
 from vmopt.errors import ConfigError
 from vmopt.paging.format import CoreFormat
 
-__all__ = ["Ept", "HostFormat", "Npt"]
+__all__ = ["Ept", "GStage", "HostFormat", "Npt"]
 
 
 class HostFormat(CoreFormat):
@@ -60,3 +66,20 @@ class Npt(HostFormat):
 
     def __repr__(self) -> str:
         return f"Npt(maxphyaddr={self.pa_bits})"
+
+
+class GStage(HostFormat):
+    """The RISC-V G-stage: Sv39x4 (``levels=3``, 41-bit GPAs) or Sv48x4 (``levels=4``, 50-bit GPAs)."""
+
+    def __init__(self, levels: int = 3, *, svade: bool = False) -> None:
+        if type(levels) is not int:
+            raise ConfigError(f"the RISC-V G-stage here is Sv39x4 (3 levels) or Sv48x4 (4), got {levels!r}")
+        self._bind(_core.Format.gstage(levels, bool(svade)))
+        self.svade = bool(svade)
+
+    def root_index(self, gpa: int) -> int:
+        """Index of ``gpa`` in the 2048-entry root table (``index`` gives the 9-bit ones below it)."""
+        return (gpa >> (12 + 9 * (self.levels - 1))) & 0x7FF
+
+    def __repr__(self) -> str:
+        return f"GStage({self.name})"

@@ -19,6 +19,7 @@ use crate::error::Result;
 use crate::memory::PteMemory;
 
 pub mod ept;
+pub mod gstage;
 pub mod npt;
 pub mod riscv;
 pub mod table;
@@ -28,6 +29,7 @@ pub mod twostage;
 pub mod x86;
 
 pub use ept::Ept;
+pub use gstage::GStage;
 pub use npt::Npt;
 pub use riscv::RiscV;
 pub use table::{Leaf, Mapping, PageTable, Shootdown};
@@ -349,6 +351,10 @@ pub trait Format: Send + Sync + fmt::Debug {
         } else {
             low
         }
+    }
+    /// Bytes of the root table: one 4 KiB frame, except the RISC-V G-stage's 16 KiB.
+    fn root_bytes(&self) -> u64 {
+        4096
     }
     /// The access a host (stage-2) walk makes when a two-stage walk reads a
     /// guest page-table entry through this format: a read, except where the
