@@ -78,11 +78,17 @@ class PageFault(VmoptError):
     resolve by mapping the page and restarting the access
     (:meth:`vmopt.Mmu.restart`, :meth:`vmopt.Mmu.install_page`); the core
     sets it.
+
+    A fault of a two-stage walk has ``stage`` ``"guest"`` or ``"host"`` (else
+    None); a host fault names ``gpa``, the guest-physical address the host
+    tables could not translate, and ``on_table``: True if it was a guest
+    page-table entry, False if the final access. ``level`` is then the host's.
     """
 
     def __init__(
         self, va: int, access: str, cause: str, level: int | None, *, user: bool = False,
-        restartable: bool = False,
+        restartable: bool = False, stage: str | None = None, gpa: int | None = None,
+        on_table: bool | None = None,
     ) -> None:  # fmt: skip
         super().__init__(va, access, cause, level)
         self.va = va
@@ -91,19 +97,37 @@ class PageFault(VmoptError):
         self.level = level
         self.user = user
         self.restartable = restartable
+        self.stage = stage
+        self.gpa = gpa
+        self.on_table = on_table
 
     def __str__(self) -> str:
         # Built on demand: faults are frequent and most are handled, never printed.
         where = "" if self.level is None else f" at level {self.level}"
         mode = "user" if self.user else "supervisor"
         kind = {"r": "read", "w": "write", "x": "fetch", "p": "probe"}.get(self.access, self.access)
-        return f"page fault: {mode} {kind} of {self.va:#x}: {self.cause}{where}"
+        text = f"page fault: {mode} {kind} of {self.va:#x}: {self.cause}{where}"
+        if self.stage == "host" and self.gpa is not None:
+            what = "guest table entry" if self.on_table else "final access"
+            return f"{text} (host stage, {what} at guest-physical {self.gpa:#x})"
+        if self.stage is not None:
+            return f"{text} ({self.stage} stage)"
+        return text
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_fault, (self.va, self.access, self.cause, self.level, self.user, self.restartable))
+        return (
+            _rebuild_fault,
+            (
+                self.va, self.access, self.cause, self.level, self.user, self.restartable,
+                self.stage, self.gpa, self.on_table,
+            ),
+        )  # fmt: skip
 
 
 def _rebuild_fault(
-    va: int, access: str, cause: str, level: int | None, user: bool, restartable: bool = False
-) -> PageFault:
-    return PageFault(va, access, cause, level, user=user, restartable=restartable)
+    va: int, access: str, cause: str, level: int | None, user: bool, restartable: bool = False,
+    stage: str | None = None, gpa: int | None = None, on_table: bool | None = None,
+) -> PageFault:  # fmt: skip
+    return PageFault(
+        va, access, cause, level, user=user, restartable=restartable, stage=stage, gpa=gpa, on_table=on_table
+    )

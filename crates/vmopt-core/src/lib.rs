@@ -15,6 +15,7 @@
 pub mod error;
 pub mod memory;
 pub mod mmu;
+pub mod mmu_nested;
 pub mod pages;
 pub mod paging;
 pub mod tlb;

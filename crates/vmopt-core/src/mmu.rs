@@ -39,7 +39,13 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::error::{Error, Result};
-use crate::paging::{Access, Fault, FaultCause, PageTable, Perm, Shootdown, Translation};
+use crate::mmu_nested::{
+    CachedHost, CachedState, HostShootdown, Nested, NestedConfig, NestedStats,
+};
+use crate::paging::twostage::walk_nested;
+use crate::paging::{
+    Access, Fault, FaultCause, PageTable, Perm, Shootdown, Stage, Translation, TwoStage,
+};
 use crate::tlb::level::MEMO_SLOTS;
 use crate::tlb::{
     MmuStats, PageWalkCache, PrefetchConfig, PrefetchMode, Prefetcher, PwcConfig, TlbConfig,
@@ -188,6 +194,8 @@ struct State {
     top: u8,
     /// Prefetch targets of the miss being handled.
     targets: Vec<u64>,
+    /// Two-stage walks through a host table, once [`Mmu::set_nested`] was called.
+    nested: Option<Box<Nested>>,
 }
 
 impl State {
@@ -218,7 +226,7 @@ impl State {
             let (rights, dirty, level) = (entry.rights, entry.dirty, entry.level);
             let (page_pa, shift, entry_asid) = (entry.page_pa, entry.shift, entry.asid);
             if rights & bit == 0 {
-                return Err(self.hit_fault(va, access, user, level));
+                return self.hit_fault(va, access, user, level);
             }
             if access == Access::Write && !dirty {
                 return self.dirty_rewalk(va, user);
@@ -236,7 +244,9 @@ impl State {
                 Ok(t.pa)
             }
             Err(Error::Fault(f)) => Err(Stop {
-                restartable: f.cause == FaultCause::NotPresent,
+                // A host fault is the hypervisor's to resolve, not the guest's.
+                restartable: f.cause == FaultCause::NotPresent
+                    && !matches!(f.stage, Some(Stage::Host { .. })),
                 error: Error::Fault(f),
             }),
             Err(e) => Err(e.into()),
@@ -250,20 +260,36 @@ impl State {
     }
 
     /// x86 and RISC-V both drop the entry that caused a fault.
-    fn hit_fault(&mut self, va: u64, access: Access, user: bool, level: u8) -> Stop {
-        self.stats.faults += 1;
+    ///
+    /// A nested entry holds the rights of both stages ANDed, so which stage
+    /// refuses is found by walking again (uncounted as a miss), as a CPU
+    /// re-walks before it reports a guest fault or an EPT violation.
+    fn hit_fault(
+        &mut self,
+        va: u64,
+        access: Access,
+        user: bool,
+        level: u8,
+    ) -> std::result::Result<u64, Stop> {
         let asid = self.asid;
         for lv in &mut self.levels {
             lv.flush_va(va, Some(asid));
         }
-        Error::Fault(Fault {
+        if self.nested.is_some() {
+            let t = self.walk(va, access, user, true)?;
+            self.fill_all(&t, va);
+            return Ok(t.pa);
+        }
+        self.stats.faults += 1;
+        Err(Error::Fault(Fault {
             va,
             access,
             cause: FaultCause::Protection,
             level: Some(level),
             user,
+            stage: None,
         })
-        .into()
+        .into())
     }
 
     /// Not a TLB miss: counted in `dirty_walks` only, so walks == misses.
@@ -276,6 +302,9 @@ impl State {
 
     /// A demand walk, with its PTE reads and the page-walk cache counted.
     fn walk(&mut self, va: u64, access: Access, user: bool, restart: bool) -> Result<Translation> {
+        if self.nested.is_some() {
+            return self.walk_two_stage(va, access, user, restart);
+        }
         if !restart {
             self.stats.walks += 1;
         }
@@ -330,7 +359,12 @@ impl State {
     }
 
     fn proto(&self, t: &Translation) -> TlbEntry {
-        let asid = if t.global { GLOBAL_ASID } else { self.asid };
+        // A guest's global pages are cached per ASID: no entry is shared across VMs.
+        let asid = if t.global && self.nested.is_none() {
+            GLOBAL_ASID
+        } else {
+            self.asid
+        };
         TlbEntry::new(
             0,
             12,
@@ -404,6 +438,9 @@ impl State {
             return Ok(false);
         }
         self.stats.prefetch.issued += 1;
+        if self.nested.is_some() {
+            return self.prefetch_two_stage(va);
+        }
         let top = self.top as u64;
         match self.table.walk(va, Access::Probe, false) {
             Ok(t) => {
@@ -418,6 +455,116 @@ impl State {
                 if let Some(level) = f.level {
                     self.stats.prefetch.walk_memory_refs += top + 1 - level as u64;
                 }
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The TLB tag of guest `asid`: the VMID joins it once nested.
+    fn tag(&self, asid: u32) -> u32 {
+        match &self.nested {
+            Some(n) => n.config.tag(asid),
+            None => asid,
+        }
+    }
+
+    /// One two-stage walk through the nested TLB and both page-walk caches.
+    ///
+    /// Returns `(result, guest refs, host refs)` after the caches, the
+    /// nested stats updated when `count`.
+    fn two_stage(
+        &mut self,
+        va: u64,
+        access: Access,
+        user: bool,
+        count: bool,
+    ) -> (Result<Translation>, u64, u64) {
+        let nested = self.nested.as_deref_mut().expect("a nested MMU");
+        let table_access = nested.table_access;
+        let host = CachedHost {
+            state: std::sync::Mutex::new(CachedState {
+                nested,
+                table_walks: Vec::new(),
+                cycles: 0,
+                count,
+            }),
+        };
+        let (result, refs) = walk_nested(&self.table, table_access, va, access, user, &host);
+        let CachedState {
+            table_walks,
+            cycles,
+            ..
+        } = host.state.into_inner().unwrap_or_else(|p| p.into_inner());
+        self.stats.cycles += cycles;
+        let (mut guest, mut host_refs) = (refs.guest as u64, refs.host as u64);
+        // The guest dimension's PWC: a hit skips the guest entries above it
+        // and the host walks of their GPAs.
+        let stop = match &result {
+            Ok(t) => Some(t.guest.level),
+            Err(Error::Fault(f)) if f.stage == Some(Stage::Guest) => f.level,
+            _ => None,
+        };
+        let mut skipped = 0;
+        if let (Some(level), true) = (stop, count) {
+            skipped = (self.pwc_skip(va, level) as usize).min(table_walks.len());
+            guest -= skipped as u64;
+            host_refs -= table_walks[..skipped]
+                .iter()
+                .map(|w| w.refs as u64)
+                .sum::<u64>();
+        }
+        let nested = self.nested.as_deref_mut().expect("a nested MMU");
+        if count {
+            nested.uncount(&table_walks[..skipped]);
+            nested.stats.guest_refs += guest;
+            nested.stats.host_refs += host_refs;
+            if let Err(Error::Fault(f)) = &result {
+                if matches!(f.stage, Some(Stage::Host { .. })) {
+                    nested.stats.host_faults += 1;
+                }
+            }
+        }
+        (result.map(|t| t.combined()), guest, host_refs)
+    }
+
+    /// [`walk`](Self::walk) for a nested MMU.
+    fn walk_two_stage(
+        &mut self,
+        va: u64,
+        access: Access,
+        user: bool,
+        restart: bool,
+    ) -> Result<Translation> {
+        if !restart {
+            self.stats.walks += 1;
+        }
+        if let Some(n) = self.nested.as_deref_mut() {
+            n.stats.walks += 1;
+        }
+        let (result, guest, host) = self.two_stage(va, access, user, true);
+        self.stats.walk_memory_refs += guest + host;
+        self.stats.cycles += (guest + host) * self.walk_ref_cycles;
+        if result.is_err() {
+            self.stats.faults += 1;
+        }
+        result
+    }
+
+    /// [`prefetch_one`](Self::prefetch_one) for a nested MMU: a probe through both stages.
+    fn prefetch_two_stage(&mut self, va: u64) -> Result<bool> {
+        let (result, guest, host) = self.two_stage(va, Access::Probe, false, false);
+        self.stats.prefetch.walk_memory_refs += guest + host;
+        match result {
+            Ok(t) => {
+                let last = self.levels.len() - 1;
+                let proto = self.proto(&t);
+                self.fill(last..last + 1, t.page_pa(), t.page_size, &proto, va, true);
+                self.stats.prefetch.installed += 1;
+                Ok(true)
+            }
+            Err(Error::Fault(_)) => {
+                self.stats.prefetch.dropped += 1;
                 Ok(false)
             }
             Err(e) => Err(e),
@@ -489,6 +636,7 @@ impl Mmu {
             stats: MmuStats::default(),
             walk_ref_cycles: config.walk_ref_cycles,
             targets: Vec::new(),
+            nested: None,
         };
         let mmu = Arc::new_cyclic(|me| Mmu {
             state: Mutex::new(state),
@@ -773,7 +921,7 @@ impl Mmu {
     /// Entries of other ASIDs stay cached, as with PCIDs; `flush` (or
     /// reusing the current ASID) drops the new ASID's old ones.
     pub fn switch(&self, table: Arc<PageTable>, asid: Option<u32>, flush: bool) -> Result<()> {
-        let current = self.lock().asid;
+        let current = self.lock().asid & 0xFFFF;
         check_asid(asid.unwrap_or(current))?;
         if self.shootdown {
             self.subscribe(&table);
@@ -789,7 +937,7 @@ impl Mmu {
                 )));
             }
         }
-        let new_asid = asid.unwrap_or(st.asid);
+        let new_asid = st.tag(asid.unwrap_or(current));
         if flush || new_asid == st.asid {
             st.flush_asid(new_asid);
         }
@@ -815,7 +963,9 @@ impl Mmu {
 
     /// Invalidate one ASID's non-global entries (INVPCID single-context).
     pub fn flush_asid(&self, asid: u32) {
-        self.lock().flush_asid(asid);
+        let mut st = self.lock();
+        let tag = st.tag(asid);
+        st.flush_asid(tag);
     }
 
     /// Invalidate `va`'s translations for the current ASID, and global ones (INVLPG).
@@ -833,6 +983,7 @@ impl Mmu {
     /// Invalidate `[va, va + size)` for `asid` (`None`: every ASID), like sfence.vma per page.
     pub fn flush_range(&self, va: u64, size: u64, asid: Option<u32>) {
         let mut st = self.lock();
+        let asid = asid.map(|a| st.tag(a));
         for level in &mut st.levels {
             level.flush_range(va, size, asid);
         }
@@ -856,7 +1007,7 @@ impl Mmu {
 
     /// The current ASID.
     pub fn asid(&self) -> u32 {
-        self.lock().asid
+        self.lock().asid & 0xFFFF
     }
 
     /// Number of TLB levels.
@@ -903,6 +1054,9 @@ impl Mmu {
         for level in &mut st.levels {
             level.stats = TlbStats::default();
         }
+        if let Some(n) = st.nested.as_deref_mut() {
+            n.stats = NestedStats::default();
+        }
     }
 
     /// Modelled cycles per PTE read.
@@ -913,6 +1067,66 @@ impl Mmu {
     /// Change the modelled cost of a PTE read.
     pub fn set_walk_ref_cycles(&self, cycles: u64) {
         self.lock().walk_ref_cycles = cycles;
+    }
+
+    // -- two-stage translation ---------------------------------------------
+
+    /// Translate through `ts` from now on: its guest table must be this
+    /// MMU's table; walks go through both stages with the nested TLB and
+    /// host PWC of `config`, and TLB entries are tagged with its VMID.
+    ///
+    /// Drops every cached translation (they were one-stage). With
+    /// shootdowns, changes to the host table drop the VM's entries.
+    pub fn set_nested(&self, ts: &TwoStage, config: NestedConfig) -> Result<()> {
+        let host = ts.host().clone();
+        let subscriber: Option<Arc<dyn Shootdown>> = if self.shootdown {
+            let sub: Arc<dyn Shootdown> = Arc::new(HostShootdown {
+                mmu: self.me.clone(),
+            });
+            host.subscribe(Arc::downgrade(&sub));
+            Some(sub)
+        } else {
+            None
+        };
+        let mut st = self.lock();
+        if !Arc::ptr_eq(&st.table, ts.guest()) {
+            return Err(Error::Config(
+                "the two-stage translation's guest table must be the MMU's current table".into(),
+            ));
+        }
+        let mut nested = Nested::new(host, config);
+        nested._subscriber = subscriber;
+        let asid = st.asid & 0xFFFF;
+        for level in &mut st.levels {
+            level.flush();
+        }
+        if let Some(pwc) = st.pwc.as_mut() {
+            pwc.flush(None);
+        }
+        st.queue.clear();
+        st.nested = Some(Box::new(nested));
+        st.asid = config.tag(asid);
+        Ok(())
+    }
+
+    /// The nested cost model's configuration and counters, if nested.
+    pub fn nested_stats(&self) -> Option<(NestedConfig, NestedStats)> {
+        let st = self.lock();
+        st.nested.as_ref().map(|n| (n.config, n.stats))
+    }
+
+    /// The host table changed at `[gpa, gpa + size)`: drop the VM's cached
+    /// translations (INVEPT single-context), its nested TLB frames and host PWC.
+    pub fn host_shootdown(&self, gpa: u64, size: u64) {
+        let mut st = self.lock();
+        st.stats.shootdowns += 1;
+        let Some(n) = st.nested.as_deref_mut() else {
+            return;
+        };
+        n.host_changed(gpa, size);
+        for level in &mut st.levels {
+            level.flush();
+        }
     }
 
     /// The page-walk cache's configuration, lifetime counters and LRU order, if there is one.

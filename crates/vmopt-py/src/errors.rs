@@ -43,6 +43,13 @@ fn build(py: Python<'_>, err: &Error) -> PyResult<PyErr> {
         Error::Fault(f) => {
             let kwargs = PyDict::new(py);
             kwargs.set_item("user", f.user)?;
+            if let Some(stage) = f.stage {
+                kwargs.set_item("stage", stage.as_str())?;
+                if let vmopt_core::paging::Stage::Host { gpa, table } = stage {
+                    kwargs.set_item("gpa", gpa)?;
+                    kwargs.set_item("on_table", table)?;
+                }
+            }
             let args = (
                 f.va,
                 f.access.as_char().to_string(),

@@ -14,11 +14,12 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBool, PyString};
 use vmopt_core::error::{Error, Result};
 use vmopt_core::mmu::{Mmu, MmuConfig, PageInstall, StagedStop, Stop};
+use vmopt_core::mmu_nested::NestedConfig;
 use vmopt_core::paging::{Access, Perm};
 use vmopt_core::tlb::{PrefetchConfig, PrefetchKind, PrefetchMode, PwcConfig};
 
 use crate::errors::{guarded, panic_to_py, to_py};
-use crate::paging::PyPageTable;
+use crate::paging::{PyPageTable, PyTwoStage};
 use crate::tlb::{config_from, ConfigTuple, PyPageWalkCache, PyPrefetcher, PyTlbLevel};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -483,6 +484,41 @@ impl PyMmu {
                     p.hits,
                     p.order,
                 )
+            }))
+        })
+    }
+
+    /// Translate through `ts` (a `TwoStage` over this MMU's table) from now on.
+    #[pyo3(signature = (ts, vmid, ntlb_entries, host_pwc))]
+    fn set_nested(
+        &self,
+        ts: PyRef<'_, PyTwoStage>,
+        vmid: u32,
+        ntlb_entries: usize,
+        host_pwc: Option<(usize, u64)>,
+    ) -> PyResult<()> {
+        guarded(|| {
+            let pwc = host_pwc.map(|(e, l)| PwcConfig::new(e, l)).transpose()?;
+            let config = NestedConfig::new(vmid, ntlb_entries, pwc)?;
+            self.inner.set_nested(&ts.inner, config)
+        })
+    }
+
+    /// `[walks, guest_refs, host_refs, host_faults, ntlb_lookups, ntlb_hits,
+    /// host_pwc_lookups, host_pwc_hits]` of the nested cost model, or None.
+    fn nested_stats(&self) -> PyResult<Option<[u64; 8]>> {
+        guarded(|| {
+            Ok(self.inner.nested_stats().map(|(_, n)| {
+                [
+                    n.walks,
+                    n.guest_refs,
+                    n.host_refs,
+                    n.host_faults,
+                    n.ntlb_lookups,
+                    n.ntlb_hits,
+                    n.host_pwc_lookups,
+                    n.host_pwc_hits,
+                ]
             }))
         })
     }

@@ -15,8 +15,10 @@ use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyBool, PyBytes, PyInt, PyList, PyString, PyTuple, PyType};
 use vmopt_core::paging::table::{LeafEntry, Leaves, Mappings};
+use vmopt_core::paging::twostage::NestedTranslation;
 use vmopt_core::paging::{
-    Access, Format, Leaf, Mapping, PageTable, Perm, RiscV, Shootdown, Translation, X86_64,
+    Access, Ept, Format, GStage, Leaf, Mapping, Npt, PageTable, Perm, RiscV, Shootdown,
+    Translation, TwoStage, X86_64,
 };
 use vmopt_core::Error;
 
@@ -28,6 +30,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPageTable>()?;
     m.add_class::<PyLeafIter>()?;
     m.add_class::<PyMappingIter>()?;
+    m.add_class::<PyTwoStage>()?;
     Ok(())
 }
 
@@ -58,6 +61,23 @@ const LEAF_FIELDS: [&str; 11] = [
     "accessed",
     "dirty",
 ];
+const NESTED_FIELDS: [&str; 15] = [
+    "va",
+    "pa",
+    "gpa",
+    "page_size",
+    "perms",
+    "user",
+    "global_",
+    "dirty",
+    "memory_refs",
+    "guest_refs",
+    "host_refs",
+    "level",
+    "pte_pa",
+    "guest_page_size",
+    "host_page_size",
+];
 const MAPPING_FIELDS: [&str; 8] = [
     "va",
     "pa",
@@ -80,6 +100,7 @@ struct Values {
     translation: ValueType,
     leaf: ValueType,
     mapping: ValueType,
+    nested: ValueType,
     perms: Vec<PyObject>,
     empty: Py<PyTuple>,
 }
@@ -103,6 +124,7 @@ fn values(py: Python<'_>) -> PyResult<&Values> {
             translation: value_type("Translation", &TRANSLATION_FIELDS)?,
             leaf: value_type("Leaf", &LEAF_FIELDS)?,
             mapping: value_type("Mapping", &MAPPING_FIELDS)?,
+            nested: value_type("NestedTranslation", &NESTED_FIELDS)?,
             perms: (0..8u8)
                 .map(|b| perm.call1((b,)).map(Bound::unbind))
                 .collect::<PyResult<_>>()?,
@@ -178,6 +200,32 @@ fn translation_obj(py: Python<'_>, t: &Translation) -> PyResult<PyObject> {
             int(py, t.memory_refs as u64),
             int(py, t.level as u64),
             int(py, t.pte_pa),
+        ],
+    )
+}
+
+fn nested_obj(py: Python<'_>, t: &NestedTranslation) -> PyResult<PyObject> {
+    let v = values(py)?;
+    let c = t.combined();
+    v.nested.build(
+        py,
+        &v.empty,
+        &[
+            int(py, c.va),
+            int(py, c.pa),
+            int(py, t.gpa()),
+            int(py, c.page_size),
+            perm(py, v, c.perms),
+            boolean(py, c.user),
+            boolean(py, c.global),
+            boolean(py, c.dirty),
+            int(py, c.memory_refs as u64),
+            int(py, t.guest_refs as u64),
+            int(py, t.host_refs as u64),
+            int(py, c.level as u64),
+            int(py, c.pte_pa),
+            int(py, t.guest.page_size),
+            int(py, t.host.page_size),
         ],
     )
 }
@@ -327,6 +375,39 @@ impl PyFormat {
     #[pyo3(signature = (levels, sum, mxr, svade))]
     fn riscv(levels: i64, sum: bool, mxr: bool, svade: bool) -> PyResult<Self> {
         let fmt = guarded(|| RiscV::new(levels, sum, mxr, svade))?;
+        Ok(PyFormat {
+            inner: Arc::new(fmt),
+            x86: None,
+        })
+    }
+
+    /// Intel EPT: `levels` 4 or 5, `maxphyaddr` in [36, 52], `ad` = EPTP bit 6.
+    #[staticmethod]
+    #[pyo3(signature = (levels, maxphyaddr, ad))]
+    fn ept(levels: i64, maxphyaddr: i64, ad: bool) -> PyResult<Self> {
+        let fmt = guarded(|| Ept::new(levels, maxphyaddr, ad))?;
+        Ok(PyFormat {
+            inner: Arc::new(fmt),
+            x86: None,
+        })
+    }
+
+    /// The RISC-V G-stage: `levels` 3 (Sv39x4) or 4 (Sv48x4).
+    #[staticmethod]
+    #[pyo3(signature = (levels, svade))]
+    fn gstage(levels: i64, svade: bool) -> PyResult<Self> {
+        let fmt = guarded(|| GStage::new(levels, svade))?;
+        Ok(PyFormat {
+            inner: Arc::new(fmt),
+            x86: None,
+        })
+    }
+
+    /// AMD NPT: the long-mode format walked as user accesses.
+    #[staticmethod]
+    #[pyo3(signature = (maxphyaddr,))]
+    fn npt(maxphyaddr: i64) -> PyResult<Self> {
+        let fmt = guarded(|| Npt::new(maxphyaddr))?;
         Ok(PyFormat {
             inner: Arc::new(fmt),
             x86: None,
@@ -838,5 +919,63 @@ impl PyMappingIter {
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
         let next = guarded(|| Ok(self.0.lock().unwrap_or_else(|e| e.into_inner()).next()))?;
         next.map(|m| mapping_obj(py, &m)).transpose()
+    }
+}
+
+// -- TwoStage -------------------------------------------------------------------------
+
+/// A guest table translated through a host table (a core `TwoStage`).
+#[pyclass(name = "TwoStage", module = "vmopt._core", frozen)]
+pub struct PyTwoStage {
+    pub inner: TwoStage,
+}
+
+#[pymethods]
+impl PyTwoStage {
+    /// `guest` (GVA -> GPA) over `host` (GPA -> HPA, a host format).
+    #[new]
+    fn new(guest: PyRef<'_, PyPageTable>, host: PyRef<'_, PyPageTable>) -> PyResult<Self> {
+        let (g, h) = (guest.inner.clone(), host.inner.clone());
+        Ok(PyTwoStage {
+            inner: guarded(|| TwoStage::new(g, h))?,
+        })
+    }
+
+    /// The uncached two-stage walk of `gva` (a `NestedTranslation`), or raise `PageFault`.
+    #[pyo3(signature = (gva, access, user=Truthy(false)))]
+    fn walk(
+        &self,
+        py: Python<'_>,
+        gva: &Bound<'_, PyAny>,
+        access: &Bound<'_, PyAny>,
+        user: Truthy,
+    ) -> PyResult<PyObject> {
+        let access = access_of(access)?;
+        let gva = va_of(gva)?;
+        let t = guarded(|| self.inner.walk(gva, access, user.0))?;
+        nested_obj(py, &t)
+    }
+
+    /// References of the uncached walk of `gva` whatever its outcome: `(guest, host)`.
+    #[pyo3(signature = (gva, access, user=Truthy(false)))]
+    fn walk_refs(
+        &self,
+        gva: &Bound<'_, PyAny>,
+        access: &Bound<'_, PyAny>,
+        user: Truthy,
+    ) -> PyResult<(u32, u32)> {
+        let access = access_of(access)?;
+        let gva = va_of(gva)?;
+        let host = self.inner.host().clone();
+        let (_, refs) = self.inner.walk_via(gva, access, user.0, &*host);
+        Ok((refs.guest, refs.host))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "TwoStage({} over {})",
+            self.inner.guest().format().name(),
+            self.inner.host().format().name()
+        )
     }
 }

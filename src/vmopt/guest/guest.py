@@ -56,10 +56,12 @@ from vmopt.numa.memory import NumaMemory
 from vmopt.numa.policy import MemPolicy
 from vmopt.paging.format import PagingFormat
 from vmopt.paging.pagetable import PageTable
+from vmopt.paging.twostage import TwoStage, back_guest_memory
 from vmopt.paging.types import Perm
 from vmopt.stores.base import BackingStore
 from vmopt.tlb.config import PrefetchConfig, PwcConfig
 from vmopt.tlb.mmu import ARRAY_CHUNK, RIGHTS_BIT, Mmu, StagedPage, TlbSpec
+from vmopt.tlb.nested import NestedConfig
 from vmopt.tlb.stats import TlbStats
 from vmopt.units import format_size
 
@@ -87,7 +89,10 @@ class MemoryOptimizer:
     ``balance_period`` per vCPU. ``walk_ref_cycles`` is every MMU's cost of
     one PTE read. ``anonymous_page_size`` (None: off) makes every canonical
     page outside the regions anonymous memory of that page size (see the
-    module docstring).
+    module docstring). ``nested`` (a host format: ``"ept"``, ``"ept_5level"``,
+    ``"npt"``) puts the guest under a host stage that backs all its memory
+    with ``nested_page_size`` pages (:func:`vmopt.paging.back_guest_memory`);
+    every vCPU then walks both dimensions with ``nested_config``'s caches.
     """
 
     def __init__(
@@ -105,6 +110,9 @@ class MemoryOptimizer:
         concurrency: ConcurrencyConfig | None = None,
         walk_ref_cycles: int = 20,
         anonymous_page_size: int | None = None,
+        nested: str | None = None,
+        nested_page_size: int = 2 << 20,
+        nested_config: NestedConfig | None = None,
     ) -> None:
         if not (numa is None or isinstance(numa, NumaConfig)):
             raise bad_input("MemoryOptimizer", numa=numa)
@@ -132,6 +140,12 @@ class MemoryOptimizer:
             Mmu(self.page_table, tlb, prefetch, 0, pwc=pwc, walk_ref_cycles=walk_ref_cycles)
             for _ in range(ncpus)
         ]
+        #: The host stage every vCPU walks through, with ``nested`` (a host format name).
+        self.two_stage: TwoStage | None = None
+        if nested is not None:
+            self.two_stage = back_guest_memory(self.page_table, nested, nested_page_size)
+            for mmu in self.mmus:
+                mmu.set_nested(self.two_stage, nested_config)
         self._lock = threading.RLock()
         self._regions = RegionMap(self.page_table.fmt)
         #: Local/remote accesses and their cost, per node.
@@ -197,6 +211,11 @@ class MemoryOptimizer:
         """Address space ``asid``, made on first use."""
         space = self._spaces.get(asid)
         if space is None:
+            if self.two_stage is not None:
+                raise ConfigError(
+                    f"address space {asid}: a nested guest runs in address space 0 only"
+                    " (several guest address spaces under one host stage are not modelled)"
+                )
             if self.anonymous_page_size is None:
                 raise ConfigError(
                     f"address space {asid} needs anonymous memory: build the guest with anonymous_page_size"

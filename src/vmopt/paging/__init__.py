@@ -1,21 +1,31 @@
-"""Page tables in real formats: x86-64 (4/5-level) and RISC-V Sv39/Sv48/Sv57, run by the Rust core."""
+"""Page tables in real formats: x86-64 (4/5-level), RISC-V Sv39/Sv48/Sv57, and the host formats
+EPT and NPT with two-stage walks over them, run by the Rust core."""
 
 from vmopt.paging.format import PagingFormat
+from vmopt.paging.hostfmt import Ept, GStage, Npt
 from vmopt.paging.pagetable import FORMATS, PageTable, make_format
 from vmopt.paging.riscv import RiscV
-from vmopt.paging.types import Leaf, Mapping, PageFault, Perm, Translation
+from vmopt.paging.twostage import HOST_FORMATS, TwoStage, back_guest_memory
+from vmopt.paging.types import Leaf, Mapping, NestedTranslation, PageFault, Perm, Translation
 from vmopt.paging.x86 import X86_64
 
 __all__ = [
     "FORMATS",
+    "HOST_FORMATS",
     "X86_64",
+    "Ept",
+    "GStage",
     "Leaf",
     "Mapping",
+    "NestedTranslation",
+    "Npt",
     "PageFault",
     "PageTable",
     "PagingFormat",
     "Perm",
     "RiscV",
     "Translation",
+    "TwoStage",
+    "back_guest_memory",
     "make_format",
 ]

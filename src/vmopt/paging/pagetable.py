@@ -25,6 +25,7 @@ from vmopt import _core
 from vmopt.errors import AddressError, ConfigError, MappingError, VmoptError, bad_input
 from vmopt.memory.physical import FRAME_SIZE, PhysicalMemory
 from vmopt.paging.format import CoreFormat, PagingFormat
+from vmopt.paging.hostfmt import Ept, Npt
 from vmopt.paging.riscv import RiscV
 from vmopt.paging.types import Leaf, PageFault, Perm, Translation
 from vmopt.paging.x86 import X86_64
@@ -39,6 +40,9 @@ FORMATS: dict[str, Callable[[], PagingFormat]] = {
     "sv39": lambda: RiscV(3),
     "sv48": lambda: RiscV(4),
     "sv57": lambda: RiscV(5),
+    "ept": lambda: Ept(4),
+    "ept_5level": lambda: Ept(5),
+    "npt": lambda: Npt(),
 }
 
 Invalidation = Callable[[int, int], None]

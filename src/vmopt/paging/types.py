@@ -16,6 +16,7 @@ __all__ = [
     "FaultCause",
     "Leaf",
     "Mapping",
+    "NestedTranslation",
     "PageFault",
     "Perm",
     "Translation",
@@ -24,7 +25,13 @@ __all__ = [
 
 Access = Literal["r", "w", "x"]
 FaultCause = Literal[
-    "not_present", "protection", "reserved", "non_canonical", "misaligned", "table_outside_memory"
+    "not_present",
+    "protection",
+    "reserved",
+    "non_canonical",
+    "misaligned",
+    "table_outside_memory",
+    "misconfigured",
 ]
 
 ACCESS_KINDS: Final = ("r", "w", "x")
@@ -35,6 +42,7 @@ FAULT_CAUSES: Final = (
     "non_canonical",
     "misaligned",
     "table_outside_memory",
+    "misconfigured",
 )
 
 
@@ -126,6 +134,41 @@ class Translation:
     @property
     def page_pa(self) -> int:
         """Physical address of the first byte of the page."""
+        return self.pa - (self.va & (self.page_size - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class NestedTranslation:
+    """The result of a successful two-stage walk (:class:`vmopt.paging.TwoStage`).
+
+    ``pa`` is the host-physical address of ``va`` and ``gpa`` its
+    guest-physical one. ``page_size`` is what a TLB may cache for the GVA:
+    the smaller of ``guest_page_size`` and ``host_page_size``; ``perms`` are
+    the rights both stages grant. ``memory_refs`` is ``guest_refs`` (guest
+    page-table entries read) plus ``host_refs`` (host entries read, for each
+    guest entry's GPA and for the final GPA). ``level`` and ``pte_pa`` are the
+    guest leaf's (``pte_pa`` a GPA); ``dirty`` is the guest and host leaves' D.
+    """
+
+    va: int
+    pa: int
+    gpa: int
+    page_size: int
+    perms: Perm
+    user: bool
+    global_: bool
+    dirty: bool
+    memory_refs: int
+    guest_refs: int
+    host_refs: int
+    level: int
+    pte_pa: int
+    guest_page_size: int
+    host_page_size: int
+
+    @property
+    def page_pa(self) -> int:
+        """Host-physical address of the first byte of the cached page."""
         return self.pa - (self.va & (self.page_size - 1))
 
 

@@ -26,7 +26,7 @@ from vmopt.errors import ConfigError
 from vmopt.fetching.concurrency import ConcurrencyConfig
 from vmopt.numa.config import LOCAL_DISTANCE, MAX_CPUS, MAX_NODES, NumaConfig
 from vmopt.numa.policy import MemPolicy
-from vmopt.paging import FORMATS
+from vmopt.paging import FORMATS, HOST_FORMATS
 from vmopt.tlb.config import DEFAULT_TLB_LEVELS, PrefetchConfig, PwcConfig, TlbConfig
 from vmopt.units import parse_size
 
@@ -184,18 +184,67 @@ def _check_keys(prefix: str, table: Mapping[str, Any], allowed: Iterable[str]) -
 # -- sections ---------------------------------------------------------------------------------
 
 
+#: Guest formats (the host formats translate guest-physical addresses, set by ``paging.nested``).
+GUEST_FORMATS: Final = tuple(f for f in FORMATS if f not in HOST_FORMATS)
+#: ``paging.nested`` values: no host stage, or a host format.
+NESTED_CHOICES: Final = ("none", *HOST_FORMATS)
+#: Most host pages the guest facade maps up front (guest memory / paging.nested_page_size).
+MAX_HOST_PAGES: Final = 1 << 20
+#: Most entries of the nested TLB.
+MAX_NTLB_ENTRIES: Final = 1 << 16
+PAGING_KEYS: Final = (
+    "format",
+    "page_size",
+    "walk_ref_cycles",
+    "nested",
+    "nested_page_size",
+    "nested_tlb_entries",
+)
+
+
 @dataclass(frozen=True)
 class PagingSection:
-    """[paging]: page-table format, the page size demand paging maps, cycles per PTE read."""
+    """[paging]: page-table format, the page size demand paging maps, cycles per PTE read.
+
+    ``nested`` (``"none"``, ``"ept"``, ``"ept_5level"``, ``"npt"``) puts the
+    guest under a host stage: every vCPU walks both dimensions, the host
+    backing guest memory with pages of ``nested_page_size``, a nested TLB of
+    ``nested_tlb_entries`` caching GPA->HPA, and a host page-walk cache
+    shaped like ``[pwc]`` when it is enabled.
+    """
 
     format: str = "x86_64"
     page_size: int = 4096
     walk_ref_cycles: int = 20
+    nested: str = "none"
+    nested_page_size: int = 2 << 20
+    nested_tlb_entries: int = 16
 
     def __post_init__(self) -> None:
-        _str("paging.format", self.format, FORMATS)
+        _str("paging.format", self.format, GUEST_FORMATS)
         _page_size("paging.page_size", self.page_size)
         _int("paging.walk_ref_cycles", self.walk_ref_cycles, 0, MAX_CYCLES)
+        _str("paging.nested", self.nested, NESTED_CHOICES)
+        _page_size("paging.nested_page_size", self.nested_page_size)
+        _int("paging.nested_tlb_entries", self.nested_tlb_entries, 0, MAX_NTLB_ENTRIES)
+        if self.nested != "none" and not self.format.startswith("x86_64"):
+            raise ConfigError(
+                f"paging.nested: {self.nested!r} is an x86 host stage;"
+                f" paging.format {self.format!r} is not x86"
+            )
+
+    def to_raw(self) -> dict[str, Any]:
+        """The section in raw form; the nested keys only when a host stage is set."""
+        raw: dict[str, Any] = {
+            "format": self.format,
+            "page_size": size_name(self.page_size),
+            "walk_ref_cycles": self.walk_ref_cycles,
+        }
+        if self.nested != "none":
+            raw["nested"] = self.nested
+            raw["nested_page_size"] = size_name(self.nested_page_size)
+            raw["nested_tlb_entries"] = self.nested_tlb_entries
+        return raw
 
 
 @dataclass(frozen=True)
@@ -360,6 +409,22 @@ class SimConfig:
                     f" so every lookup would miss; add {size_name(page)!r}"
                 )
 
+        if self.paging.nested != "none":
+            host_page = self.paging.nested_page_size
+            for size in self.numa.mem_per_node:
+                if size % host_page:
+                    raise ConfigError(
+                        f"paging.nested_page_size: {size_name(host_page)} host pages cannot back a"
+                        f" {_size_text(size)} NUMA node exactly (numa.mem_per_node)"
+                    )
+            pages = sum(self.numa.mem_per_node) // host_page
+            if pages > MAX_HOST_PAGES:
+                raise ConfigError(
+                    f"paging.nested_page_size: {size_name(host_page)} host pages would take {pages:,}"
+                    f" mappings to back {_size_text(sum(self.numa.mem_per_node))} of guest memory"
+                    f" (at most {MAX_HOST_PAGES:,}); use larger host pages or less numa.mem_per_node"
+                )
+
     def tlb_levels(self) -> list[list[TlbConfig]]:
         """The hierarchy as :class:`~vmopt.tlb.Mmu` takes it."""
         return [level.tlb_configs() for level in self.tlb]
@@ -374,11 +439,7 @@ class SimConfig:
             "cpus": self.numa.cpus,
         }
         return {
-            "paging": {
-                "format": self.paging.format,
-                "page_size": size_name(self.paging.page_size),
-                "walk_ref_cycles": self.paging.walk_ref_cycles,
-            },
+            "paging": self.paging.to_raw(),
             "tlb": {level.name: level.to_raw() for level in self.tlb},
             "prefetch": _fields_raw(self.prefetch),
             "pwc": _fields_raw(self.pwc),
@@ -441,12 +502,20 @@ def from_raw(raw: Mapping[str, Any]) -> SimConfig:
     for k in raw:
         if k not in sections:
             raise ConfigError(f"{k}: unknown section (expected one of {', '.join(sections)})")
-    p = _section(raw, "paging", ("format", "page_size", "walk_ref_cycles"))
+    p = _section(raw, "paging", PAGING_KEYS)
     dp = PagingSection()
     paging = PagingSection(
-        _str("paging.format", p.get("format", dp.format), FORMATS),
+        _str("paging.format", p.get("format", dp.format), GUEST_FORMATS),
         _page_size("paging.page_size", p.get("page_size", dp.page_size)),
         _int("paging.walk_ref_cycles", p.get("walk_ref_cycles", dp.walk_ref_cycles), 0, MAX_CYCLES),
+        _str("paging.nested", p.get("nested", dp.nested), NESTED_CHOICES),
+        _page_size("paging.nested_page_size", p.get("nested_page_size", dp.nested_page_size)),
+        _int(
+            "paging.nested_tlb_entries",
+            p.get("nested_tlb_entries", dp.nested_tlb_entries),
+            0,
+            MAX_NTLB_ENTRIES,
+        ),
     )
     t = _table("tlb", raw.get("tlb", {}))
     if len(t) > MAX_TLB_LEVELS:

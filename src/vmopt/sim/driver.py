@@ -44,6 +44,7 @@ from vmopt.errors import ConfigError
 from vmopt.guest import MemoryOptimizer
 from vmopt.sim.config import SimConfig
 from vmopt.sim.pipeline import DEFAULT_DEPTH, play
+from vmopt.tlb.nested import NestedConfig
 from vmopt.traces.chunk import AccessKind, TraceChunk
 
 __all__ = ["MAX_WINDOWS", "Progress", "SimResult", "Simulator", "Windows"]
@@ -110,6 +111,15 @@ class SimResult:
     partial: bool = False
 
 
+def _nested_args(config: SimConfig) -> dict[str, Any]:
+    """The facade's host-stage arguments for ``[paging] nested`` (none when it is "none")."""
+    p = config.paging
+    if p.nested == "none":
+        return {}
+    nested = NestedConfig(vmid=1, ntlb_entries=p.nested_tlb_entries, host_pwc=config.pwc.pwc_config())
+    return {"nested": p.nested, "nested_page_size": p.nested_page_size, "nested_config": nested}
+
+
 class Simulator:
     """One simulated guest, fed chunk by chunk (see the module docstring)."""
 
@@ -130,6 +140,7 @@ class Simulator:
                 concurrency=config.concurrency,
                 walk_ref_cycles=config.paging.walk_ref_cycles,
                 anonymous_page_size=config.paging.page_size,
+                **_nested_args(config),
             )
         except ConfigError as exc:
             raise ConfigError(f"configuration: {exc}") from exc

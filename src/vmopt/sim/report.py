@@ -91,6 +91,7 @@ def build_report(result: SimResult, source: dict[str, Any]) -> dict[str, Any]:
         "page_walks": walks,
         "walk_memory_refs": sum(s.walk_memory_refs for s in ms),
         "pwc": {"lookups": sum(s.pwc_lookups for s in ms), "hits": sum(s.pwc_hits for s in ms)},
+        "nested": _nested_report(result),
         "faults": {
             "demand": result.demand_faults,
             "other": sum(s.faults for s in ms),
@@ -123,6 +124,31 @@ def build_report(result: SimResult, source: dict[str, Any]) -> dict[str, Any]:
         "accesses_per_s": _rate(accesses, elapsed) if elapsed > 0 else 0.0,  # type: ignore[arg-type]
         "config": cfg.to_raw(),
     }
+
+
+def _nested_report(result: SimResult) -> dict[str, Any] | None:
+    """The two dimensions of the walks under ``[paging] nested`` (None without a host stage)."""
+    paging = result.config.paging
+    if paging.nested == "none":
+        return None
+    stats = [s for s in (m.nested_stats for m in result.opt.mmus) if s is not None]
+    total = {f: sum(getattr(s, f) for s in stats) for f in _NESTED_FIELDS}
+    return {
+        "host_format": paging.nested,
+        "host_page_size": paging.nested_page_size,
+        "walks": total["walks"],
+        "guest_refs": total["guest_refs"],
+        "host_refs": total["host_refs"],
+        "host_faults": total["host_faults"],
+        "nested_tlb": {"lookups": total["ntlb_lookups"], "hits": total["ntlb_hits"]},
+        "host_pwc": {"lookups": total["host_pwc_lookups"], "hits": total["host_pwc_hits"]},
+    }
+
+
+_NESTED_FIELDS: Final = (
+    "walks", "guest_refs", "host_refs", "host_faults", "ntlb_lookups", "ntlb_hits",
+    "host_pwc_lookups", "host_pwc_hits",
+)  # fmt: skip
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> None:
@@ -211,6 +237,13 @@ def render_report(report: dict[str, Any], file: IO[str] | None = None) -> None:
     m.add_row("page walks", f"{report['page_walks']:,}")
     m.add_row("walk memory refs", f"{report['walk_memory_refs']:,}")
     m.add_row("page-walk cache hits", f"{pwc['hits']:,} / {pwc['lookups']:,}")
+    nested = report.get("nested")
+    if nested:
+        host = f"{nested['host_format']}, {format_size(nested['host_page_size'])} host pages"
+        m.add_row(f"walk refs guest / host ({host})", f"{nested['guest_refs']:,} / {nested['host_refs']:,}")
+        ntlb, hpwc = nested["nested_tlb"], nested["host_pwc"]
+        m.add_row("nested TLB hits", f"{ntlb['hits']:,} / {ntlb['lookups']:,}")
+        m.add_row("host page-walk cache hits", f"{hpwc['hits']:,} / {hpwc['lookups']:,}")
     m.add_row("demand faults (pages mapped)", f"{f['demand']:,}")
     m.add_row("other faults", f"{f['other']:,}")
     m.add_row("prefetch issued / useful / useless", f"{p['issued']:,} / {p['useful']:,} / {p['useless']:,}")

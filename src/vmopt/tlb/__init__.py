@@ -2,6 +2,7 @@
 
 from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, TlbConfig
 from vmopt.tlb.mmu import DEFAULT_TLB_LEVELS, Mmu
+from vmopt.tlb.nested import NestedConfig, NestedStats
 from vmopt.tlb.stats import MmuStats, PrefetchStats, TlbStats
 from vmopt.tlb.tlb import Tlb, TlbEntry, TlbLevel
 
@@ -10,6 +11,8 @@ __all__ = [
     "DEFAULT_TLB_LEVELS",
     "Mmu",
     "MmuStats",
+    "NestedConfig",
+    "NestedStats",
     "PrefetchConfig",
     "PrefetchStats",
     "PwcConfig",

@@ -34,12 +34,14 @@ from vmopt.errors import ConfigError, PageFault, VmoptError, bad_input
 from vmopt.paging.types import Perm
 from vmopt.tlb._live import MMU_FIELDS, TLB_FIELDS, LiveMmuStats
 from vmopt.tlb.config import DEFAULT_TLB_LEVELS, PrefetchConfig, PwcConfig, TlbConfig, name_levels
+from vmopt.tlb.nested import NestedConfig, NestedStats
 from vmopt.tlb.pwc import PageWalkCache
 from vmopt.tlb.stats import MmuStats, TlbStats
 from vmopt.tlb.tlb import GLOBAL_ASID, TlbLevel, config_tuple
 
 if TYPE_CHECKING:
     from vmopt.paging.pagetable import PageTable
+    from vmopt.paging.twostage import TwoStage
 
 __all__ = ["ARRAY_CHUNK", "DEFAULT_TLB_LEVELS", "RIGHTS_BIT", "Mmu", "StagedPage", "StagedResult", "TlbSpec"]
 
@@ -157,6 +159,8 @@ class Mmu:
         self.fault_handler = fault_handler
         self.shootdown = shootdown
         self.page_table = page_table
+        #: The two-stage translation and its cost model, once set_nested was called.
+        self.nested: tuple[TwoStage, NestedConfig] | None = None
 
     def __repr__(self) -> str:
         return f"Mmu({self.page_table!r}, asid={self.asid}, levels={[lv.name for lv in self.levels]})"
@@ -166,6 +170,36 @@ class Mmu:
         """The current ASID (PCID / satp.ASID)."""
         asid: int = self._core.asid
         return asid
+
+    # -- two-stage translation -------------------------------------------------
+
+    def set_nested(self, two_stage: TwoStage, config: NestedConfig | None = None) -> None:
+        """Translate through ``two_stage`` from now on (its guest must be this MMU's table).
+
+        Walks go through both stages, their host walks through the nested
+        TLB and host page-walk cache of ``config``; TLB entries cache
+        GVA->HPA tagged with its VMID. Every cached translation is dropped.
+        With shootdowns, changes to the host table drop the VM's entries.
+        """
+        from vmopt.paging.twostage import TwoStage
+
+        if not isinstance(two_stage, TwoStage):
+            raise bad_input("Mmu.set_nested", two_stage=two_stage)
+        if two_stage.guest is not self.page_table:
+            raise ConfigError("the two-stage translation's guest table must be the MMU's current table")
+        config = NestedConfig() if config is None else config
+        if not isinstance(config, NestedConfig):
+            raise bad_input("Mmu.set_nested", config=config)
+        pwc = config.host_pwc
+        host_pwc = None if pwc is None else (pwc.entries, pwc.latency)
+        self._core.set_nested(two_stage.core, config.vmid, config.ntlb_entries, host_pwc)
+        self.nested = (two_stage, config)
+
+    @property
+    def nested_stats(self) -> NestedStats | None:
+        """Counters of the nested cost model (guest and host references apart), or None."""
+        values = self._core.nested_stats()
+        return None if values is None else NestedStats(*values)
 
     @property
     def walk_ref_cycles(self) -> int:

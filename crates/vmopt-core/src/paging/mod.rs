@@ -18,14 +18,22 @@ use std::fmt;
 use crate::error::Result;
 use crate::memory::PteMemory;
 
+pub mod ept;
+pub mod gstage;
+pub mod npt;
 pub mod riscv;
 pub mod table;
 #[cfg(test)]
 mod testmem;
+pub mod twostage;
 pub mod x86;
 
+pub use ept::Ept;
+pub use gstage::GStage;
+pub use npt::Npt;
 pub use riscv::RiscV;
 pub use table::{Leaf, Mapping, PageTable, Shootdown};
+pub use twostage::{NestedTranslation, TwoStage};
 pub use x86::X86_64;
 
 /// Entries per table page in every format here.
@@ -142,6 +150,10 @@ pub enum FaultCause {
     NonCanonical,
     /// A RISC-V superpage whose low PPN fields are not zero.
     Misaligned,
+    /// An Intel EPT entry the processor refuses to use (an EPT
+    /// misconfiguration: W without R, a reserved memory type or reserved
+    /// bits), as opposed to a violation (not present, or lacking the right).
+    Misconfigured,
 }
 
 impl FaultCause {
@@ -154,6 +166,7 @@ impl FaultCause {
             FaultCause::TableOutsideMemory => "table_outside_memory",
             FaultCause::NonCanonical => "non_canonical",
             FaultCause::Misaligned => "misaligned",
+            FaultCause::Misconfigured => "misconfigured",
         }
     }
 }
@@ -171,6 +184,33 @@ pub struct Fault {
     pub level: Option<u8>,
     /// User (true) or supervisor mode.
     pub user: bool,
+    /// Which stage of a two-stage walk faulted; `None` for a one-stage walk.
+    pub stage: Option<Stage>,
+}
+
+/// The stage of a two-stage walk a fault belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// The guest's own tables (GVA -> GPA) faulted.
+    Guest,
+    /// The host tables (GPA -> HPA) faulted translating `gpa`.
+    Host {
+        /// The guest-physical address the host walk could not translate.
+        gpa: u64,
+        /// True if `gpa` was a guest page-table entry the guest walk read;
+        /// false if it was the final access's address.
+        table: bool,
+    },
+}
+
+impl Stage {
+    /// `"guest"` or `"host"`, as Python names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Guest => "guest",
+            Stage::Host { .. } => "host",
+        }
+    }
 }
 
 impl fmt::Display for Fault {
@@ -186,7 +226,18 @@ impl fmt::Display for Fault {
         if let Some(level) = self.level {
             write!(f, " at level {level}")?;
         }
-        Ok(())
+        match self.stage {
+            Some(Stage::Guest) => write!(f, " (guest stage)"),
+            Some(Stage::Host { gpa, table }) => {
+                let what = if table {
+                    "guest table entry"
+                } else {
+                    "final access"
+                };
+                write!(f, " (host stage, {what} at guest-physical {gpa:#x})")
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -301,6 +352,16 @@ pub trait Format: Send + Sync + fmt::Debug {
             low
         }
     }
+    /// Bytes of the root table: one 4 KiB frame, except the RISC-V G-stage's 16 KiB.
+    fn root_bytes(&self) -> u64 {
+        4096
+    }
+    /// The access a host (stage-2) walk makes when a two-stage walk reads a
+    /// guest page-table entry through this format: a read, except where the
+    /// architecture treats those reads as writes (EPT with A/D enabled).
+    fn nested_table_access(&self) -> Access {
+        Access::Read
+    }
     /// Why `perm` cannot be encoded in a leaf of this format, or `None`.
     fn check_perms(&self, perm: Perm) -> Option<String>;
 
@@ -366,6 +427,7 @@ pub(crate) fn walk_until_done(
             cause: FaultCause::NonCanonical,
             level: None,
             user,
+            stage: None,
         }));
     }
     let mut done = None;

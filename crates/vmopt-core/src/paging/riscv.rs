@@ -143,6 +143,7 @@ impl RiscV {
                 cause,
                 level: Some(level),
                 user,
+                stage: None,
             }))
         };
         let mut a = root;

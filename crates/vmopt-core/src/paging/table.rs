@@ -149,6 +149,18 @@ fn perm_repr(perm: Perm) -> String {
     s
 }
 
+/// Tables are built, listed and freed with one-frame roots; refuse a format whose root is larger.
+fn one_frame_root(fmt: &dyn Format) -> Result<()> {
+    if fmt.root_bytes() != FRAME_SIZE {
+        return Err(Error::Config(format!(
+            "{} tables have a {} root; PageTable builds one-frame (4 KiB) roots only",
+            fmt.name(),
+            format_size(fmt.root_bytes())
+        )));
+    }
+    Ok(())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -163,6 +175,7 @@ impl PageTable {
         fmt: Arc<dyn Format>,
         update_ad: Option<bool>,
     ) -> Result<PageTable> {
+        one_frame_root(&*fmt)?;
         let root = mem.alloc(FRAME_SIZE)?;
         Ok(Self::build(mem, fmt, root, update_ad, true))
     }
@@ -174,6 +187,7 @@ impl PageTable {
         fmt: Arc<dyn Format>,
         update_ad: Option<bool>,
     ) -> Result<PageTable> {
+        one_frame_root(&*fmt)?;
         if root & (FRAME_SIZE - 1) != 0 || !mem.contains(root, FRAME_SIZE) {
             return Err(Error::Address(format!(
                 "page-table root must be a 4 KiB aligned address inside memory, got {root}"
@@ -271,6 +285,21 @@ impl PageTable {
         let _guard = self.frees.read().unwrap_or_else(|e| e.into_inner());
         self.fmt
             .walk(&*self.mem, self.root, va, access, user, update_ad)
+    }
+
+    /// Translate `va` reading the tables through `mem` instead of this
+    /// table's memory (a two-stage walk's host-translated view of it), with
+    /// this table's A/D setting.
+    pub fn walk_on(
+        &self,
+        mem: &dyn PteMemory,
+        va: u64,
+        access: Access,
+        user: bool,
+    ) -> Result<Translation> {
+        let _guard = self.frees.read().unwrap_or_else(|e| e.into_inner());
+        self.fmt
+            .walk(mem, self.root, va, access, user, self.update_ad)
     }
 
     /// The leaf PTE mapping `va`, or `None`; no rights check, no A/D update.
