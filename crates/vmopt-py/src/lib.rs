@@ -8,6 +8,7 @@
 
 use pyo3::prelude::*;
 
+mod dumps;
 mod errors;
 mod memory;
 mod mmu;
@@ -23,5 +24,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tlb::register(m)?;
     mmu::register(m)?;
     traces::register(m)?;
+    dumps::register(m)?;
     Ok(())
 }
