@@ -11,6 +11,7 @@ zeros costs no disk (a 4 GiB guest's ELF core is a sparse file).
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -161,32 +162,23 @@ def _varint(n: int) -> bytes:
 
 
 def snappy_raw(data: bytes) -> bytes:
-    """A raw snappy block: the length varint, then literals, and run-length copies (offset 1) of repeats."""
+    """A raw snappy block: the length varint, then per 4 KiB block a literal, or for a block of one
+    repeated byte, that byte and copies of 64 bytes at offset 1."""
     out = bytearray(_varint(len(data)))
-    i = 0
-    while i < len(data):
-        run = 1
-        while i + run < len(data) and data[i + run] == data[i] and run < 65:
-            run += 1
-        if run >= 5:
-            out += _snappy_literal(data[i : i + 1])
-            left = run - 1
+    for off in range(0, len(data), PAGE):
+        block = data[off : off + PAGE]
+        if len(block) > 65 and block.count(block[0]) == len(block):
+            out += _snappy_literal(block[:1])
+            left = len(block) - 1
             while left:
                 n = min(left, 64)
-                if n < 4:  # a 2-byte-offset copy is 1..64 long; keep it simple and exact
-                    out += _snappy_literal(data[i + run - left : i + run - left + n])
+                if n < 4:
+                    out += _snappy_literal(block[:n])
                 else:
                     out += bytes([((n - 1) << 2) | 2]) + struct.pack("<H", 1)
                 left -= n
-            i += run
         else:
-            j = i
-            while (
-                j < len(data) and j - i < 60000 and not (j + 4 < len(data) and len(set(data[j : j + 5])) == 1)
-            ):
-                j += 1
-            out += _snappy_literal(data[i:j])
-            i = j
+            out += _snappy_literal(block)
     return bytes(out)
 
 
@@ -346,6 +338,7 @@ def _crc_table() -> list[int]:
 _CRC32C = _crc_table()
 
 
+@functools.lru_cache(maxsize=64)
 def _crc32c(data: bytes) -> int:
     """CRC-32C (Castagnoli), as the snappy framing format checksums each chunk's uncompressed bytes."""
     crc = 0xFFFFFFFF
@@ -398,3 +391,93 @@ def write_all(guest: Guest, directory: Path, *, kdump: str = "zlib") -> dict[str
     paths["lime"].write_bytes(lime_bytes(guest))
     paths["avml"].write_bytes(avml_bytes(guest))
     return paths
+
+
+# -- a guest from vmopt memory, and QEMU's monitor listings over it -------------------------
+
+
+def guest_from_memory(mem: object, ranges: list[tuple[int, int]], cpus: list[Cpu]) -> Guest:
+    """The written frames of a vmopt ``PhysicalMemory`` as a :class:`Guest` with RAM ``ranges``."""
+    from vmopt.memory.physical import PhysicalMemory
+
+    assert isinstance(mem, PhysicalMemory)
+    pages = {pa: mem.read(pa, PAGE) for pa in mem.iter_resident()}
+    return Guest(ranges=ranges, pages={pa: b for pa, b in pages.items() if any(b)}, cpus=cpus)
+
+
+_P, _RW, _US, _PS = 1, 2, 4, 0x80
+_TABLE = 0x3_FFFF_FFFF_F000
+
+
+def _canonical(a: int, la57: bool) -> int:
+    bit = 56 if la57 else 47
+    return a | (((1 << 64) - 1) ^ ((1 << (bit + 1)) - 1)) if a >> bit & 1 else a
+
+
+def qemu_info_mem(guest: Guest, cr3: int, la57: bool) -> list[str]:
+    """QEMU's ``info mem`` (``mem_info_la48``/``la57`` and ``mem_print``), transcribed to Python."""
+    out: list[str] = []
+    state = {"start": -1, "prot": 0}
+
+    def entry(table: int, i: int) -> int:
+        return int.from_bytes(guest.read(table + 8 * i, 8), "little")
+
+    def mem_print(end: int, prot: int) -> None:
+        if prot != state["prot"]:
+            start = state["start"]
+            if start != -1:
+                p = state["prot"]
+                out.append(
+                    f"{_canonical(start, la57):016x}-{_canonical(end, la57):016x}"
+                    f" {_canonical((end - start) % (1 << 64), la57):016x}"
+                    f" {'u' if p & _US else '-'}r{'w' if p & _RW else '-'}"
+                )
+            state["start"] = end if prot else -1
+            state["prot"] = prot
+
+    def level(table: int, lvl: int, base: int, parents: int) -> None:
+        for i in range(512):
+            e = entry(table, i)
+            va = base + (i << (12 + 9 * (lvl - 1)))
+            if not e & _P:
+                mem_print(va, 0)
+            elif lvl == 1 or (lvl <= 3 and e & _PS):
+                mem_print(va, e & (_US | _RW | _P) & parents)
+            else:
+                level(e & _TABLE, lvl - 1, va, parents & e)
+
+    levels = 5 if la57 else 4
+    level(cr3 & _TABLE, levels, 0, (1 << 64) - 1)
+    mem_print(1 << (12 + 9 * levels), 0)
+    return out
+
+
+def qemu_info_tlb(guest: Guest, cr3: int, la57: bool) -> list[str]:
+    """QEMU's ``info tlb`` (``tlb_info_la48``/``la57`` and ``print_pte``), transcribed to Python."""
+    out: list[str] = []
+    flags = [(63, "X"), (8, "G"), (7, "P"), (6, "D"), (5, "A"), (4, "C"), (3, "T"), (2, "U"), (1, "W")]
+
+    def entry(table: int, i: int) -> int:
+        return int.from_bytes(guest.read(table + 8 * i, 8), "little")
+
+    def print_pte(addr: int, pte: int, mask: int) -> None:
+        letters = "".join(c if pte >> bit & 1 else "-" for bit, c in flags)
+        out.append(f"{_canonical(addr, la57):016x}: {pte & mask:016x} {letters}")
+
+    def level(table: int, lvl: int, base: int) -> None:
+        for i in range(512):
+            e = entry(table, i)
+            if not e & _P:
+                continue
+            va = base + (i << (12 + 9 * (lvl - 1)))
+            if lvl == 3 and e & _PS:
+                print_pte(va, e, 0x3_FFFF_C000_0000)
+            elif lvl == 2 and e & _PS:
+                print_pte(va, e, 0x3_FFFF_FFE0_0000)
+            elif lvl == 1:
+                print_pte(va, e & ~_PS, _TABLE)
+            else:
+                level(e & _TABLE, lvl - 1, va)
+
+    level(cr3 & _TABLE, 5 if la57 else 4, 0)
+    return out
