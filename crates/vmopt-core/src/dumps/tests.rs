@@ -685,3 +685,37 @@ fn malformed_fields_are_named_with_their_values() {
         (Some("range 0 end"), Some(0x10))
     );
 }
+
+/// `info mem` ANDs the rights of every level; `info tlb` prints the leaf's own bits.
+#[test]
+fn info_mem_ands_every_levels_rights_and_info_tlb_prints_the_leaf() {
+    let mem = PhysMem::new(1 << 20, 0, None).unwrap();
+    // PML4 0x1000 -> PDPT 0x2000 (RW clear here) -> PD 0x3000 -> PT 0x4000.
+    mem.write_u64(0x1000, 0x2000 | 0x7).unwrap();
+    mem.write_u64(0x2000, 0x3000 | 0x5).unwrap();
+    mem.write_u64(0x3000, 0x4000 | 0x7).unwrap();
+    mem.write_u64(0x4000, 0x8000 | 0x7).unwrap(); // 0x0: user, writable leaf
+    mem.write_u64(0x4008, 0x9000 | 0x3).unwrap(); // 0x1000: supervisor, writable leaf
+    mem.write_u64(0x1008, 0x5000 | 0x3).unwrap(); // PML4[1] -> PDPT 0x5000: supervisor
+    mem.write_u64(0x5000, 0x4000_0000 | 0x87).unwrap(); // a 1 GiB user page under a supervisor PML4E
+    let (lines, _) = monitor::info_mem(&mem, 0x1000, false, 100, 100);
+    let text: Vec<String> = lines.iter().map(|l| l.text()).collect();
+    assert_eq!(
+        text,
+        [
+            "0000000000000000-0000000000001000 0000000000001000 ur-",
+            "0000000000001000-0000000000002000 0000000000001000 -r-",
+            "0000008000000000-0000008040000000 0000000040000000 -rw",
+        ]
+    );
+    let (tlb, _) = monitor::info_tlb(&mem, 0x1000, false, 100, 100);
+    let text: Vec<String> = tlb.iter().map(|l| l.text()).collect();
+    assert_eq!(
+        text,
+        [
+            "0000000000000000: 0000000000008000 -------UW",
+            "0000000000001000: 0000000000009000 --------W",
+            "0000008000000000: 0000000040000000 --P----UW",
+        ]
+    );
+}
