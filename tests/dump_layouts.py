@@ -414,10 +414,19 @@ def _canonical(a: int, la57: bool) -> int:
     return a | (((1 << 64) - 1) ^ ((1 << (bit + 1)) - 1)) if a >> bit & 1 else a
 
 
-def qemu_info_mem(guest: Guest, cr3: int, la57: bool) -> list[str]:
-    """QEMU's ``info mem`` (``mem_info_la48``/``la57`` and ``mem_print``), transcribed to Python."""
+def qemu_info_mem(
+    guest: Guest, cr3: int, la57: bool, *, as_qemu: bool = True, max_tables: int | None = None
+) -> list[str]:
+    """QEMU's ``info mem`` (``mem_info_la48``/``la57`` and ``mem_print``), transcribed to Python.
+
+    ``mem_info_la57``'s PDPT and PD loops test the present bit inverted
+    (present entries print as unmapped, absent ones are descended); with
+    ``as_qemu`` this transcription keeps that, as the monitor prints it.
+    ``max_tables`` stops after entering that many tables, printing nothing
+    more (vmopt's cap); None walks everything, as QEMU does.
+    """
     out: list[str] = []
-    state = {"start": -1, "prot": 0}
+    state = {"start": -1, "prot": 0, "tables": 0, "stopped": 0}
 
     def entry(table: int, i: int) -> int:
         return int.from_bytes(guest.read(table + 8 * i, 8), "little")
@@ -436,10 +445,23 @@ def qemu_info_mem(guest: Guest, cr3: int, la57: bool) -> list[str]:
             state["prot"] = prot
 
     def level(table: int, lvl: int, base: int, parents: int) -> None:
+        state["tables"] += 1
+        if max_tables is not None and state["tables"] > max_tables:
+            state["stopped"] = 1
         for i in range(512):
+            if state["stopped"]:
+                return
             e = entry(table, i)
             va = base + (i << (12 + 9 * (lvl - 1)))
-            if not e & _P:
+            if as_qemu and la57 and lvl in (3, 2):
+                # mem_info_la57: "if (pdpe & PG_PRESENT_MASK) { prot = 0; mem_print(...); continue; }"
+                if e & _P:
+                    mem_print(va, 0)
+                elif e & _PS:
+                    mem_print(va, e & (_US | _RW | _P) & parents)
+                else:
+                    level(e & _TABLE, lvl - 1, va, parents & e)
+            elif not e & _P:
                 mem_print(va, 0)
             elif lvl == 1 or (lvl <= 3 and e & _PS):
                 mem_print(va, e & (_US | _RW | _P) & parents)
@@ -448,7 +470,8 @@ def qemu_info_mem(guest: Guest, cr3: int, la57: bool) -> list[str]:
 
     levels = 5 if la57 else 4
     level(cr3 & _TABLE, levels, 0, (1 << 64) - 1)
-    mem_print(1 << (12 + 9 * levels), 0)
+    if not state["stopped"]:
+        mem_print(1 << (12 + 9 * levels), 0)
     return out
 
 

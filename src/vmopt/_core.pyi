@@ -330,7 +330,7 @@ class Dump:
     def kernel_root(self) -> tuple[int, bool | None, str]: ...
 
 def info_mem(
-    mem: PhysMem, cr3: int, la57: bool, max_tables: int, max_lines: int
+    mem: PhysMem, cr3: int, how: str, max_tables: int, max_lines: int
 ) -> tuple[list[tuple[str, int, int, int, bool, bool]], bool]: ...
 def info_tlb(
     mem: PhysMem, cr3: int, la57: bool, max_tables: int, max_lines: int

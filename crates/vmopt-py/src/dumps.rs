@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use vmopt_core::dumps::{self, monitor, Dump, DumpError, DumpFormat, DumpResult};
+use vmopt_core::dumps::monitor::{self, MemWalk};
+use vmopt_core::dumps::{self, Dump, DumpError, DumpFormat, DumpResult};
 
 use crate::errors::{guarded, panic_to_py, to_py};
 use crate::memory::PyPhysMem;
@@ -164,20 +165,31 @@ type MemRow = (String, u64, u64, u64, bool, bool);
 /// One `info tlb` line's text and fields.
 type TlbRow = (String, u64, u64, u64, u64);
 
-/// QEMU's `info mem` of the tables at `cr3` in `mem`: rows `(text, start, end, size, user, write)` and truncated.
+/// QEMU's `info mem` of the tables at `cr3` in `mem`, walked as `how` (`la48`, `la57`, `la57-qemu`) says:
+/// rows `(text, start, end, size, user, write)` and truncated.
 #[pyfunction]
 fn info_mem(
     py: Python<'_>,
     mem: PyRef<'_, PyPhysMem>,
     cr3: u64,
-    la57: bool,
+    how: &str,
     max_tables: u64,
     max_lines: usize,
 ) -> PyResult<(Vec<MemRow>, bool)> {
     let mem = mem.inner.clone();
+    let how = match how {
+        "la48" => MemWalk::La48,
+        "la57" => MemWalk::La57,
+        "la57-qemu" => MemWalk::La57Qemu,
+        _ => {
+            return Err(to_py(vmopt_core::Error::Config(format!(
+                "info mem walk must be 'la48', 'la57' or 'la57-qemu', got {how:?}"
+            ))))
+        }
+    };
     guarded(|| {
         Ok(py.allow_threads(|| {
-            let (lines, cut) = monitor::info_mem(mem.as_ref(), cr3, la57, max_tables, max_lines);
+            let (lines, cut) = monitor::info_mem(mem.as_ref(), cr3, how, max_tables, max_lines);
             let rows = lines
                 .iter()
                 .map(|l| (l.text(), l.start, l.end, l.size, l.user, l.write))

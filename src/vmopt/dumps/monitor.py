@@ -4,6 +4,9 @@ The walks run in the Rust core (``vmopt._core.info_mem``/``info_tlb``), by
 QEMU's own rules (see docs/inspect.md): ``info mem`` merges ranges by
 user/write rights only, ``info tlb`` prints each leaf with nine flag letters.
 Both stop after ``max_tables`` tables or ``max_lines`` lines and say so.
+QEMU's 5-level ``info mem`` inverts the present test at the PDPT and PD
+levels; ``as_qemu=True`` (the default) follows it, so the text diffs equal,
+``as_qemu=False`` walks those levels the way the 4-level listing does.
 """
 
 from __future__ import annotations
@@ -60,11 +63,18 @@ def _args(call: str, mem: object, cr3: object, max_tables: object, max_lines: ob
 
 
 def info_mem(
-    mem: PhysicalMemory, cr3: int, *, la57: bool = False, max_tables: int = 1 << 20, max_lines: int = 1 << 20
+    mem: PhysicalMemory,
+    cr3: int,
+    *,
+    la57: bool = False,
+    as_qemu: bool = True,
+    max_tables: int = 1 << 20,
+    max_lines: int = 1 << 20,
 ) -> MonitorListing[MemLine]:
-    """``info mem`` of the x86-64 tables at ``cr3`` (5-level if ``la57``)."""
+    """``info mem`` of the x86-64 tables at ``cr3`` (5-level if ``la57``; QEMU's quirk if ``as_qemu``)."""
     _args("info_mem", mem, cr3, max_tables, max_lines)
-    rows, cut = _core.info_mem(mem.core, cr3, bool(la57), max_tables, max_lines)
+    how = "la48" if not la57 else "la57-qemu" if as_qemu else "la57"
+    rows, cut = _core.info_mem(mem.core, cr3, how, max_tables, max_lines)
     return MonitorListing([MemLine(*r) for r in rows], cut)
 
 

@@ -10,6 +10,12 @@
 //! QEMU would read outside RAM reads as zeros, as unassigned memory does in
 //! QEMU. Unlike QEMU, the walk stops after `max_tables` tables (a self-map
 //! makes QEMU read 512^4 entries), marking the listing truncated.
+//!
+//! QEMU's 5-level `info mem` (`mem_info_la57`) tests the present bit the
+//! wrong way round at the PDPT and PD levels: it skips present entries and
+//! descends into absent ones (through whatever address they hold, usually
+//! page 0). [`MemWalk::La57Qemu`] does the same, so the text still diffs
+//! equal; [`MemWalk::La57`] is the walk QEMU means.
 
 use crate::memory::PteMemory;
 
@@ -87,10 +93,22 @@ impl TlbLine {
     }
 }
 
+/// Which of QEMU's `info mem` walks to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemWalk {
+    /// 4-level paging (`mem_info_la48`).
+    La48,
+    /// 5-level paging, every level's present test as in `mem_info_la48`.
+    La57,
+    /// 5-level paging exactly as QEMU's `mem_info_la57`, its inverted PDPT/PD present tests included.
+    La57Qemu,
+}
+
 /// Which listing, and its caps.
 struct Walker<'a> {
     mem: &'a dyn PteMemory,
     la57: bool,
+    qemu_la57: bool,
     tables: u64,
     max_tables: u64,
     max_lines: usize,
@@ -163,7 +181,16 @@ impl Walker<'_> {
             }
             let e = self.entry(table, i);
             let va = base + (i << (12 + 9 * (level - 1)));
-            if e & P == 0 {
+            if self.qemu_la57 && (level == 3 || level == 2) {
+                // QEMU's mem_info_la57: present entries print as unmapped, absent ones are walked.
+                if e & P != 0 {
+                    self.mem_print(va, 0);
+                } else if e & PS != 0 {
+                    self.mem_print(va, e & (US | RW | P) & parents);
+                } else {
+                    self.mem_level(e & TABLE_MASK, level - 1, va, parents & e);
+                }
+            } else if e & P == 0 {
                 self.mem_print(va, 0);
             } else if level == 1 || (level <= 3 && e & PS != 0) {
                 self.mem_print(va, e & (US | RW | P) & parents);
@@ -214,6 +241,7 @@ fn walker(mem: &dyn PteMemory, la57: bool, max_tables: u64, max_lines: usize) ->
     Walker {
         mem,
         la57,
+        qemu_la57: false,
         tables: 0,
         max_tables,
         max_lines,
@@ -225,15 +253,17 @@ fn walker(mem: &dyn PteMemory, la57: bool, max_tables: u64, max_lines: usize) ->
     }
 }
 
-/// `info mem` of the tables at CR3 `cr3`: the lines, and whether a cap stopped the walk.
+/// `info mem` of the tables at CR3 `cr3` walked as `how` says: the lines, and whether a cap stopped the walk.
 pub fn info_mem(
     mem: &dyn PteMemory,
     cr3: u64,
-    la57: bool,
+    how: MemWalk,
     max_tables: u64,
     max_lines: usize,
 ) -> (Vec<MemLine>, bool) {
+    let la57 = how != MemWalk::La48;
     let mut w = walker(mem, la57, max_tables, max_lines);
+    w.qemu_la57 = how == MemWalk::La57Qemu;
     let levels = if la57 { 5 } else { 4 };
     w.mem_level(cr3 & TABLE_MASK, levels, 0, u64::MAX);
     if !w.truncated {

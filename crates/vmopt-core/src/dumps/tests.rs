@@ -478,7 +478,13 @@ fn page_tables_inside_each_format_list_like_the_memory_they_came_from() {
         let d = open_bytes(&file, None).unwrap();
         let t = PageTable::attach(d.memory.clone(), pt.root(), fmt.clone(), Some(false)).unwrap();
         assert_eq!(t.mappings().collect::<Vec<_>>(), want, "{}", d.format);
-        let (mem_lines, cut) = monitor::info_mem(d.memory.as_ref(), pt.root(), false, 1000, 1000);
+        let (mem_lines, cut) = monitor::info_mem(
+            d.memory.as_ref(),
+            pt.root(),
+            monitor::MemWalk::La48,
+            1000,
+            1000,
+        );
         assert!(!cut);
         let text: Vec<String> = mem_lines.iter().map(|l| l.text()).collect();
         assert_eq!(
@@ -520,7 +526,7 @@ fn info_mem_and_tlb_stop_at_a_self_map() {
         cut,
         "the self-maps would read 511^3 tables; the cap stops it"
     );
-    let (lines, cut) = monitor::info_mem(mem.as_ref(), root, false, 1 << 20, 50);
+    let (lines, cut) = monitor::info_mem(mem.as_ref(), root, monitor::MemWalk::La48, 1 << 20, 50);
     assert!(cut && lines.len() <= 50);
 }
 
@@ -535,7 +541,8 @@ fn assert_clean(bytes: &[u8], what: &str) {
         }
         for cpu in &d.cpus {
             if let Some(cr3) = cpu.get("cr3") {
-                let _ = monitor::info_mem(d.memory.as_ref(), cr3, false, 64, 4096);
+                let _ =
+                    monitor::info_mem(d.memory.as_ref(), cr3, monitor::MemWalk::La57Qemu, 64, 4096);
             }
         }
         let _ = d.kernel_root();
@@ -698,7 +705,7 @@ fn info_mem_ands_every_levels_rights_and_info_tlb_prints_the_leaf() {
     mem.write_u64(0x4008, 0x9000 | 0x3).unwrap(); // 0x1000: supervisor, writable leaf
     mem.write_u64(0x1008, 0x5000 | 0x3).unwrap(); // PML4[1] -> PDPT 0x5000: supervisor
     mem.write_u64(0x5000, 0x4000_0000 | 0x87).unwrap(); // a 1 GiB user page under a supervisor PML4E
-    let (lines, _) = monitor::info_mem(&mem, 0x1000, false, 100, 100);
+    let (lines, _) = monitor::info_mem(&mem, 0x1000, monitor::MemWalk::La48, 100, 100);
     let text: Vec<String> = lines.iter().map(|l| l.text()).collect();
     assert_eq!(
         text,
@@ -717,5 +724,38 @@ fn info_mem_ands_every_levels_rights_and_info_tlb_prints_the_leaf() {
             "0000000000001000: 0000000000009000 --------W",
             "0000008000000000: 0000000040000000 --P----UW",
         ]
+    );
+}
+
+/// QEMU's 5-level `info mem` skips present PDPT/PD entries and walks absent ones; the corrected walk does not.
+#[test]
+fn la57_info_mem_follows_qemus_inverted_test_only_when_asked() {
+    let mem = Arc::new(PhysMem::new(64 << 20, 0, None).unwrap());
+    let fmt: Arc<dyn Format> = Arc::new(X86_64::new(5, 52, true, true, false, false).unwrap());
+    let pt = PageTable::new(mem.clone(), fmt, Some(false)).unwrap();
+    pt.map(0x40_0000, 0x20_0000, 0x20_0000, Perm::R, true, false)
+        .unwrap();
+    let right = monitor::info_mem(
+        mem.as_ref(),
+        pt.root(),
+        monitor::MemWalk::La57,
+        1 << 16,
+        1 << 16,
+    )
+    .0;
+    assert_eq!(
+        right.iter().map(|l| l.text()).collect::<Vec<_>>(),
+        ["0000000000400000-0000000000600000 0000000000200000 ur-"]
+    );
+    let (qemu, _) = monitor::info_mem(
+        mem.as_ref(),
+        pt.root(),
+        monitor::MemWalk::La57Qemu,
+        1 << 16,
+        1 << 16,
+    );
+    assert!(
+        qemu.iter().all(|l| l.start != 0x40_0000),
+        "QEMU's la57 walk never reaches the real PD"
     );
 }
