@@ -114,8 +114,19 @@ impl FrameSource for ExtentMap {
     }
 
     fn ranges(&self) -> Vec<(u64, u64)> {
+        self.coalesced(|_| true)
+    }
+
+    fn resident(&self) -> Vec<(u64, u64)> {
+        self.coalesced(|e| e.file.is_some())
+    }
+}
+
+impl ExtentMap {
+    /// The extents `keep` accepts, adjacent ones merged.
+    fn coalesced(&self, keep: impl Fn(&Extent) -> bool) -> Vec<(u64, u64)> {
         let mut out: Vec<(u64, u64)> = Vec::new();
-        for e in &self.extents {
+        for e in self.extents.iter().filter(|e| keep(e)) {
             let end = e.pa.saturating_add(e.len);
             match out.last_mut() {
                 Some(last) if last.1 == e.pa => last.1 = end,

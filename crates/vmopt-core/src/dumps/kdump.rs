@@ -18,12 +18,12 @@
 //! on demand into a bounded cache.
 
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
 use rustc_hash::FxHashMap;
 
 use crate::dumps::file::{Bytes, Ctx, DumpResult, Fields, MappedFile};
+use crate::dumps::lzo;
 use crate::dumps::notes::{self, NoteInfo, MAX_NOTES};
 use crate::error::{Error, Result};
 use crate::memory::FrameSource;
@@ -526,19 +526,13 @@ impl KdumpSource {
                     Err(e) => return Err(bad(&format!("zlib error: {e}"), None)),
                 }
             }
-            DUMP_DH_COMPRESSED_LZO => {
-                match catch_unwind(AssertUnwindSafe(|| {
-                    lzokay_native::decompress_all(src, Some(bs))
-                })) {
-                    Ok(Ok(v)) if v.len() <= bs + 1 => {
-                        out[..v.len()].copy_from_slice(&v);
-                        v.len()
-                    }
-                    Ok(Ok(v)) => v.len(),
-                    Ok(Err(e)) => return Err(bad(&format!("LZO error: {e}"), None)),
-                    Err(_) => return Err(bad("corrupt LZO stream", None)),
+            DUMP_DH_COMPRESSED_LZO => match lzo::decompress(src, bs + 1) {
+                Ok(v) => {
+                    out[..v.len()].copy_from_slice(&v);
+                    v.len()
                 }
-            }
+                Err(e) => return Err(bad(&format!("LZO error: {e}"), None)),
+            },
             DUMP_DH_COMPRESSED_SNAPPY => match snap::raw::decompress_len(src) {
                 Ok(n) if n == bs => snap::raw::Decoder::new()
                     .decompress(src, &mut out)

@@ -21,6 +21,7 @@ mod extents;
 mod file;
 pub mod kdump;
 pub mod lime;
+pub mod lzo;
 pub mod monitor;
 pub mod notes;
 pub mod vmcoreinfo;

@@ -297,6 +297,17 @@ fn elf_segments_by_paddr_with_zero_fill_and_holes() {
         d.memory.ranges(),
         vec![(0x1000, 0x4000), (0x10_0000, 0x10_1000)]
     );
+    assert_eq!(
+        d.memory.resident_frames(),
+        3,
+        "zero fill holds no host memory"
+    );
+    // A terabyte of zero fill costs nothing and lists in O(segments).
+    let huge = elf(&[(0, 0, pattern(17, PAGE), 1 << 40)], &[]);
+    let h = open_bytes(&huge, None).unwrap();
+    assert_eq!(h.memory.ranges(), vec![(0, 1 << 40)]);
+    assert_eq!(h.memory.resident_pas(), vec![0]);
+    assert_eq!(read_all(&h.memory, (1 << 40) - 8, 8).unwrap(), vec![0; 8]);
     assert_eq!(d.cpus.len(), 2);
     assert_eq!(d.cpus[1].get("cr3"), Some(0x6000));
     assert_eq!(d.cpus[0].get("cr4"), Some(0x3406e0));

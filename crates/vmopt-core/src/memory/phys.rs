@@ -614,11 +614,11 @@ impl PhysMem {
         Ok(())
     }
 
-    /// Frames that cost host memory (written at least once, or all of an image's).
+    /// Frames that cost host memory (written at least once, all of an image's, a dump's file-backed ones).
     pub fn resident_frames(&self) -> u64 {
         match &self.store {
             Store::Sparse(frames) => frames.read().unwrap_or_else(|e| e.into_inner()).len() as u64,
-            Store::Source(src) => covered_frames(&src.ranges()).count() as u64,
+            Store::Source(src) => covered_frames(&src.resident()).count() as u64,
             _ => self.size >> FRAME_SHIFT,
         }
     }
@@ -636,7 +636,7 @@ impl PhysMem {
                 pfns.sort_unstable();
                 pfns.into_iter().map(|p| p << FRAME_SHIFT).collect()
             }
-            Store::Source(src) => covered_frames(&src.ranges()).collect(),
+            Store::Source(src) => covered_frames(&src.resident()).collect(),
             _ => (0..self.size >> FRAME_SHIFT)
                 .map(|p| self.base + (p << FRAME_SHIFT))
                 .collect(),

@@ -21,4 +21,12 @@ pub trait FrameSource: Send + Sync {
 
     /// The covered ranges `[start, end)`, sorted and disjoint.
     fn ranges(&self) -> Vec<(u64, u64)>;
+
+    /// The covered ranges whose bytes the file holds (not zero fill), sorted and disjoint.
+    ///
+    /// Their total is bounded by the file's size, unlike [`ranges`](Self::ranges)
+    /// (an ELF segment's `p_memsz` past `p_filesz` costs the file nothing).
+    fn resident(&self) -> Vec<(u64, u64)> {
+        self.ranges()
+    }
 }
