@@ -47,7 +47,13 @@ def test_each_corpus_file(name: str, capsys: pytest.CaptureFixture[str]) -> None
     path = CORPUS / name
     status = main(["inspect", str(path), "--max-tables", "10000"])
     out, err = capsys.readouterr()
-    if expect[0] == "error":
+    if expect[0] == "read":
+        assert status == 0, err  # the tables are intact: the listing works
+        pa, why = expect[1], expect[2]
+        assert main(["inspect", str(path), "read", "--pa", hex(pa), "--length", "16"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and why in err and f"pa {pa:#x}" in err, err
+    elif expect[0] == "error":
         assert status == 2, out
         lines = err.splitlines()
         assert len(lines) == 1 and "Traceback" not in err and out == ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import sys
+import zlib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -18,8 +19,11 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from dump_layouts import PAGE, Cpu, Guest, avml_bytes, flatten, kdump_bytes, lime_bytes, note  # noqa: E402
 
-#: file -> ("error", the DumpError's field) or ("list", regions, recursive regions).
-EXPECT: dict[str, tuple[str, str] | tuple[str, int, int]] = {
+#: file -> ("error", the DumpError's field), ("list", regions, recursive regions), or
+#: ("read", pa, what the error says) for a dump that opens but holds a page that does not decode.
+EXPECT: dict[str, tuple[str, str] | tuple[str, int, int] | tuple[str, int, str]] = {
+    "kdump_lzo_corrupt.kdump": ("read", 0x5000, "LZO error: a match reaches before the start of the page"),
+    "kdump_zlib_short_page.kdump": ("read", 0x5000, "decompresses to 100 bytes"),
     "elf_truncated.elf": ("error", "e_shoff offset"),
     "elf_segment_past_end.elf": ("error", "segment 1 p_filesz"),
     "elf_filesz_over_memsz.elf": ("error", "segment 1 p_filesz"),
@@ -130,6 +134,8 @@ def corpus() -> dict[str, bytes]:
     struct.pack_into("<Q", bad, PAGE + 96, 1 << 40)
     out["kdump_max_mapnr.kdump"] = bytes(bad)
     out["kdump_truncated.kdump"] = k[:600]
+    out["kdump_lzo_corrupt.kdump"] = _corrupt_page(kdump_bytes(g, "lzo"), 5, b"\x16abcde\x21\x8c\x01\x11\0\0")
+    out["kdump_zlib_short_page.kdump"] = _corrupt_page(k, 5, zlib.compress(b"\xab" * 100))
     flat = flatten(k, shuffle=False)
     out["kdump_flat_no_end.flat"] = flat[:-16]
     bad = bytearray(flat)
@@ -151,6 +157,16 @@ def corpus() -> dict[str, bytes]:
     avml[32] = 0x05  # a reserved unskippable chunk type where the stream identifier is
     out["avml_bad_chunk.avml"] = bytes(avml)
     return out
+
+
+def _corrupt_page(kdump: bytes, pfn: int, data: bytes) -> bytes:
+    """``kdump`` with page ``pfn``'s bytes replaced by ``data`` (appended; its descriptor points there)."""
+    sub_hdr = struct.unpack_from("<I", kdump, 432)[0]
+    bitmap_blocks = struct.unpack_from("<I", kdump, 436)[0]
+    desc = (1 + sub_hdr + bitmap_blocks) * PAGE + 24 * pfn  # every pfn below it is dumped
+    out = bytearray(kdump)
+    struct.pack_into("<QI", out, desc, len(out), len(data))
+    return bytes(out + data)
 
 
 def _qemu(cr3: int) -> bytes:
