@@ -26,6 +26,7 @@ BENCHES = [
         ["bench_simulate.py"],
     ),
     ("first run after install (< 2 s)", ["bench_first_run.py"]),
+    ("vmopt inspect of a 4 GiB ELF core with a full direct map (< 1 s)", ["bench_inspect.py"]),
 ]
 
 

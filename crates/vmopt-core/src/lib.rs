@@ -12,6 +12,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod dumps;
 pub mod error;
 pub mod memory;
 pub mod mmu;

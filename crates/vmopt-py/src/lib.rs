@@ -8,6 +8,7 @@
 
 use pyo3::prelude::*;
 
+mod dumps;
 mod errors;
 mod memory;
 mod mmu;
@@ -25,5 +26,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     mmu::register(m)?;
     pages::register(m)?;
     traces::register(m)?;
+    dumps::register(m)?;
     Ok(())
 }

@@ -9,9 +9,11 @@
 
 pub mod buddy;
 pub mod phys;
+pub mod source;
 
 pub use buddy::{BuddyAllocator, MAX_ORDER_LIMIT};
 pub use phys::{ImageMode, PhysMem, FRAME_SHIFT, FRAME_SIZE};
+pub use source::FrameSource;
 
 use crate::error::Result;
 

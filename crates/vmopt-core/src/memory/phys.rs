@@ -20,6 +20,7 @@ use rustc_hash::FxHashMap;
 
 use crate::error::{format_size, Error, Result};
 use crate::memory::buddy::BuddyAllocator;
+use crate::memory::source::FrameSource;
 use crate::memory::{order_of_size, PteMemory};
 
 /// log2 of the frame size.
@@ -111,6 +112,8 @@ enum Store {
     Sparse(RwLock<FxHashMap<u64, Box<Frame>>>),
     ReadOnly(Mmap),
     Mapped(MmapMut),
+    /// A dump's extents: read-only, with holes.
+    Source(Arc<dyn FrameSource>),
 }
 
 /// The allocators of a memory: one per NUMA node (one for plain memory).
@@ -287,6 +290,44 @@ impl PhysMem {
         })
     }
 
+    /// Read-only memory whose bytes `source` supplies (a dump); physical address 0 is the dump's 0.
+    ///
+    /// Reads of a hole are refused as outside memory, and a page walk that
+    /// reaches a table in a hole faults `table_outside_memory`.
+    pub fn from_source(source: Arc<dyn FrameSource>) -> Result<PhysMem> {
+        let end = source.end();
+        if end == 0 {
+            return Err(Error::Config("the dump holds no memory".into()));
+        }
+        let size = end
+            .checked_add(FRAME_MASK)
+            .map_or(!FRAME_MASK, |e| e & !FRAME_MASK);
+        Ok(PhysMem {
+            base: 0,
+            size,
+            writable: false,
+            store: Store::Source(source),
+            nodes: OnceLock::new(),
+        })
+    }
+
+    /// The covered ranges `[start, end)` of memory with holes (a dump), else the whole memory.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        match &self.store {
+            Store::Source(src) => src.ranges(),
+            _ => vec![(self.base, self.end())],
+        }
+    }
+
+    /// The word at aligned `pa` of a dump, `None` in a hole or an unreadable page.
+    fn source_word(src: &dyn FrameSource, pa: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        match src.read_in_frame(pa, &mut b) {
+            Ok(true) => Some(u64::from_le_bytes(b)),
+            _ => None,
+        }
+    }
+
     /// First physical address.
     pub fn base(&self) -> u64 {
         self.base
@@ -360,6 +401,7 @@ impl PhysMem {
                 u64::from_ne_bytes(map[off..off + 8].try_into().expect("8 bytes"))
             }
             Store::Mapped(map) => Self::mapped_word(map, pa - self.base).load(Ordering::Acquire),
+            Store::Source(src) => Self::source_word(src.as_ref(), pa).map_or(0, u64::to_le),
         }
     }
 
@@ -393,7 +435,7 @@ impl PhysMem {
                 f(Some(&frame.0[idx]))
             }
             Store::Mapped(map) => f(Some(Self::mapped_word(map, pa - self.base))),
-            Store::ReadOnly(_) => {
+            Store::ReadOnly(_) | Store::Source(_) => {
                 unreachable!("writes to read-only memory are refused before this")
             }
         }
@@ -410,6 +452,11 @@ impl PhysMem {
     /// The little-endian 64-bit word at 8-byte aligned `pa` (a PTE).
     pub fn read_u64(&self, pa: u64) -> Result<u64> {
         self.check_word(pa)?;
+        if let Store::Source(_) = &self.store {
+            let mut b = [0u8; 8];
+            self.read(pa, &mut b)?;
+            return Ok(u64::from_le_bytes(b));
+        }
         Ok(u64::from_le(self.load_raw(pa)))
     }
 
@@ -434,6 +481,9 @@ impl PhysMem {
             let off = (pa - self.base) as usize;
             buf.copy_from_slice(&map[off..off + buf.len()]);
             return Ok(());
+        }
+        if let Store::Source(src) = &self.store {
+            return read_source(src.as_ref(), pa, buf);
         }
         let mut pos = 0usize;
         while pos < buf.len() {
@@ -477,7 +527,7 @@ impl PhysMem {
                 &|w| Self::mapped_word(map, w - self.base).load(Ordering::Acquire),
                 buf,
             ),
-            Store::ReadOnly(_) => unreachable!("handled by read"),
+            Store::ReadOnly(_) | Store::Source(_) => unreachable!("handled by read"),
         }
     }
 
@@ -521,7 +571,7 @@ impl PhysMem {
                 }
             }
             Store::Mapped(map) => put_words(pa, data, |w| Self::mapped_word(map, w - self.base)),
-            Store::ReadOnly(_) => {
+            Store::ReadOnly(_) | Store::Source(_) => {
                 unreachable!("writes to read-only memory are refused before this")
             }
         }
@@ -544,6 +594,11 @@ impl PhysMem {
             Store::Mapped(map) => (0..FRAME_SIZE).step_by(8).all(|o| {
                 Self::mapped_word(map, start - self.base + o).load(Ordering::Acquire) == 0
             }),
+            Store::Source(src) => {
+                let mut buf = [0u8; FRAME_SIZE as usize];
+                read_source(src.as_ref(), start, &mut buf)?;
+                buf.iter().all(|&b| b == 0)
+            }
         })
     }
 
@@ -591,10 +646,11 @@ impl PhysMem {
         Ok(())
     }
 
-    /// Frames that cost host memory (written at least once, or all of an image's).
+    /// Frames that cost host memory (written at least once, all of an image's, a dump's file-backed ones).
     pub fn resident_frames(&self) -> u64 {
         match &self.store {
             Store::Sparse(frames) => frames.read().unwrap_or_else(|e| e.into_inner()).len() as u64,
+            Store::Source(src) => covered_frames(&src.resident()).count() as u64,
             _ => self.size >> FRAME_SHIFT,
         }
     }
@@ -612,6 +668,7 @@ impl PhysMem {
                 pfns.sort_unstable();
                 pfns.into_iter().map(|p| p << FRAME_SHIFT).collect()
             }
+            Store::Source(src) => covered_frames(&src.resident()).collect(),
             _ => (0..self.size >> FRAME_SHIFT)
                 .map(|p| self.base + (p << FRAME_SHIFT))
                 .collect(),
@@ -839,6 +896,9 @@ impl PteMemory for PhysMem {
         if pa & 7 != 0 || !self.contains(pa, 8) {
             return None;
         }
+        if let Store::Source(src) = &self.store {
+            return Self::source_word(src.as_ref(), pa);
+        }
         Some(u64::from_le(self.load_raw(pa)))
     }
 
@@ -941,6 +1001,41 @@ fn map_image(file: &File, mode: ImageMode) -> std::io::Result<Store> {
         // SAFETY: as above; a private mapping, so the file itself never changes through it.
         ImageMode::CopyOnWrite => Store::Mapped(unsafe { MmapOptions::new().map_copy(file) }?),
     })
+}
+
+/// Fill `buf` from a dump frame by frame; a hole is refused naming its address.
+fn read_source(src: &dyn FrameSource, pa: u64, buf: &mut [u8]) -> Result<()> {
+    let mut pos = 0usize;
+    while pos < buf.len() {
+        let cur = pa + pos as u64;
+        let chunk = ((FRAME_SIZE - (cur & FRAME_MASK)) as usize).min(buf.len() - pos);
+        if !src.read_in_frame(cur, &mut buf[pos..pos + chunk])? {
+            return Err(Error::PhysicalAccess(format!(
+                "physical address {cur:#x} is not in the dump (a hole between its memory ranges)"
+            )));
+        }
+        pos += chunk;
+    }
+    Ok(())
+}
+
+/// The 4 KiB frames that lie wholly or partly inside `ranges`, in order, once each.
+fn covered_frames(ranges: &[(u64, u64)]) -> impl Iterator<Item = u64> + '_ {
+    let mut last: Option<u64> = None;
+    ranges
+        .iter()
+        .flat_map(|&(s, e)| {
+            let first = s & !FRAME_MASK;
+            let end = e.saturating_add(FRAME_MASK) & !FRAME_MASK;
+            (first..end).step_by(FRAME_SIZE as usize)
+        })
+        .filter(move |&f| {
+            let new = last.map_or(true, |l| f > l);
+            if new {
+                last = Some(f);
+            }
+            new
+        })
 }
 
 /// Store `data` at `pa` word by word: whole words with a store, partial ones merged by compare-exchange.
