@@ -78,11 +78,17 @@ class PageFault(VmoptError):
     resolve by mapping the page and restarting the access
     (:meth:`vmopt.Mmu.restart`, :meth:`vmopt.Mmu.install_page`); the core
     sets it.
+
+    ``fsc`` is the architecture's fault status code where it has one:
+    AArch64's 6-bit FSC (0b0000LL address size, 0b0001LL translation,
+    0b0010LL access flag, 0b0011LL permission, 0b0101LL external abort on
+    the walk), whose LL is the architecture's level, counted from the root
+    (level 3 is the last), unlike ``level``. It is ``None`` for x86 and RISC-V.
     """
 
     def __init__(
         self, va: int, access: str, cause: str, level: int | None, *, user: bool = False,
-        restartable: bool = False,
+        restartable: bool = False, fsc: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__(va, access, cause, level)
         self.va = va
@@ -91,19 +97,28 @@ class PageFault(VmoptError):
         self.level = level
         self.user = user
         self.restartable = restartable
+        self.fsc = fsc
 
     def __str__(self) -> str:
         # Built on demand: faults are frequent and most are handled, never printed.
         where = "" if self.level is None else f" at level {self.level}"
         mode = "user" if self.user else "supervisor"
         kind = {"r": "read", "w": "write", "x": "fetch", "p": "probe"}.get(self.access, self.access)
-        return f"page fault: {mode} {kind} of {self.va:#x}: {self.cause}{where}"
+        fsc = "" if self.fsc is None else f" (FSC {self.fsc:#08b})"
+        return f"page fault: {mode} {kind} of {self.va:#x}: {self.cause}{where}{fsc}"
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_fault, (self.va, self.access, self.cause, self.level, self.user, self.restartable))
+        args = (self.va, self.access, self.cause, self.level, self.user, self.restartable, self.fsc)
+        return (_rebuild_fault, args)
 
 
 def _rebuild_fault(
-    va: int, access: str, cause: str, level: int | None, user: bool, restartable: bool = False
+    va: int,
+    access: str,
+    cause: str,
+    level: int | None,
+    user: bool,
+    restartable: bool = False,
+    fsc: int | None = None,
 ) -> PageFault:
-    return PageFault(va, access, cause, level, user=user, restartable=restartable)
+    return PageFault(va, access, cause, level, user=user, restartable=restartable, fsc=fsc)

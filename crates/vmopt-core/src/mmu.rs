@@ -248,6 +248,7 @@ impl State {
             cause: FaultCause::Protection,
             level: Some(level),
             user,
+            fsc: self.table.format().fsc(FaultCause::Protection, Some(level)),
         })
         .into()
     }

@@ -43,6 +43,7 @@ fn build(py: Python<'_>, err: &Error) -> PyResult<PyErr> {
         Error::Fault(f) => {
             let kwargs = PyDict::new(py);
             kwargs.set_item("user", f.user)?;
+            kwargs.set_item("fsc", f.fsc)?;
             let args = (
                 f.va,
                 f.access.as_char().to_string(),

@@ -24,7 +24,14 @@ __all__ = [
 
 Access = Literal["r", "w", "x"]
 FaultCause = Literal[
-    "not_present", "protection", "reserved", "non_canonical", "misaligned", "table_outside_memory"
+    "not_present",
+    "protection",
+    "reserved",
+    "non_canonical",
+    "misaligned",
+    "table_outside_memory",
+    "access_flag",
+    "address_size",
 ]
 
 ACCESS_KINDS: Final = ("r", "w", "x")
@@ -35,6 +42,8 @@ FAULT_CAUSES: Final = (
     "non_canonical",
     "misaligned",
     "table_outside_memory",
+    "access_flag",
+    "address_size",
 )
 
 

@@ -143,6 +143,7 @@ impl RiscV {
                 cause,
                 level: Some(level),
                 user,
+                fsc: None,
             }))
         };
         let mut a = root;

@@ -187,6 +187,7 @@ impl X86_64 {
                 cause,
                 level: Some(level),
                 user,
+                fsc: None,
             }))
         };
         let mut table = root;
