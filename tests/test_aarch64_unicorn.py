@@ -9,7 +9,9 @@ physical address, or the fault status code (kind and level).
 Known divergences of Unicorn's QEMU 5.0 core are skipped probe by probe,
 each for its reason (:func:`unicorn_diverges`): it accepts a block where the
 granule has none (a 4K level 0 block, a 16K or 64K level 1 block), and it
-has no address-size fault above IPS; and Unicorn reads physical memory
+has no address-size fault above IPS; its AT keeps a block descriptor's
+RES0 output-address bits below the block size (the Arm pseudocode takes
+only the bits above it); and Unicorn reads physical memory
 outside its ``mem_map`` as zeros, so a table pointer outside memory gives a
 translation fault where the architecture takes an external abort on the
 walk. FEAT_LPA/LPA2 (52-bit addresses) are modelled by neither.
@@ -44,7 +46,7 @@ FORMATS = {
 FLIP_BITS = (0, 1, 1, 6, 7, 7, 10, 10, 22, 29, 33, 40, 47, 53, 54, 59, 60, 61, 62)
 PROBES = (("r", False), ("w", False), ("r", True), ("w", True))
 
-#: skip reason -> probes skipped, over the whole module (a check that skips stay rare)
+#: skip reason -> probes skipped, and "compared" -> probes compared, over the module
 SKIPPED: Counter[str] = Counter()
 
 
@@ -65,10 +67,15 @@ def unicorn_diverges(pt: PageTable, va: int, got: AtResult, want: AtResult) -> s
     if got.fsc is not None and got.fsc >> 2 == 0b0101 and want.fsc == 0b000100 | (got.fsc & 3):
         return "Unicorn reads unmapped physical memory as zeros, not as an external abort"
     path = pt.walk_path(va)
-    if path and got.fsc is not None and got.fsc >> 2 == 0b0001:
-        level, _pte_pa, pte = path[-1]
-        if pte & 0b11 == 0b01 and level > 0 and level not in pt.fmt.leaf_sizes:
-            return "QEMU 5.0 accepts a block where the granule has none"
+    if not path:
+        return None
+    level, _pte_pa, pte = path[-1]
+    block = pte & 0b11 == 0b01 and level > 0
+    if block and got.fsc is not None and got.fsc >> 2 == 0b0001 and level not in pt.fmt.leaf_sizes:
+        return "QEMU 5.0 accepts a block where the granule has none"
+    res0 = pte & (pt.fmt.level_span(level) - 1) & ~(pt.fmt.page_sizes[0] - 1)
+    if block and res0 and got.pa is not None and want.pa is not None:
+        return "Unicorn keeps a block's RES0 output-address bits below the block size"
     return None
 
 
@@ -113,7 +120,7 @@ def tables(draw: st.DrawFn, name: str) -> tuple[PhysicalMemory, PageTable, list[
     return mem, pt, probes
 
 
-RUNS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+RUNS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.mark.parametrize("name", list(FORMATS))
@@ -135,6 +142,7 @@ def test_at_instructions_agree_with_vmopt_walks(name: str, data: st.DataObject) 
                 el0,
                 [(lv, hex(p), hex(e)) for lv, p, e in pt.walk_path(va)],
             )
+            SKIPPED["compared"] += 1
 
 
 def test_hand_built_walks_agree_fault_by_fault() -> None:
@@ -162,4 +170,6 @@ def test_hand_built_walks_agree_fault_by_fault() -> None:
 
 def test_skips_stay_rare() -> None:
     """The divergence skips are the exception; run after the differential tests in this module."""
-    assert sum(SKIPPED.values()) < 2000, SKIPPED
+    compared = SKIPPED["compared"]
+    assert compared > 1000, SKIPPED
+    assert sum(SKIPPED.values()) - compared < compared / 4, SKIPPED
