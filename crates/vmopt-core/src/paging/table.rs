@@ -680,10 +680,7 @@ impl PageTable {
         touched.sort_by_key(|&(_, level, _)| level); // stable: ties keep first-seen order
         let mut empty = Vec::new();
         for (table, level, parent) in touched {
-            let frames = fmt.table_size(level) / FRAME_SIZE;
-            if !(0..frames).try_fold(true, |zero, i| {
-                Ok::<bool, Error>(zero && mem.frame_is_zero(table + i * FRAME_SIZE)?)
-            })? {
+            if !self.table_is_zero(table, level)? {
                 continue;
             }
             // Find and clear the parent's entry that points at this table.
@@ -702,6 +699,16 @@ impl PageTable {
             empty.push((table, level));
         }
         Ok(empty)
+    }
+
+    /// True if every frame of the table at `table` (one granule) is zero.
+    fn table_is_zero(&self, table: u64, level: u8) -> Result<bool> {
+        for i in 0..self.fmt.table_size(level) / FRAME_SIZE {
+            if !self.mem.frame_is_zero(table + i * FRAME_SIZE)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Change the rights of every page in `[va, va + size)` (whole pages).
@@ -1178,7 +1185,7 @@ impl Iterator for Mappings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paging::{FaultCause, RiscV, PTES_PER_TABLE, X86_64};
+    use crate::paging::{AArch64, FaultCause, RiscV, PTES_PER_TABLE, X86_64};
     use std::sync::atomic::AtomicBool;
 
     const MIB: u64 = 1 << 20;
@@ -1190,6 +1197,26 @@ mod tests {
 
     fn table(size: u64, fmt: Arc<dyn Format>) -> PageTable {
         PageTable::new(Arc::new(PhysMem::new(size, 0, None).unwrap()), fmt, None).unwrap()
+    }
+
+    #[test]
+    fn a_granule_table_is_empty_only_when_all_its_frames_are() {
+        // 16K granule: a last-level table is four frames; entry 600 lives in the second.
+        let fmt = Arc::new(AArch64::new(16384, 48, 48, false, false, false, false).unwrap());
+        let pt = table(64 * MIB, fmt);
+        let (a, b) = (0x4000_0000, 0x4000_0000 + 600 * 16384);
+        pt.map(a, 0x10_0000, 16384, RW, true, false).unwrap();
+        pt.map(b, 0x14_0000, 16384, RW, true, false).unwrap();
+        let tables = pt.table_frames();
+        assert_eq!(tables.len(), 4);
+        assert!(tables.iter().all(|t| t % 16384 == 0));
+        pt.unmap(a, 16384).unwrap();
+        assert_eq!(pt.table_frames(), tables);
+        assert_eq!(pt.lookup(b).map(|l| l.page_pa), Some(0x14_0000));
+        let free = pt.memory().free_bytes();
+        pt.unmap(b, 16384).unwrap();
+        assert_eq!(pt.table_frames(), [pt.root()]);
+        assert_eq!(pt.memory().free_bytes(), free + 3 * 16384);
     }
 
     #[test]
