@@ -273,8 +273,11 @@ class PagingMachine(RuleBasedStateMachine):
         if self.pt.fmt.name.startswith("x86"):
             bits = [1, 2, 5, 6, 7, 8, 12, 13, 20, 21, 29, 40, 45, 47, 51, 52, 63]
         elif self.pt.fmt.name.startswith("aarch64"):
-            # V, T, AP, AF, nG, address bits (one past a 40-bit IPS), DBM, XN, table limits.
-            bits = [0, 1, 6, 7, 10, 11, 13, 21, 40, 47, 51, 53, 54, 59, 60, 61, 62]
+            # T, AP, AF, nG, address bits (one past a 40-bit IPS), DBM, XN, table limits. Not the
+            # valid bit (nor do the other lists clear P or V): an invalid entry left holding bits is a
+            # free slot that a map_range refused midway fills and zeroes in the reference (it maps,
+            # then undoes) but never touches in the core (it checks first), so the bytes differ.
+            bits = [1, 6, 7, 10, 11, 13, 21, 40, 47, 51, 53, 54, 59, 60, 61, 62]
         else:
             bits = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 19, 28, 54, 60, 63]
         bit = data.draw(st.sampled_from(bits))
