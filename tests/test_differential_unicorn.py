@@ -461,6 +461,8 @@ RV_CONFIGS = [
     (4, False, True, False),
     (3, True, True, False),
     (4, True, True, True),
+    (5, False, False, True),
+    (5, True, True, False),
 ]
 RV_SEEDS = range(100, 100 + len(RV_CONFIGS) * 2)
 
@@ -525,3 +527,53 @@ def test_emulator_rewalks_after_a_pte_change(arch: str) -> None:
 
 def test_error_code_calibration_is_unique() -> None:
     assert uh.error_code_offset() > 0
+
+
+def test_sv57_worked_walk_matches_the_spec_and_unicorn() -> None:
+    """A five-level chain written PTE by PTE from the privileged spec (Sv57, section 12.6), walked by both.
+
+    VA 0x00ff_ffff_ffff_f018 has VPN[4..0] = 255, 511, 511, 511, 511 and bit 56
+    clear (canonical: bits 63:57 equal bit 56). Each non-leaf PTE is
+    ``PPN << 10 | V``; the leaf ``PPN << 10 | D A R V`` (0xc3). A leaf in the
+    root (level 4) maps a 256 TiB superpage, which needs PPN[3:0] = 0.
+    """
+    mem = PhysicalMemory(64 * MiB)
+    pt = PageTable(mem, "sv57", update_ad=False)
+    uh.install_riscv_harness(pt)
+    frame = mem.alloc()
+    tables = [pt.root] + [mem.alloc() for _ in range(4)]
+    va = 0x00FF_FFFF_FFFF_F018
+    assert [(va >> (12 + 9 * i)) & 0x1FF for i in (4, 3, 2, 1, 0)] == [255, 511, 511, 511, 511]
+    for parent, child, index in zip(tables[:-1], tables[1:], (255, 511, 511, 511), strict=True):
+        mem.write_u64(parent + index * 8, (child >> 12) << 10 | 0x1)
+    mem.write_u64(tables[4] + 511 * 8, (frame >> 12) << 10 | 0xC3)
+    # A 256 TiB superpage at PA 0 in root slot 1, and a misaligned one (PPN 1) in slot 2.
+    mem.write_u64(pt.root + 1 * 8, 0xC7)
+    mem.write_u64(pt.root + 2 * 8, 1 << 10 | 0xC7)
+    emu = uh.RiscVEmulator(64 * MiB, levels=5)
+    emu.load(mem)
+    emu.set_data_blocks([(frame, uh.PAGE)])
+    emu.start(pt.root)
+
+    t = pt.walk(va, "r")
+    assert (t.pa, t.memory_refs, t.level, t.page_size) == (frame + 0x18, 5, 0, uh.PAGE)
+    assert emu.access(va, "r", False).pa == frame + 0x18
+    assert emu.access(va, "w", False).faulted
+    with pytest.raises(PageFault) as fault:
+        pt.walk(va, "w")
+    assert (fault.value.cause, fault.value.level) == ("protection", 0)
+
+    big = (1 << 48) + frame + 0x18
+    t = pt.walk(big, "w")
+    assert (t.pa, t.memory_refs, t.level, t.page_size) == (frame + 0x18, 1, 4, 256 << 40)
+    assert emu.access(big, "w", False).pa == frame + 0x18
+    with pytest.raises(PageFault) as fault:
+        pt.walk((2 << 48) + 0x18, "r")
+    assert (fault.value.cause, fault.value.level) == ("misaligned", 4)
+    assert emu.access((2 << 48) + 0x18, "r", False).faulted
+    # Bit 56 set with bits 63:57 clear is not canonical; sign-extended it is the upper half.
+    with pytest.raises(PageFault) as fault:
+        pt.walk(1 << 56, "r")
+    assert (fault.value.cause, fault.value.level) == ("non_canonical", None)
+    assert emu.access(1 << 56, "r", False).faulted
+    assert pt.fmt.canonicalize(1 << 56) == 0xFF00_0000_0000_0000

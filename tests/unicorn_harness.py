@@ -409,12 +409,12 @@ def install_x86_harness(pt: PageTable) -> tuple[int, int]:
 
 # -- RISC-V -----------------------------------------------------------------------
 
-SATP_MODE = {3: 8, 4: 9}  # Sv39, Sv48
+SATP_MODE = {3: 8, 4: 9, 5: 10}  # Sv39, Sv48, Sv57
 MSTATUS_SUM, MSTATUS_MXR = 1 << 18, 1 << 19
 
 
 class RiscVEmulator(_Emulator):
-    """An RV64 hart in S-mode or U-mode with Sv39 or Sv48 translation."""
+    """An RV64 hart in S-mode or U-mode with Sv39, Sv48 or Sv57 translation."""
 
     def __init__(
         self,

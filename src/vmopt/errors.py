@@ -83,12 +83,17 @@ class PageFault(VmoptError):
     None); a host fault names ``gpa``, the guest-physical address the host
     tables could not translate, and ``on_table``: True if it was a guest
     page-table entry, False if the final access. ``level`` is then the host's.
+    ``fsc`` is the architecture's fault status code where it has one:
+    AArch64's 6-bit FSC (0b0000LL address size, 0b0001LL translation,
+    0b0010LL access flag, 0b0011LL permission, 0b0101LL external abort on
+    the walk), whose LL is the architecture's level, counted from the root
+    (level 3 is the last), unlike ``level``. It is ``None`` for x86 and RISC-V.
     """
 
     def __init__(
         self, va: int, access: str, cause: str, level: int | None, *, user: bool = False,
         restartable: bool = False, stage: str | None = None, gpa: int | None = None,
-        on_table: bool | None = None,
+        on_table: bool | None = None, fsc: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__(va, access, cause, level)
         self.va = va
@@ -100,13 +105,15 @@ class PageFault(VmoptError):
         self.stage = stage
         self.gpa = gpa
         self.on_table = on_table
+        self.fsc = fsc
 
     def __str__(self) -> str:
         # Built on demand: faults are frequent and most are handled, never printed.
         where = "" if self.level is None else f" at level {self.level}"
         mode = "user" if self.user else "supervisor"
         kind = {"r": "read", "w": "write", "x": "fetch", "p": "probe"}.get(self.access, self.access)
-        text = f"page fault: {mode} {kind} of {self.va:#x}: {self.cause}{where}"
+        fsc = "" if self.fsc is None else f" (FSC {self.fsc:#08b})"
+        text = f"page fault: {mode} {kind} of {self.va:#x}: {self.cause}{where}{fsc}"
         if self.stage == "host" and self.gpa is not None:
             what = "guest table entry" if self.on_table else "final access"
             return f"{text} (host stage, {what} at guest-physical {self.gpa:#x})"
@@ -119,7 +126,7 @@ class PageFault(VmoptError):
             _rebuild_fault,
             (
                 self.va, self.access, self.cause, self.level, self.user, self.restartable,
-                self.stage, self.gpa, self.on_table,
+                self.stage, self.gpa, self.on_table, self.fsc,
             ),
         )  # fmt: skip
 
@@ -127,7 +134,9 @@ class PageFault(VmoptError):
 def _rebuild_fault(
     va: int, access: str, cause: str, level: int | None, user: bool, restartable: bool = False,
     stage: str | None = None, gpa: int | None = None, on_table: bool | None = None,
+    fsc: int | None = None,
 ) -> PageFault:  # fmt: skip
     return PageFault(
-        va, access, cause, level, user=user, restartable=restartable, stage=stage, gpa=gpa, on_table=on_table
-    )
+        va, access, cause, level, user=user, restartable=restartable, stage=stage, gpa=gpa,
+        on_table=on_table, fsc=fsc,
+    )  # fmt: skip

@@ -288,6 +288,7 @@ impl State {
             level: Some(level),
             user,
             stage: None,
+            fsc: self.table.format().fsc(FaultCause::Protection, Some(level)),
         })
         .into())
     }

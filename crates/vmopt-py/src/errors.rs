@@ -43,6 +43,7 @@ fn build(py: Python<'_>, err: &Error) -> PyResult<PyErr> {
         Error::Fault(f) => {
             let kwargs = PyDict::new(py);
             kwargs.set_item("user", f.user)?;
+            kwargs.set_item("fsc", f.fsc)?;
             if let Some(stage) = f.stage {
                 kwargs.set_item("stage", stage.as_str())?;
                 if let vmopt_core::paging::Stage::Host { gpa, table } = stage {

@@ -17,7 +17,7 @@ use pyo3::types::{PyBool, PyBytes, PyInt, PyList, PyString, PyTuple, PyType};
 use vmopt_core::paging::table::{LeafEntry, Leaves, Mappings};
 use vmopt_core::paging::twostage::NestedTranslation;
 use vmopt_core::paging::{
-    Access, Ept, Format, GStage, Leaf, Mapping, Npt, PageTable, Perm, RiscV, Shootdown,
+    AArch64, Access, Ept, Format, GStage, Leaf, Mapping, Npt, PageTable, Perm, RiscV, Shootdown,
     Translation, TwoStage, X86_64,
 };
 use vmopt_core::Error;
@@ -414,9 +414,45 @@ impl PyFormat {
         })
     }
 
+    /// AArch64 stage 1: `granule` 4096/16384/65536, `va_bits` = 64 - TxSZ, `pa_bits` = TCR_EL1.IPS.
+    #[staticmethod]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (granule, va_bits, pa_bits, upper, ha, hd, tbi))]
+    fn aarch64(
+        granule: u64,
+        va_bits: i64,
+        pa_bits: i64,
+        upper: bool,
+        ha: bool,
+        hd: bool,
+        tbi: bool,
+    ) -> PyResult<Self> {
+        let fmt = guarded(|| AArch64::new(granule, va_bits, pa_bits, upper, ha, hd, tbi))?;
+        Ok(PyFormat {
+            inner: Arc::new(fmt),
+            x86: None,
+        })
+    }
+
     #[getter]
     fn name(&self) -> &str {
         self.inner.name()
+    }
+    /// Bytes of address space one entry at `level` covers.
+    fn level_span(&self, level: u8) -> PyResult<u64> {
+        guarded(|| Ok(self.inner.level_span(level)))
+    }
+    /// Index of `va` in a table at `level`.
+    fn index(&self, va: u64, level: u8) -> PyResult<u64> {
+        guarded(|| Ok(self.inner.index(va, level)))
+    }
+    /// Entries of a table at `level`.
+    fn entries(&self, level: u8) -> PyResult<u64> {
+        guarded(|| Ok(self.inner.entries(level)))
+    }
+    /// Bytes allocated for a table at `level`.
+    fn table_size(&self, level: u8) -> PyResult<u64> {
+        guarded(|| Ok(self.inner.table_size(level)))
     }
     #[getter]
     fn levels(&self) -> u8 {

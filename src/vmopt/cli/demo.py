@@ -18,12 +18,22 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 def register(sub: Any) -> None:
     """Add the ``demo`` subcommand."""
     p = sub.add_parser("demo", help="build an address space and print its walks and mappings")
-    p.add_argument("--format", default="x86_64", choices=list(FORMATS), help="paging format")
+    # The demo allocates its frames as a guest kernel would, in 4 KiB, 2 MiB and 1 GiB blocks.
+    choices = [name for name in FORMATS if name not in ("aarch64_16k", "aarch64_64k")]
+    p.add_argument("--format", default="x86_64", choices=choices, help="paging format")
     p.set_defaults(run=run)
 
 
 def _layout(fmt: str) -> list[tuple[str, int, int, int, str, bool, bool]]:
     """(name, va, length, page_size, perms, user, global) regions of a small guest."""
+    if fmt == "aarch64":
+        # One TTBR0 half (48 bits): the "direct map" sits at its top.
+        return [
+            ("text", 0x40_0000, 4 * MiB, 2 * MiB, "rx", True, False),
+            ("heap", 0x80_0000, 64 * KiB, 4 * KiB, "rw", True, False),
+            ("stack", 0x7FFF_FFFF_0000, 32 * KiB, 4 * KiB, "rw", True, False),
+            ("direct map", 0xFF00_0000_0000, 1 * GiB, 1 * GiB, "rw", False, True),
+        ]
     high = {"x86_64": 0xFFFF_8880_0000_0000, "x86_64_5level": 0xFF11_0000_0000_0000,
             "sv39": 0xFFFF_FFC0_0000_0000, "sv48": 0xFFFF_8000_0000_0000,
             "sv57": 0xFF60_0000_0000_0000}[fmt]  # fmt: skip

@@ -25,7 +25,9 @@ ignored); for RISC-V a satp (MODE in bits 63:60, 8 = Sv39, 9 = Sv48,
 10 = Sv57, ASID in 59:44, root = PPN * 4096). With no paging format given, a
 value whose bits 63:60 hold MODE 8 or 9 is read as a satp and selects sv39
 or sv48; an Sv57 satp needs ``--format sv57`` or ``--satp`` (MODE 10 is also
-a no-flush CR3 with LAM_U57 set, so it is not guessed).
+a no-flush CR3 with LAM_U57 set, so it is not guessed). For AArch64
+(``--format aarch64``, ``aarch64_16k``, ``aarch64_64k``) a TTBR0_EL1 value:
+ASID in 63:48, BADDR in 47:1, CnP in bit 0.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ _U64_MAX = (1 << 64) - 1
 #: CR3 bits that are not part of the table address: no-flush (63), LAM_U48 (62), LAM_U57 (61), PCID.
 _CR3_IGNORED = (1 << 63) | (1 << 62) | (1 << 61) | 0xFFF
 _SATP_PPN = (1 << 44) - 1
+#: TTBR_EL1.BADDR (bits 47:1; ASID is 63:48, CnP bit 0).
+_TTBR_BADDR = ((1 << 48) - 1) & ~1
 
 
 def register(sub: Any) -> None:
@@ -214,6 +218,11 @@ def resolve_root(value: int, fmt: str | None) -> Root:
             parts.append(f"LAM bits {value >> 61 & 3:#b}")
         note = (f"CR3 {value:#x}: " + ", ".join(parts)) if parts else ""
         return Root(address, fmt, note)
+    if fmt.startswith("aarch64"):
+        address = value & _TTBR_BADDR
+        asid, cnp = value >> 48, value & 1
+        parts = ([f"ASID {asid:#x}"] if asid else []) + (["CnP"] if cnp else [])
+        return Root(address, fmt, (f"TTBR {value:#x}: " + ", ".join(parts)) if parts else "")
     # RISC-V: a satp when MODE is set, else a plain physical address.
     if mode == 0:
         if value & (FRAME_SIZE - 1):
@@ -284,8 +293,11 @@ def _walk(pt: PageTable, va: int) -> tuple[list[str], dict[str, Any]]:
         t = pt.walk(va, "p", update_ad=False)  # a probe: no rights check
     except PageFault as fault:
         where = "before any table was read" if fault.level is None else f"at level {fault.level}"
-        lines.append(f"  => fault: {fault.cause} {where}")
+        fsc = "" if fault.fsc is None else f" (FSC {fault.fsc:#08b})"
+        lines.append(f"  => fault: {fault.cause} {where}{fsc}")
         record["fault"] = {"cause": fault.cause, "level": fault.level}
+        if fault.fsc is not None:
+            record["fault"]["fsc"] = fault.fsc
     else:
         mode = "user" if t.user else "supervisor"
         lines.append(

@@ -1,6 +1,7 @@
-"""Page tables in real formats: x86-64 (4/5-level), RISC-V Sv39/Sv48/Sv57, and the host formats
-EPT and NPT with two-stage walks over them, run by the Rust core."""
+"""Page tables in real formats: x86-64 (4/5-level), RISC-V Sv39/Sv48/Sv57, AArch64 stage 1, and
+the host formats EPT and NPT with two-stage walks over them, run by the Rust core."""
 
+from vmopt.paging.aarch64 import AArch64
 from vmopt.paging.format import PagingFormat
 from vmopt.paging.hostfmt import Ept, GStage, Npt
 from vmopt.paging.pagetable import FORMATS, PageTable, make_format
@@ -13,6 +14,7 @@ __all__ = [
     "FORMATS",
     "HOST_FORMATS",
     "X86_64",
+    "AArch64",
     "Ept",
     "GStage",
     "Leaf",

@@ -73,6 +73,10 @@ class PagingFormat(abc.ABC):
         """Bytes of address space one entry at ``level`` covers."""
         return 1 << (12 + 9 * level)
 
+    def entries(self, level: int) -> int:
+        """Entries of a table at ``level``."""
+        return PTES_PER_TABLE
+
     def is_canonical(self, va: int) -> bool:
         """True if ``va`` is a canonical (sign-extended) address of this format."""
         top = va >> (self.va_bits - 1)

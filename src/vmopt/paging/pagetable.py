@@ -24,6 +24,7 @@ from typing import Any, Final
 from vmopt import _core
 from vmopt.errors import AddressError, ConfigError, MappingError, VmoptError, bad_input
 from vmopt.memory.physical import FRAME_SIZE, PhysicalMemory
+from vmopt.paging.aarch64 import AArch64
 from vmopt.paging.format import CoreFormat, PagingFormat
 from vmopt.paging.hostfmt import Ept, Npt
 from vmopt.paging.riscv import RiscV
@@ -40,6 +41,9 @@ FORMATS: dict[str, Callable[[], PagingFormat]] = {
     "sv39": lambda: RiscV(3),
     "sv48": lambda: RiscV(4),
     "sv57": lambda: RiscV(5),
+    "aarch64": lambda: AArch64(4096),
+    "aarch64_16k": lambda: AArch64(16384),
+    "aarch64_64k": lambda: AArch64(65536),
     "ept": lambda: Ept(4),
     "ept_5level": lambda: Ept(5),
     "npt": lambda: Npt(),
@@ -96,7 +100,8 @@ class PageTable:
         self.fmt = make_format(fmt)
         if not isinstance(self.fmt, CoreFormat):
             raise ConfigError(
-                f"PageTable needs a core-backed format (X86_64 or RiscV), got {type(self.fmt).__name__}"
+                "PageTable needs a core-backed format (X86_64, RiscV or AArch64),"
+                f" got {type(self.fmt).__name__}"
             )
         ad = None if update_ad is None else bool(update_ad)
         if _root is None:

@@ -32,6 +32,8 @@ FaultCause = Literal[
     "misaligned",
     "table_outside_memory",
     "misconfigured",
+    "access_flag",
+    "address_size",
 ]
 
 ACCESS_KINDS: Final = ("r", "w", "x")
@@ -43,6 +45,8 @@ FAULT_CAUSES: Final = (
     "misaligned",
     "table_outside_memory",
     "misconfigured",
+    "access_flag",
+    "address_size",
 )
 
 

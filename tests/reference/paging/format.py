@@ -72,6 +72,10 @@ class PagingFormat(abc.ABC):
         top = va >> (self.va_bits - 1)
         return top == 0 or top == (1 << (65 - self.va_bits)) - 1
 
+    def same_half(self, va: int, last: int) -> bool:
+        """No address between the canonical ``va`` and ``last`` falls in the canonical hole."""
+        return va >> (self.va_bits - 1) == last >> (self.va_bits - 1)
+
     def canonicalize(self, va: int) -> int:
         """Sign-extend a ``va_bits``-wide address to 64 bits."""
         va &= (1 << self.va_bits) - 1
@@ -116,6 +120,11 @@ class PagingFormat(abc.ABC):
     @abc.abstractmethod
     def table_rights(self, pte: int) -> tuple[Perm, bool, bool]:
         """Rights a non-leaf PTE contributes: (perms, user, global)."""
+
+    def effective(self, pte: int, level: int, perms: Perm, user: bool) -> tuple[Perm, bool]:
+        """A leaf's effective (perms, user) under the rights its tables grant."""
+        info = self.decode_leaf(pte, level)
+        return info.perms & perms, info.user and user
 
     @abc.abstractmethod
     def describe(self, pte: int, level: int) -> str:

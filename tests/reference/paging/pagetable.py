@@ -241,7 +241,7 @@ class PageTable:
                 f"virtual range [{va:#x}, {va + size:#x}) is not canonical for {self.fmt.name}"
                 f" ({self.fmt.va_bits}-bit addresses)"
             )
-        if (va >> (self.fmt.va_bits - 1)) != (last >> (self.fmt.va_bits - 1)):
+        if not self.fmt.same_half(va, last):
             raise AddressError(f"virtual range [{va:#x}, {va + size:#x}) crosses the canonical hole")
 
     def _check_page_size(self, size: int) -> int:
@@ -508,8 +508,7 @@ class PageTable:
                     size = fmt.leaf_sizes[level]
                     leaf = Leaf(va, info.page_pa, size, level, pte, pte_pa, info.perms, info.user,
                                 info.global_, info.accessed, info.dirty)  # fmt: skip
-                    eff_perms = info.perms & perms
-                    eff_user = info.user and user
+                    eff_perms, eff_user = fmt.effective(pte, level, perms, user)
                     yield va, leaf, eff_perms, eff_user, info.global_ or global_
                 elif level > 0:
                     tperms, tuser, tglobal = fmt.table_rights(pte)

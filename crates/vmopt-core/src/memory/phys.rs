@@ -794,6 +794,45 @@ impl PhysMem {
     /// `None` if none has: the caller words the error, since it knows the policy.
     pub fn try_alloc_on(&self, nodes: &[u32], size: u64) -> Result<Option<(u64, u32)>> {
         let order = Self::block_order(size, "block")?;
+        self.try_alloc_order_on(nodes, order, size)
+    }
+
+    /// The buddy order of a granule block: a power of two from 4 KiB to 1 GiB.
+    ///
+    /// AArch64's 16 KiB and 64 KiB granules need tables and pages of those
+    /// sizes, and blocks of 32 MiB and 512 MiB, besides the x86 sizes.
+    pub fn granule_order(size: u64, what: &str) -> Result<u8> {
+        if size.is_power_of_two() && (FRAME_SIZE..=1 << 30).contains(&size) {
+            Ok((size.trailing_zeros() - FRAME_SHIFT) as u8)
+        } else {
+            Err(Error::Config(format!(
+                "{what} size must be a power of two from 4 KiB to 1 GiB, got {size}"
+            )))
+        }
+    }
+
+    /// [`try_alloc_on`](Self::try_alloc_on) for any granule size ([`granule_order`](Self::granule_order)).
+    pub fn try_alloc_granule_on(&self, nodes: &[u32], size: u64) -> Result<Option<(u64, u32)>> {
+        let order = Self::granule_order(size, "block")?;
+        self.try_alloc_order_on(nodes, order, size)
+    }
+
+    /// [`alloc`](Self::alloc) for any granule size (a page table of a 16 KiB or 64 KiB granule).
+    pub fn alloc_granule(&self, size: u64) -> Result<u64> {
+        self.alloc_order(Self::granule_order(size, "alloc")?, size)
+    }
+
+    /// [`free`](Self::free) for any granule size.
+    pub fn free_granule(&self, pa: u64, size: u64) -> Result<()> {
+        self.free_order(pa, Self::granule_order(size, "free")?, size)
+    }
+
+    fn try_alloc_order_on(
+        &self,
+        nodes: &[u32],
+        order: u8,
+        size: u64,
+    ) -> Result<Option<(u64, u32)>> {
         for &node in nodes {
             let node_idx = node as usize;
             if node_idx >= self.num_nodes() {
@@ -827,7 +866,10 @@ impl PhysMem {
     /// Plain memory takes it from its allocator; NUMA memory from the nodes
     /// in table order (nearest to node 0 first).
     pub fn alloc(&self, size: u64) -> Result<u64> {
-        let order = Self::block_order(size, "alloc")?;
+        self.alloc_order(Self::block_order(size, "alloc")?, size)
+    }
+
+    fn alloc_order(&self, order: u8, size: u64) -> Result<u64> {
         let nodes = self.nodes();
         if !nodes.numa {
             let pa = self.lock_node(0).alloc(order)? << FRAME_SHIFT;
@@ -841,7 +883,7 @@ impl PhysMem {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if let Some((pa, _)) = self.try_alloc_on(&order_list, size)? {
+        if let Some((pa, _)) = self.try_alloc_order_on(&order_list, order, size)? {
             return Ok(pa);
         }
         let where_ = if order_list.len() > 1 {
@@ -871,7 +913,10 @@ impl PhysMem {
 
     /// Return a block to the allocator of the node holding it (and zero it, unless an image).
     pub fn free(&self, pa: u64, size: u64) -> Result<()> {
-        let order = Self::block_order(size, "free")?;
+        self.free_order(pa, Self::block_order(size, "free")?, size)
+    }
+
+    fn free_order(&self, pa: u64, order: u8, size: u64) -> Result<()> {
         self.check(pa, size)?;
         let node = self.node_of(pa).expect("checked inside memory");
         self.lock_node(node).free(pa >> FRAME_SHIFT, order)?;

@@ -145,6 +145,7 @@ impl Ept {
                 level: Some(level),
                 user,
                 stage: None,
+                fsc: None,
             }))
         };
         let update_ad = update_ad && self.ad;

@@ -138,6 +138,7 @@ impl Format for GStage {
                 level: None,
                 user: true,
                 stage: None,
+                fsc: None,
             }));
         }
         let bits = self.inner_bits();

@@ -18,6 +18,7 @@ use std::fmt;
 use crate::error::Result;
 use crate::memory::PteMemory;
 
+pub mod aarch64;
 pub mod ept;
 pub mod gstage;
 pub mod npt;
@@ -28,6 +29,7 @@ mod testmem;
 pub mod twostage;
 pub mod x86;
 
+pub use aarch64::AArch64;
 pub use ept::Ept;
 pub use gstage::GStage;
 pub use npt::Npt;
@@ -154,6 +156,10 @@ pub enum FaultCause {
     /// misconfiguration: W without R, a reserved memory type or reserved
     /// bits), as opposed to a violation (not present, or lacking the right).
     Misconfigured,
+    /// An AArch64 descriptor whose access flag (AF) is clear, without hardware AF update.
+    AccessFlag,
+    /// An AArch64 output or table address above the configured physical address size.
+    AddressSize,
 }
 
 impl FaultCause {
@@ -167,6 +173,8 @@ impl FaultCause {
             FaultCause::NonCanonical => "non_canonical",
             FaultCause::Misaligned => "misaligned",
             FaultCause::Misconfigured => "misconfigured",
+            FaultCause::AccessFlag => "access_flag",
+            FaultCause::AddressSize => "address_size",
         }
     }
 }
@@ -186,6 +194,10 @@ pub struct Fault {
     pub user: bool,
     /// Which stage of a two-stage walk faulted; `None` for a one-stage walk.
     pub stage: Option<Stage>,
+    /// The architecture's fault status code, for formats that define one
+    /// (AArch64's 6-bit FSC, whose low two bits count levels from the
+    /// root, unlike `level`); `None` for x86 and RISC-V.
+    pub fsc: Option<u8>,
 }
 
 /// The stage of a two-stage walk a fault belongs to.
@@ -225,6 +237,9 @@ impl fmt::Display for Fault {
         )?;
         if let Some(level) = self.level {
             write!(f, " at level {level}")?;
+        }
+        if let Some(fsc) = self.fsc {
+            write!(f, " (FSC {fsc:#08b})")?;
         }
         match self.stage {
             Some(Stage::Guest) => write!(f, " (guest stage)"),
@@ -322,6 +337,21 @@ pub trait Format: Send + Sync + fmt::Debug {
     fn level_span(&self, level: u8) -> u64 {
         1u64 << (12 + 9 * level as u32)
     }
+    /// Entries of a table at `level` (a root may hold fewer than a full table).
+    fn entries(&self, level: u8) -> u64 {
+        let _ = level;
+        PTES_PER_TABLE
+    }
+    /// Bytes allocated for a table at `level` (the translation granule).
+    fn table_size(&self, level: u8) -> u64 {
+        let _ = level;
+        4096
+    }
+    /// The architecture's fault status code for a fault of `cause` at `level`, if it has one.
+    fn fsc(&self, cause: FaultCause, level: Option<u8>) -> Option<u8> {
+        let _ = (cause, level);
+        None
+    }
     /// The level whose leaves map pages of `size`, if any.
     fn level_of_size(&self, size: u64) -> Option<u8> {
         self.leaf_sizes()
@@ -341,6 +371,11 @@ pub trait Format: Send + Sync + fmt::Debug {
         let bits = self.va_bits() as u32;
         let top = va >> (bits - 1);
         top == 0 || top == (1u64 << (65 - bits)) - 1
+    }
+    /// True if no address between the canonical `va` and `last` is outside the format's range.
+    fn same_half(&self, va: u64, last: u64) -> bool {
+        let bits = self.va_bits() as u32 - 1;
+        va >> bits == last >> bits
     }
     /// Sign-extend a `va_bits`-wide address to 64 bits.
     fn canonicalize(&self, va: u64) -> u64 {
@@ -381,6 +416,11 @@ pub trait Format: Send + Sync + fmt::Debug {
     fn set_perms(&self, pte: u64, level: u8, perms: Perm) -> u64;
     /// Rights a non-leaf PTE contributes.
     fn table_rights(&self, pte: u64) -> TableRights;
+    /// Effective `(perms, user)` of the leaf `pte` at `level` under the limits `above` of its tables.
+    fn effective(&self, pte: u64, level: u8, above: TableRights) -> (Perm, bool) {
+        let info = self.decode_leaf(pte, level);
+        (info.perms & above.perms, info.user && above.user)
+    }
     /// A one-line human description of a PTE's bits.
     fn describe(&self, pte: u64, level: u8) -> String;
     /// May an `access` in `user` mode use a page with these effective rights?
@@ -428,6 +468,7 @@ pub(crate) fn walk_until_done(
             level: None,
             user,
             stage: None,
+            fsc: None,
         }));
     }
     let mut done = None;

@@ -102,6 +102,7 @@ impl Format for Npt {
                 level: None,
                 user: true,
                 stage: None,
+                fsc: None,
             }));
         }
         self.inner.walk(mem, root, va, access, true, update_ad)

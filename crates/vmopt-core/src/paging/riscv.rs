@@ -144,6 +144,7 @@ impl RiscV {
                 level: Some(level),
                 user,
                 stage: None,
+                fsc: None,
             }))
         };
         let mut a = root;

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use crate::error::{format_size, Error, Result};
 use crate::memory::{PhysMem, PteMemory, FRAME_SIZE};
-use crate::paging::{Access, Format, Perm, Translation, PTES_PER_TABLE};
+use crate::paging::{Access, Format, Perm, TableRights, Translation};
 
 /// Something that caches translations of a page table and must drop them when it changes.
 pub trait Shootdown: Send + Sync {
@@ -176,7 +176,7 @@ impl PageTable {
         update_ad: Option<bool>,
     ) -> Result<PageTable> {
         one_frame_root(&*fmt)?;
-        let root = mem.alloc(FRAME_SIZE)?;
+        let root = mem.alloc_granule(fmt.table_size(fmt.levels() - 1))?;
         Ok(Self::build(mem, fmt, root, update_ad, true))
     }
 
@@ -188,9 +188,15 @@ impl PageTable {
         update_ad: Option<bool>,
     ) -> Result<PageTable> {
         one_frame_root(&*fmt)?;
-        if root & (FRAME_SIZE - 1) != 0 || !mem.contains(root, FRAME_SIZE) {
+        let top = fmt.levels() - 1;
+        // A root holding fewer entries than a table (an AArch64 start level) needs
+        // only its own size of alignment, and at least 64 bytes, as TTBR's BADDR.
+        let bytes = fmt.entries(top) * 8;
+        let align = fmt.table_size(top).min(bytes.max(64));
+        if root & (align - 1) != 0 || !mem.contains(root, bytes) {
             return Err(Error::Address(format!(
-                "page-table root must be a 4 KiB aligned address inside memory, got {root}"
+                "page-table root must be a {} aligned address inside memory, got {root}",
+                format_size(align)
             )));
         }
         Ok(Self::build(mem, fmt, root, update_ad, false))
@@ -317,9 +323,8 @@ impl PageTable {
                 return None;
             }
             if fmt.is_leaf(pte, level) {
-                if let Some(size) = fmt.leaf_size(level) {
-                    return Some(make_leaf(fmt, va & !(size - 1), level, pte, pte_pa, size));
-                }
+                let size = fmt.leaf_size(level)?;
+                return Some(make_leaf(fmt, va & !(size - 1), level, pte, pte_pa, size));
             }
             if level == 0 {
                 return None;
@@ -373,8 +378,7 @@ impl PageTable {
                 fmt.va_bits()
             )));
         }
-        let bits = fmt.va_bits() as u32 - 1;
-        if va >> bits != (last as u64) >> bits {
+        if !fmt.same_half(va, last as u64) {
             return Err(Error::Address(format!(
                 "virtual range [{va:#x}, {end:#x}) crosses the canonical hole"
             )));
@@ -579,13 +583,16 @@ impl PageTable {
         // Build the missing tables bottom-up, then link them in with one store,
         // so a concurrent walker never sees a half-built path.
         let mut new_tables = Vec::with_capacity((lvl - level) as usize);
-        for _ in 0..lvl - level {
-            match mem.alloc(FRAME_SIZE) {
+        let free_all = |tables: &[u64]| {
+            for (i, &t) in tables.iter().enumerate() {
+                let _ = mem.free_granule(t, fmt.table_size(lvl - 1 - i as u8));
+            }
+        };
+        for i in 0..lvl - level {
+            match mem.alloc_granule(fmt.table_size(lvl - 1 - i)) {
                 Ok(t) => new_tables.push(t),
                 Err(e) => {
-                    for t in new_tables {
-                        let _ = mem.free(t, FRAME_SIZE);
-                    }
+                    free_all(&new_tables);
                     return Err(e);
                 }
             }
@@ -608,9 +615,7 @@ impl PageTable {
             )
         })();
         if built.is_err() {
-            for &t in &new_tables {
-                let _ = mem.free(t, FRAME_SIZE);
-            }
+            free_all(&new_tables);
         }
         built
     }
@@ -692,24 +697,24 @@ impl PageTable {
         // TLB flush, for the same reason).
         self.announce(va, size);
         let _frees = self.frees.write().unwrap_or_else(|e| e.into_inner());
-        for table in empty {
-            self.mem.free(table, FRAME_SIZE)?;
+        for (table, level) in empty {
+            self.mem.free_granule(table, self.fmt.table_size(level))?;
         }
         Ok(())
     }
 
-    /// Clear the parent entries of tables left empty, lowest level first; return them.
-    fn unlink_empty_tables(&self, mut touched: Vec<(u64, u8, u64)>) -> Result<Vec<u64>> {
+    /// Clear the parent entries of tables left empty, lowest level first; return them with their levels.
+    fn unlink_empty_tables(&self, mut touched: Vec<(u64, u8, u64)>) -> Result<Vec<(u64, u8)>> {
         let (fmt, mem) = (&*self.fmt, &*self.mem);
         touched.sort_by_key(|&(_, level, _)| level); // stable: ties keep first-seen order
         let mut empty = Vec::new();
         for (table, level, parent) in touched {
-            if !mem.frame_is_zero(table)? {
+            if !self.table_is_zero(table, level)? {
                 continue;
             }
             // Find and clear the parent's entry that points at this table.
             let parent_level = level + 1;
-            for idx in 0..PTES_PER_TABLE {
+            for idx in 0..fmt.entries(parent_level) {
                 let entry_pa = parent + idx * 8;
                 let pte = mem.read_u64(entry_pa)?;
                 if fmt.is_valid(pte)
@@ -720,9 +725,19 @@ impl PageTable {
                     break;
                 }
             }
-            empty.push(table);
+            empty.push((table, level));
         }
         Ok(empty)
+    }
+
+    /// True if every frame of the table at `table` (one granule) is zero.
+    fn table_is_zero(&self, table: u64, level: u8) -> Result<bool> {
+        for i in 0..self.fmt.table_size(level) / FRAME_SIZE {
+            if !self.mem.frame_is_zero(table + i * FRAME_SIZE)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Change the rights of every page in `[va, va + size)` (whole pages).
@@ -823,7 +838,7 @@ impl PageTable {
                 )));
             }
         }
-        let Some((pa, node)) = self.mem.try_alloc_on(nodes, size)? else {
+        let Some((pa, node)) = self.mem.try_alloc_granule_on(nodes, size)? else {
             return Ok(None);
         };
         let done = (|| {
@@ -836,7 +851,7 @@ impl PageTable {
         match done {
             Ok(()) => Ok(Some((pa, node))),
             Err(e) => {
-                let _ = self.mem.free(pa, size);
+                let _ = self.mem.free_granule(pa, size);
                 Err(e)
             }
         }
@@ -884,9 +899,18 @@ impl PageTable {
     /// A frame reached twice (shared, or pointing back at an ancestor) is
     /// listed and read once, so any memory contents take bounded work.
     pub fn table_frames(&self) -> Vec<u64> {
-        let mut out = vec![self.root];
+        self.tables_with_levels()
+            .into_iter()
+            .map(|(pa, _)| pa)
+            .collect()
+    }
+
+    /// [`table_frames`](Self::table_frames) with each table's level.
+    fn tables_with_levels(&self) -> Vec<(u64, u8)> {
+        let top = self.fmt.levels() - 1;
+        let mut out = vec![(self.root, top)];
         let mut seen = std::collections::HashSet::from([self.root]);
-        self.visit_tables(self.root, self.fmt.levels() - 1, &mut out, &mut seen);
+        self.visit_tables(self.root, top, &mut out, &mut seen);
         out
     }
 
@@ -894,21 +918,21 @@ impl PageTable {
         &self,
         table: u64,
         level: u8,
-        out: &mut Vec<u64>,
+        out: &mut Vec<(u64, u8)>,
         seen: &mut std::collections::HashSet<u64>,
     ) {
         let (fmt, mem) = (&*self.fmt, &*self.mem);
         if level == 0 {
             return;
         }
-        for idx in 0..PTES_PER_TABLE {
+        for idx in 0..fmt.entries(level) {
             let Some(pte) = mem.load_u64(table + idx * 8) else {
                 return;
             };
             if fmt.is_valid(pte) && !fmt.is_leaf(pte, level) {
                 let child = fmt.table_pa(pte);
-                if mem.contains(child, FRAME_SIZE) && seen.insert(child) {
-                    out.push(child);
+                if mem.contains(child, fmt.table_size(level - 1)) && seen.insert(child) {
+                    out.push((child, level - 1));
                     self.visit_tables(child, level - 1, out, seen);
                 }
             }
@@ -961,10 +985,10 @@ impl PageTable {
                 "destroy() frees tables; it refuses tables opened with attach()".into(),
             ));
         }
-        let frames = self.table_frames();
+        let tables = self.tables_with_levels();
         let _frees = self.frees.write().unwrap_or_else(|e| e.into_inner());
-        for t in frames {
-            self.mem.free(t, FRAME_SIZE)?;
+        for (t, level) in tables {
+            self.mem.free_granule(t, self.fmt.table_size(level))?;
         }
         Ok(())
     }
@@ -1044,7 +1068,7 @@ impl Iterator for Leaves {
             (1u64 << fmt.va_bits()) - 1
         };
         while let Some(top) = self.stack.last_mut() {
-            if top.idx >= PTES_PER_TABLE {
+            if top.idx >= fmt.entries(top.level) {
                 self.stack.pop();
                 continue;
             }
@@ -1059,15 +1083,21 @@ impl Iterator for Leaves {
                 continue;
             }
             let level = top.level;
-            let va = fmt.canonicalize(top.base | (idx << (12 + 9 * level as u32)));
+            let va = fmt.canonicalize(top.base | (idx * fmt.level_span(level)));
             if fmt.is_leaf(pte, level) {
                 let Some(size) = fmt.leaf_size(level) else {
                     continue;
                 };
                 let leaf = make_leaf(fmt, va, level, pte, pte_pa, size);
+                let above = TableRights {
+                    perms: top.perms,
+                    user: top.user,
+                    global: top.global,
+                };
+                let (perms, user) = fmt.effective(pte, level, above);
                 return Some(LeafEntry {
-                    perms: leaf.perms & top.perms,
-                    user: leaf.user && top.user,
+                    perms,
+                    user,
                     global: leaf.global || top.global,
                     recursive: false,
                     leaf,
@@ -1081,7 +1111,7 @@ impl Iterator for Leaves {
                     let leaf = Leaf {
                         va,
                         page_pa: table,
-                        page_size: 1u64 << (12 + 9 * level as u32),
+                        page_size: fmt.level_span(level),
                         level,
                         pte,
                         pte_pa,
@@ -1185,7 +1215,7 @@ impl Iterator for Mappings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paging::{FaultCause, RiscV, X86_64};
+    use crate::paging::{AArch64, FaultCause, RiscV, PTES_PER_TABLE, X86_64};
     use std::sync::atomic::AtomicBool;
 
     const MIB: u64 = 1 << 20;
@@ -1197,6 +1227,26 @@ mod tests {
 
     fn table(size: u64, fmt: Arc<dyn Format>) -> PageTable {
         PageTable::new(Arc::new(PhysMem::new(size, 0, None).unwrap()), fmt, None).unwrap()
+    }
+
+    #[test]
+    fn a_granule_table_is_empty_only_when_all_its_frames_are() {
+        // 16K granule: a last-level table is four frames; entry 600 lives in the second.
+        let fmt = Arc::new(AArch64::new(16384, 48, 48, false, false, false, false).unwrap());
+        let pt = table(64 * MIB, fmt);
+        let (a, b) = (0x4000_0000, 0x4000_0000 + 600 * 16384);
+        pt.map(a, 0x10_0000, 16384, RW, true, false).unwrap();
+        pt.map(b, 0x14_0000, 16384, RW, true, false).unwrap();
+        let tables = pt.table_frames();
+        assert_eq!(tables.len(), 4);
+        assert!(tables.iter().all(|t| t % 16384 == 0));
+        pt.unmap(a, 16384).unwrap();
+        assert_eq!(pt.table_frames(), tables);
+        assert_eq!(pt.lookup(b).map(|l| l.page_pa), Some(0x14_0000));
+        let free = pt.memory().free_bytes();
+        pt.unmap(b, 16384).unwrap();
+        assert_eq!(pt.table_frames(), [pt.root()]);
+        assert_eq!(pt.memory().free_bytes(), free + 3 * 16384);
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl PteMemory for TestMem {
     }
 }
 
-/// Write `leaf` for `va` at `level`, creating tables from `*next` (4 KiB each) as needed.
+/// Write `leaf` for `va` at `level`, creating tables from `*next` (one granule each) as needed.
 pub(crate) fn put(
     mem: &TestMem,
     fmt: &dyn crate::paging::Format,
@@ -87,7 +87,7 @@ pub(crate) fn put(
             fmt.table_pa(pte)
         } else {
             let t = *next;
-            *next += 4096;
+            *next += fmt.table_size(lvl - 1);
             mem.set(pa, fmt.make_table(t, lvl));
             t
         };

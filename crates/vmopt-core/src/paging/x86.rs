@@ -188,6 +188,7 @@ impl X86_64 {
                 level: Some(level),
                 user,
                 stage: None,
+                fsc: None,
             }))
         };
         let mut table = root;
