@@ -487,3 +487,39 @@ def test_gva2gpa_parser_reads_address_zero() -> None:
     assert parse_gva2gpa(text) == [(0xFFFF888000000000, 0), (0xFFFF888000001234, 0x1234), (0, None)]
     with pytest.raises(ValueError, match="line 1"):
         parse_gva2gpa("ffff888000000000\tgpa: 1234\n")
+
+
+@dumps
+def test_the_dump_readers_agree_with_qemu(
+    capture: Capture, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QEMU's own ELF and kdump files through vmopt.dumps and ``vmopt inspect DUMP``, exactly.
+
+    :func:`test_dumps_qemu.check_capture` on vCPU 0's monitor output: the
+    vCPU registers from the dump's notes, ``info mem`` and ``info tlb`` line
+    for line, every ``gva2gpa`` answer, and the same bytes in every format.
+    """
+    from test_dumps_qemu import MEM_LINE, check_capture, parse_lines
+
+    cap = tmp_path / "capture"
+    cap.mkdir()
+    for name in ("guest.elf", "guest.kdump", "guest.raw"):
+        (cap / name).symlink_to(capture.dumps / name)
+    (cap / "info-registers.txt").write_text(capture.text("info-registers.txt"))
+    for kind in ("info-mem", "info-tlb"):
+        (cap / f"{kind}.txt").write_text(capture.text(f"{kind}.cpu0.txt"))
+    # The saved answers, as the monitor session printed them (one question, one answer).
+    answers = parse_gva2gpa(capture.text("gva2gpa.cpu0.txt"))
+    (cap / "gva2gpa.txt").write_text(
+        "".join(f"(qemu) gva2gpa {va:#x}\n" + ("Unmapped" if pa is None else f"gpa: {pa:#x}") + "\n"
+                for va, pa in answers)
+    )  # fmt: skip
+    counts = check_capture(cap, tmp_path)
+    assert counts["gva2gpa"] == len(answers)
+    assert counts["formats"] == 3 and counts["cpus"] == 2
+    assert counts["tlb_lines"] > 100 and counts["gva2gpa"] > 100
+    # The command a user runs: the root and the paging mode from the dump itself.
+    for name in ("guest.elf", "guest.kdump"):
+        assert vmopt_main(["inspect", str(cap / name), "--info", "mem"]) == 0
+        got = parse_lines(capsys.readouterr().out, MEM_LINE)
+        assert got == parse_lines(capture.text("info-mem.cpu0.txt"), MEM_LINE), name
