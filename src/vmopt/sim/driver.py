@@ -9,15 +9,18 @@ driver keeps only what is specific to traces. Per chunk:
    pages in first-touch order, each on the node the policy picks for its
    first toucher's vCPU, before the chunk runs: the kernel's fault work and
    walk are not counted. Every page mapped counts as one demand fault.
-2. **vCPU streams.** Each vCPU's accesses go through the guest's batch path
-   on its own MMU (the core's array loop, NUMA traffic counted by the
-   guest); vCPUs share no TLB state and nothing is unmapped during a run,
-   so translating one vCPU's accesses of a chunk together gives the same
-   counters as interleaving them. Because every page is ``rwx`` and already
-   dirty, a read, a write and a fetch take the same path through TLBs and
-   walker, so all are translated as reads; the kinds are counted
-   separately. An access that cannot be translated (a non-canonical
-   address) counts as a failure and the run goes on.
+2. **vCPU streams.** Each vCPU's accesses go through the core's batch loop
+   on its own MMU, each as its kind (:meth:`Mmu.translate_kinds_into`):
+   fetches look up the ITLB of a split L1, reads and writes the DTLB, both
+   missing into the shared levels; the guest's traffic counter counts the
+   NUMA traffic. vCPUs share no TLB state and nothing is unmapped during a
+   run, so translating one vCPU's accesses of a chunk together gives the
+   same counters as interleaving them. Rights are checked as the hardware
+   checks them (a fetch needs execute rights), and every page is mapped
+   user ``rwx`` and dirty, so no access faults on rights and a write never
+   re-walks to set D: what is measured is TLB reach. An access that cannot
+   be translated (a non-canonical address) counts as a failure and the run
+   goes on.
 3. **Windows.** Counter deltas give one point of the windowed miss-rate and
    traffic series.
 
@@ -36,11 +39,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from vmopt.errors import ConfigError
+from vmopt.errors import ConfigError, VmoptError
 from vmopt.guest import MemoryOptimizer
 from vmopt.sim.config import SimConfig
 from vmopt.sim.pipeline import DEFAULT_DEPTH, play
-from vmopt.traces.chunk import AccessKind, TraceChunk
+from vmopt.traces.chunk import AccessKind, KindArray, TraceChunk
 
 __all__ = ["MAX_WINDOWS", "Progress", "SimResult", "Simulator", "Windows"]
 
@@ -148,10 +151,24 @@ class Simulator:
         """Remote accesses per node so far."""
         return list(self.opt.traffic.remote)
 
-    def _play(self, cpu: int, vas: U64) -> None:
-        """One vCPU's accesses of a chunk, in order, through the guest's batch path."""
-        done = self.opt.batch_access(vas, "r", cpu, errors="collect", log_failures=False)
-        self.failed += done.total - done.success
+    def _play(self, cpu: int, vas: U64, kinds: KindArray) -> None:
+        """One vCPU's accesses of a chunk, in order, each as its kind, through the core's batch loop."""
+        mmu, home = self.opt.mmus[cpu], self.opt.cpu_node[cpu]
+        out = np.empty(len(vas), dtype=np.uint64)
+        pos, n = 0, len(vas)
+        while pos < n:
+            done, error = mmu.translate_kinds_into(vas[pos:], kinds[pos:], out[pos:], True)
+            if done:
+                self.opt.traffic.count(out[pos : pos + done], home)
+            pos += done
+            if error is None:
+                break
+            if not isinstance(error, VmoptError):
+                raise error
+            # Every page is mapped before the chunk runs, so only an address no page
+            # can hold (a non-canonical one) stops the loop: a failure, and the run goes on.
+            self.failed += 1
+            pos += 1
 
     def feed(self, chunk: TraceChunk) -> None:
         """Play one chunk."""
@@ -176,25 +193,27 @@ class Simulator:
         self.demand_faults += sum(placed)
         for node, count in enumerate(placed):
             self.pages[node] += count
-        before_l1 = self._sum_level(0, "misses")
+        before_l1 = self._l1_misses()
         before_walks = self._sum_walks()
         before_local, before_remote = self.opt.traffic.snapshot()
         if cpus is None or self.cpus == 1:
-            self._play(0, addrs)
+            self._play(0, addrs, kinds)
         else:
             for cpu in np.unique(cpus).tolist():
-                self._play(cpu, addrs[cpus == cpu])
+                mine = cpus == cpu
+                self._play(cpu, addrs[mine], kinds[mine])
         local, remote = self.opt.traffic.snapshot()
         self.accesses += n
         self.windows.add(
-            n, self._sum_level(0, "misses") - before_l1, self._sum_walks() - before_walks,
+            n, self._l1_misses() - before_l1, self._sum_walks() - before_walks,
             [a - b for a, b in zip(local, before_local, strict=True)],
             [a - b for a, b in zip(remote, before_remote, strict=True)],
         )  # fmt: skip
         self.elapsed += time.perf_counter() - t0
 
-    def _sum_level(self, index: int, attr: str) -> int:
-        return sum(int(getattr(m.levels[index].stats, attr)) for m in self.opt.mmus)
+    def _l1_misses(self) -> int:
+        """Misses of the first level, both sides of a split L1, over every vCPU."""
+        return sum(m.dtlb.stats.misses + (m.itlb.stats.misses if m.split_l1 else 0) for m in self.opt.mmus)
 
     def _sum_walks(self) -> int:
         return sum(m.stats.walks for m in self.opt.mmus)
