@@ -114,7 +114,17 @@ impl RecentPages {
 
     /// Hold `page` (not here), hit at `clock`; the `(slot, stamp)` it displaced, if any.
     #[inline(always)]
-    fn admit(
+    fn admit(&mut self, page: u64, pa: u64, slot: u32, clock: u64) -> Option<(u32, u64)> {
+        let k = self.next;
+        self.next = (k + 1) % RECENT_PAGES;
+        let out = (self.page[k] != NO_PAGE).then_some((self.slot[k], self.stamp[k]));
+        (self.page[k], self.pa[k], self.slot[k], self.stamp[k]) = (page, pa, slot, clock);
+        out
+    }
+
+    /// [`admit`](Self::admit), keeping the entry's memo `allow` (for needs that vary).
+    #[inline(always)]
+    fn admit_allowing(
         &mut self,
         page: u64,
         pa: u64,
@@ -122,12 +132,8 @@ impl RecentPages {
         slot: u32,
         clock: u64,
     ) -> Option<(u32, u64)> {
-        let k = self.next;
-        self.next = (k + 1) % RECENT_PAGES;
-        let out = (self.page[k] != NO_PAGE).then_some((self.slot[k], self.stamp[k]));
-        (self.page[k], self.pa[k], self.slot[k], self.stamp[k]) = (page, pa, slot, clock);
-        self.allow[k] = allow as u16;
-        out
+        self.allow[self.next] = allow as u16;
+        self.admit(page, pa, slot, clock)
     }
 
     /// The `(slot, stamp)` of every place held.
@@ -345,8 +351,71 @@ impl TlbLevel {
         bit: u8,
         write: bool,
     ) -> usize {
-        let need = memo_need(bit, write);
-        self.memo_run_by::<false>(vas, out, asid, |_| Some(need))
+        let n = vas.len().min(out.len());
+        let (vas, out) = (&vas[..n], &mut out[..n]);
+        if asid != self.memo_asid {
+            return 0;
+        }
+        let need = memo_need(bit, write) as u8;
+        let (memo, mask, epoch) = (&self.memo, self.memo_mask, self.epoch << EPOCH_SHIFT);
+        // The end of the run of addresses in `va`'s page starting at `i`.
+        let run_end = |mut i: usize, page: u64, out: &mut [u64], pa: u64| {
+            while i < n && vas[i] >> 12 == page {
+                out[i] = pa | (vas[i] & 0xFFF);
+                i += 1;
+            }
+            i
+        };
+        let mut i = 0;
+        if self.arrays.len() == 1 && self.arrays[0].policy() == Policy::Lru {
+            let (clock_ref, ways) = self.arrays[0].lru_parts();
+            let mut clock = *clock_ref;
+            let mut recent = RecentPages::default();
+            while i < n {
+                let va = vas[i];
+                let page = va >> 12;
+                if let Some(k) = recent.find(page) {
+                    out[i] = recent.pa[k] | (va & 0xFFF);
+                    clock += 1; // lru_touch, its stamp deferred
+                    recent.stamp[k] = clock;
+                    i += 1;
+                    continue;
+                }
+                let m = &memo[memo_index(page, mask)];
+                if m.key != epoch | page || m.allow & need != need {
+                    break;
+                }
+                let Some(e) = ways.get_mut(m.slot as usize).and_then(Option::as_mut) else {
+                    break;
+                };
+                out[i] = m.pa | (va & 0xFFF);
+                i += 1;
+                if m.allow & MEMO_SMALL == 0 {
+                    lru_touch(&mut clock, e);
+                } else {
+                    clock += 1; // lru_touch, its stamp deferred
+                    if let Some((slot, stamp)) = recent.admit(page, m.pa, m.slot, clock) {
+                        stamp_way(ways, slot, stamp);
+                    }
+                }
+            }
+            for (slot, stamp) in recent.drain() {
+                stamp_way(ways, slot, stamp);
+            }
+            *clock_ref = clock;
+            return i;
+        }
+        while i < n {
+            let page = vas[i] >> 12;
+            let m = &memo[memo_index(page, mask)];
+            if m.key != epoch | page || m.allow & need != need {
+                break;
+            }
+            let end = run_end(i, page, out, m.pa);
+            self.arrays[m.array as usize].touch_run(m.slot as usize, (end - i) as u64);
+            i = end;
+        }
+        i
     }
 
     /// [`memo_run`](Self::memo_run) for accesses of mixed kinds: access `i`
@@ -363,15 +432,17 @@ impl TlbLevel {
     ) -> usize {
         let n = vas.len().min(kinds.len());
         let kinds = &kinds[..n];
-        self.memo_run_by::<true>(&vas[..n], out, asid, |i| needs.of(kinds[i]))
+        self.memo_run_mixed(&vas[..n], out, asid, |i| needs.of(kinds[i]))
     }
 
-    /// The loop of [`memo_run`](Self::memo_run): `need_of(i)` is what
-    /// address `i` needs in a memo's `allow`, or None to stop before it.
-    /// `MIXED`: the needs differ between addresses, so a recent page's
-    /// rights are checked again (with one need, its admission checked them).
+    /// The loop of [`memo_run_kinds`](Self::memo_run_kinds), that of
+    /// [`memo_run`](Self::memo_run) with a need per address: `need_of(i)` is
+    /// what address `i` needs in a memo's `allow`, or None to stop before
+    /// it; a recent page's rights are checked against each access's need.
+    /// (`memo_run` keeps its own loop: one need, checked when a page is
+    /// admitted, leaves its hottest loop one compare shorter.)
     #[inline(always)]
-    fn memo_run_by<const MIXED: bool>(
+    fn memo_run_mixed(
         &mut self,
         vas: &[u64],
         out: &mut [u64],
@@ -409,7 +480,7 @@ impl TlbLevel {
                     break;
                 };
                 if let Some(k) = recent.find(page) {
-                    if MIXED && recent.allow[k] & need != need {
+                    if recent.allow[k] & need != need {
                         break;
                     }
                     out[i] = recent.pa[k] | (va & 0xFFF);
@@ -431,7 +502,9 @@ impl TlbLevel {
                     lru_touch(&mut clock, e);
                 } else {
                     clock += 1; // lru_touch, its stamp deferred
-                    if let Some((slot, stamp)) = recent.admit(page, m.pa, m.allow, m.slot, clock) {
+                    if let Some((slot, stamp)) =
+                        recent.admit_allowing(page, m.pa, m.allow, m.slot, clock)
+                    {
                         stamp_way(ways, slot, stamp);
                     }
                 }
