@@ -200,6 +200,35 @@ fn rights_table(table: &PageTable) -> [u8; 16] {
     out
 }
 
+/// Install a translation of `va`'s page in `level`, splintered to the
+/// largest size one of its arrays holds (nothing if none fits).
+#[inline(always)]
+fn fill_level(
+    level: &mut TlbLevel,
+    page_pa: u64,
+    page_size: u64,
+    proto: &TlbEntry,
+    va: u64,
+    prefetched: bool,
+) {
+    let Some((array, shift)) = level.array_for(page_size) else {
+        return;
+    };
+    let size = 1u64 << shift;
+    let pa = page_pa + (va & (page_size - 1) & !(size - 1));
+    let mut e = TlbEntry::new(
+        va >> shift,
+        shift,
+        proto.asid,
+        pa,
+        proto.rights,
+        proto.dirty,
+        proto.level,
+    );
+    e.prefetched = prefetched;
+    level.fill(array, e);
+}
+
 /// Everything behind the MMU's lock.
 struct State {
     table: Arc<PageTable>,
@@ -414,24 +443,16 @@ impl State {
         va: u64,
         prefetched: bool,
     ) {
-        for i in levels {
-            let level = self.level_mut(side, i);
-            let Some((array, shift)) = level.array_for(page_size) else {
-                continue;
-            };
-            let size = 1u64 << shift;
-            let pa = page_pa + (va & (page_size - 1) & !(size - 1));
-            let mut e = TlbEntry::new(
-                va >> shift,
-                shift,
-                proto.asid,
-                pa,
-                proto.rights,
-                proto.dirty,
-                proto.level,
-            );
-            e.prefetched = prefetched;
-            level.fill(array, e);
+        // The ITLB (a fetch's L1 of a split L1), then the data path's levels as a slice.
+        let mut data = levels;
+        if side == Side::Inst && data.start == 0 {
+            if let Some(itlb) = self.itlb.as_mut() {
+                fill_level(itlb, page_pa, page_size, proto, va, prefetched);
+                data.start = 1;
+            }
+        }
+        for level in &mut self.levels[data] {
+            fill_level(level, page_pa, page_size, proto, va, prefetched);
         }
     }
 
