@@ -80,9 +80,6 @@ struct RecentPages {
     pa: [u64; RECENT_PAGES],
     stamp: [u64; RECENT_PAGES],
     slot: [u32; RECENT_PAGES],
-    /// The memo's `allow` of each place's entry (a batch of mixed kinds
-    /// checks each access's rights against it).
-    allow: [u16; RECENT_PAGES],
     /// The place the next admission takes (round robin).
     next: usize,
 }
@@ -99,7 +96,6 @@ impl Default for RecentPages {
             pa: [0; RECENT_PAGES],
             stamp: [0; RECENT_PAGES],
             slot: [0; RECENT_PAGES],
-            allow: [0; RECENT_PAGES],
             next: 0,
         }
     }
@@ -120,20 +116,6 @@ impl RecentPages {
         let out = (self.page[k] != NO_PAGE).then_some((self.slot[k], self.stamp[k]));
         (self.page[k], self.pa[k], self.slot[k], self.stamp[k]) = (page, pa, slot, clock);
         out
-    }
-
-    /// [`admit`](Self::admit), keeping the entry's memo `allow` (for needs that vary).
-    #[inline(always)]
-    fn admit_allowing(
-        &mut self,
-        page: u64,
-        pa: u64,
-        allow: u8,
-        slot: u32,
-        clock: u64,
-    ) -> Option<(u32, u64)> {
-        self.allow[self.next] = allow as u16;
-        self.admit(page, pa, slot, clock)
     }
 
     /// The `(slot, stamp)` of every place held.
@@ -473,6 +455,9 @@ impl TlbLevel {
             let (clock_ref, ways) = self.arrays[0].lru_parts();
             let mut clock = *clock_ref;
             let mut recent = RecentPages::default();
+            // The memo `allow` of each place of `recent` (kept here, so that
+            // `memo_run`'s `RecentPages` stays as small as its loop needs).
+            let mut allow = [0u16; RECENT_PAGES];
             while i < n {
                 let va = vas[i];
                 let page = va >> 12;
@@ -480,7 +465,7 @@ impl TlbLevel {
                     break;
                 };
                 if let Some(k) = recent.find(page) {
-                    if recent.allow[k] & need != need {
+                    if allow[k] & need != need {
                         break;
                     }
                     out[i] = recent.pa[k] | (va & 0xFFF);
@@ -502,9 +487,8 @@ impl TlbLevel {
                     lru_touch(&mut clock, e);
                 } else {
                     clock += 1; // lru_touch, its stamp deferred
-                    if let Some((slot, stamp)) =
-                        recent.admit_allowing(page, m.pa, m.allow, m.slot, clock)
-                    {
+                    allow[recent.next] = m.allow as u16;
+                    if let Some((slot, stamp)) = recent.admit(page, m.pa, m.slot, clock) {
                         stamp_way(ways, slot, stamp);
                     }
                 }
