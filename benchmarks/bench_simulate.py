@@ -5,8 +5,10 @@ with valgrind, cached in benchmarks/.traces): ``vmopt simulate TRACE`` as a
 subprocess, timed from start to exit, accesses/s and peak RSS (from
 ``wait4``). Bars: >= 10M accesses/s, peak RSS < 200 MiB. A plain C program
 (built here with gcc) parses the same file and plays it through a 64-entry
-4-way LRU TLB of 4 KiB pages (vmopt's default L1); its time gives the ratio
-and its access and L1-miss counts must equal vmopt's.
+4-way LRU TLB of 4 KiB pages; vmopt runs with that as a unified L1
+(``UNIFIED_L1``: the default L1 is split into an ITLB and a DTLB, which the C
+loop does not model). Its time gives the ratio and its access and L1-miss
+counts must equal vmopt's.
 
 (b) 100M-access ``.npy`` traces made in /tmp: bar >= 50M accesses/s on each.
 ``zipf``: a zipf hot set over a 256 MiB working set, 1-16 accesses per page
@@ -52,6 +54,16 @@ LACKEY_BAR = 10e6
 NPY_BAR = 50e6
 CHAMPSIM_BAR = 30e6
 RSS_BAR_MIB = 200
+#: The C loop's TLB as vmopt's unified L1, over the default STLB's 4 KiB / 2 MiB array.
+UNIFIED_L1 = """[tlb.l1]
+entries = 64
+ways = 4
+[tlb.l2]
+entries = 2048
+ways = 16
+page_sizes = ["4K", "2M"]
+latency = 8
+"""
 
 C_LOOP = r"""
 /* Parse a Lackey trace and play it through a 16-set, 4-way LRU TLB of 4 KiB pages. */
@@ -129,8 +141,8 @@ def timed(argv: list[str], stdout: Any = subprocess.DEVNULL) -> tuple[float, flo
     return elapsed, usage.ru_maxrss / 1024, proc.returncode
 
 
-def simulate(trace: Path, work: Path) -> tuple[float, float, dict[str, Any]]:
-    """One end-to-end ``vmopt simulate`` run: seconds, peak RSS MiB, the JSON report."""
+def simulate(trace: Path, work: Path, config: Path | None = None) -> tuple[float, float, dict[str, Any]]:
+    """One end-to-end ``vmopt simulate`` run (``--config config``): seconds, peak RSS MiB, the JSON report."""
     out = work / "report.json"
     argv = [
         sys.executable,
@@ -141,6 +153,7 @@ def simulate(trace: Path, work: Path) -> tuple[float, float, dict[str, Any]]:
         "--no-progress",
         "--json",
         str(out),
+        *(() if config is None else ("--config", str(config))),
     ]
     elapsed, rss, rc = timed(argv)
     if rc:
@@ -176,10 +189,12 @@ def bench_lackey(runs: int, work: Path) -> bool:
     size = trace.stat().st_size
     print(f"(a) {trace.name}: {size / 2**30:.2f} GiB of Lackey text, {runs} runs each (medians)")
     baseline = c_loop(trace, work, runs)
+    config = work / "unified.toml"
+    config.write_text(UNIFIED_L1)
     times, rss = [], []
     report: dict[str, Any] = {}
     for _ in range(runs):
-        elapsed, peak, report = simulate(trace, work)
+        elapsed, peak, report = simulate(trace, work, config)
         times.append(elapsed)
         rss.append(peak)
     n = report["accesses"]

@@ -28,7 +28,7 @@ from vmopt.sim.driver import Simulator
 from vmopt.traces.chunk import TraceChunk
 
 PAGE = 4096
-L1 = ["tlb.l1.entries=16", "tlb.l1.ways=4", "tlb.l1.policy=lru"]
+L1 = ["tlb.l1d.entries=16", "tlb.l1d.ways=4", "tlb.l1d.policy=lru"]
 
 
 def lru_misses(keys: list[tuple[int, int]], sets: int, ways: int) -> int:

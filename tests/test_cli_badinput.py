@@ -45,7 +45,7 @@ def _vmopt(*args: str, timeout: float = 120, **kwargs: Any) -> subprocess.Comple
         (["simulate", *LONG, "--json", "{dir}/missing/r.json"], "missing' does not exist"),
         (["simulate", *LONG, "--plot", "{file}"], "--plot '{file}' exists and is not a directory"),
         (["simulate", *LONG, "--json", "/proc/version"], "'/proc/version'"),
-        (["sweep", "--grid", "tlb.l1.entries=16,32", *LONG, "--out", "{file}"], "--out '{file}' exists"),
+        (["sweep", "--grid", "tlb.l1d.entries=48,96", *LONG, "--out", "{file}"], "--out '{file}' exists"),
         (["inspect", "{file}", "--root", "0", "--json", "{dir}"], "--json '{dir}' is a directory"),
         (["bench", "--json", "{dir}"], "--json '{dir}' is a directory"),
         (["bench", "--plot", "{dir}"], "--plot '{dir}' is a directory"),
@@ -71,26 +71,26 @@ def test_a_sweep_with_a_bad_trace_writes_the_good_points_and_lists_failures(tmp_
     bad = tmp_path / "bad.txt"
     bad.write_text("R 1000\nthis is not a trace line\n")
     out = tmp_path / "out"
-    p = _vmopt("sweep", str(good), str(bad), "--grid", "tlb.l1.entries=16,32", "--out", str(out),
+    p = _vmopt("sweep", str(good), str(bad), "--grid", "tlb.l1d.entries=48,96", "--out", str(out),
                "--workers", "2", "--format", "text")  # fmt: skip
     assert p.returncode == 2, p.stderr
     doc = json.loads((out / "sweep.json").read_text())
     assert doc["partial"] is True and doc["points"] == 4
-    assert {(r["input"], r["params"]["tlb.l1.entries"]) for r in doc["runs"]} == {
-        (str(good), 16),
-        (str(good), 32),
+    assert {(r["input"], r["params"]["tlb.l1d.entries"]) for r in doc["runs"]} == {
+        (str(good), 48),
+        (str(good), 96),
     }
-    assert [(f["input"], f["params"]["tlb.l1.entries"]) for f in doc["failures"]] == [
-        (str(bad), 16),
-        (str(bad), 32),
+    assert [(f["input"], f["params"]["tlb.l1d.entries"]) for f in doc["failures"]] == [
+        (str(bad), 48),
+        (str(bad), 96),
     ]
     assert "2 of 4 points failed" in p.stderr and p.stderr.count(str(bad)) >= 2
     assert (out / "sweep.csv").read_text().count(str(good)) == 2
 
 
 def test_duplicate_grid_values_are_refused(tmp_path: Path) -> None:
-    p = _vmopt("sweep", "--grid", "tlb.l1.entries=16,32,16", "--out", str(tmp_path / "o"))
-    assert p.returncode == 2 and "value 16 given twice" in p.stderr
+    p = _vmopt("sweep", "--grid", "tlb.l1d.entries=48,96,48", "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and "value 48 given twice" in p.stderr
 
 
 def test_a_plot_of_many_series_has_no_legend_covering_it(
@@ -143,9 +143,9 @@ def test_a_closed_stdout_is_quiet_and_loses_no_file(tmp_path: Path, command: lis
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_in_a_sweep_writes_the_finished_points_marked_partial(tmp_path: Path, workers: str) -> None:
     out = tmp_path / "out"
-    values = ",".join(str(16 << i) for i in range(8))
+    values = ",".join(str(48 << i) for i in range(8))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vmopt.cli.main", "sweep", "--grid", f"tlb.l1.entries={values}",
+        [sys.executable, "-m", "vmopt.cli.main", "sweep", "--grid", f"tlb.l1d.entries={values}",
          "--param", "length=3000000", "--workers", workers, "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -70,7 +70,7 @@ def test_the_core_checks_the_same_limits() -> None:
 @pytest.mark.parametrize(
     ("assignment", "message"),
     [
-        ("tlb.l1.entries=1000000000", "tlb.l1.entries: entries must be at most 1,048,576"),
+        ("tlb.l1d.entries=1000000000", "tlb.l1d.entries: entries must be at most 1,048,576"),
         ("numa.nodes=1000000", "numa.nodes: must be at most 64"),
         ("numa.cpus=100000", "numa.cpus: must be at most 4,096"),
         ("pwc.entries=100000000", "pwc.entries: pwc entries must be at most 65,536"),

@@ -12,12 +12,13 @@ history, the deferred queue and guest memory byte for byte.
   geometries and page-size mixes, ASIDs, global entries, prefetched
   entries, in-place updates and every flush.
 - :class:`MmuMachine`: an ``Mmu`` over x86-64 (4 and 5 levels), Sv39 and
-  Sv48 tables, one- and two-level and split-L1 hierarchies, page-walk cache
+  Sv48 tables, one- and two-level hierarchies, L1s split by page size and
+  by side (a ``SplitL1`` ITLB and DTLB, alone or over an STLB), page-walk cache
   on/off, prefetchers none/next_page/stride, immediate/deferred, ASIDs and
   switches between two tables, invlpg/flush/flush_asid/flush_range, map,
   unmap and protect between translations, demand paging through a fault
   handler, scalar and batch translation of reads, writes and fetches in
-  user and supervisor mode.
+  user and supervisor mode, and batches of mixed kinds (``translate_kinds_into``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,17 @@ from reference.tlb.mmu import Mmu as RefMmu
 from reference.tlb.tlb import Tlb as RefTlb
 from reference.tlb.tlb import TlbEntry as RefEntry
 from tlb_state import array_state, assert_same, entry_state, mmu_state, outcome
-from vmopt import Mmu, PageFault, PageTable, Perm, PhysicalMemory, PrefetchConfig, PwcConfig, TlbConfig
+from vmopt import (
+    Mmu,
+    PageFault,
+    PageTable,
+    Perm,
+    PhysicalMemory,
+    PrefetchConfig,
+    PwcConfig,
+    SplitL1,
+    TlbConfig,
+)
 from vmopt.tlb.mmu import DEFAULT_TLB_LEVELS
 from vmopt.tlb.tlb import GLOBAL_ASID, Tlb, TlbEntry
 
@@ -181,6 +192,14 @@ def hierarchy(layout: str, policy: str, seed: int) -> Any:
             TlbConfig(16, 4, policy, (PAGE, big), 6, "l2", seed + 2),
             TlbConfig(64, 8, policy, (PAGE, big, GiB), 20, "l3", seed + 3),
         ]
+    if layout in ("side", "side_only"):
+        split = SplitL1(
+            TlbConfig(4, 2, policy, (PAGE, big), 1, "", seed + 4),
+            [TlbConfig(8, 4, policy, (PAGE,), 1, "", seed), TlbConfig(4, 4, policy, (big, GiB), 1, "", seed)],
+        )
+        if layout == "side_only":
+            return [split]
+        return [split, TlbConfig(16, 4, policy, (PAGE, big), 6, "l2", seed + 2)]
     return DEFAULT_TLB_LEVELS
 
 
@@ -232,7 +251,9 @@ def perms_st(fmt: str) -> st.SearchStrategy[str]:
 @st.composite
 def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     fmt = draw(st.sampled_from(FORMATS))
-    layout = draw(st.sampled_from(["one", "fa", "two", "two", "split", "split", "default"]))
+    layout = draw(
+        st.sampled_from(["one", "fa", "two", "two", "split", "split", "side", "side", "side_only", "default"])
+    )
     kind = draw(st.sampled_from(["none", "next_page", "stride"]))
     prefetch = None
     if kind != "none":
@@ -322,6 +343,33 @@ class MmuMachine(RuleBasedStateMachine):
             for i in range(len(vas))
         ]
         want = [outcome(lambda va=va: self.ref.mmu.translate(va, access, user)) for va in vas]
+        assert got == want
+
+    @rule(
+        ops=st.lists(st.tuples(addresses(), st.sampled_from([0, 0, 1, 2, 2])), max_size=60),
+        flip=st.integers(0, 5),
+    )
+    def batch_kinds(self, ops: list[tuple[int, int]], flip: int) -> None:
+        """The product's mixed-kind core batch against the reference's scalar loop."""
+        user = self.user if flip else not self.user
+        vas = np.array([va for va, _ in ops], dtype=np.uint64)
+        kinds = np.array([k for _, k in ops], dtype=np.uint8)
+        out = np.zeros(len(ops), dtype=np.uint64)
+        got, pos = [], 0
+        while pos < len(ops):
+            done, error = self.prod.mmu.translate_kinds_into(vas[pos:], kinds[pos:], out[pos:], user)
+            got += [("ok", int(pa)) for pa in out[pos : pos + done]]
+            pos += done
+            if error is not None:
+                got.append(
+                    outcome(
+                        lambda e=error, i=pos: self.prod.mmu.handle_fault(
+                            int(vas[i]), "rwx"[kinds[i]], user, e
+                        )
+                    )
+                )
+                pos += 1
+        want = [outcome(lambda va=va, k=k: self.ref.mmu.translate(va, "rwx"[k], user)) for va, k in ops]
         assert got == want
 
     @rule(va=st.sampled_from([-4096, -1, 1 << 64, (1 << 64) + 5]), access=access_st)

@@ -22,6 +22,7 @@ from vmopt.errors import PageFault
 from vmopt.sim.config import load_config
 from vmopt.sim.driver import MAX_WINDOWS, Simulator, Windows
 from vmopt.sim.run import Input, simulate
+from vmopt.tlb import DEFAULT_SPLIT_TLB_LEVELS
 from vmopt.traces import WORKLOADS, TraceChunk, make_workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,10 +44,23 @@ def run_json(tmp_path: Path, *args: str) -> dict[str, Any]:
     return report
 
 
+def first_level(r: dict[str, Any]) -> dict[str, int]:
+    """The L1's counts: the unified L1's, or the ITLB's and DTLB's summed."""
+    tlb = r["tlb"]
+    sides = [tlb["l1i"], tlb["l1d"]] if "l1i" in tlb else [tlb["l1"]]
+    return {k: sum(lv[k] for lv in sides) for k in ("lookups", "hits", "misses")}
+
+
 def check_consistent(r: dict[str, Any]) -> None:
-    levels = list(r["tlb"].values())
-    for lv in levels:
+    tlb = r["tlb"]
+    for lv in tlb.values():
         assert lv["hits"] + lv["misses"] == lv["lookups"]
+        assert lv["miss_rate"] == (lv["misses"] / lv["lookups"] if lv["lookups"] else 0.0)
+    if "l1i" in tlb:  # a split L1: fetches look up the ITLB, reads and writes the DTLB
+        assert tlb["l1i"]["side"] == "inst" and tlb["l1d"]["side"] == "data" and "l1" not in tlb
+        assert tlb["l1i"]["lookups"] == r["kinds"]["fetch"]
+        assert tlb["l1d"]["lookups"] == r["kinds"]["read"] + r["kinds"]["write"]
+    levels = [first_level(r), *(lv for name, lv in tlb.items() if name not in ("l1", "l1i", "l1d"))]
     assert levels[0]["lookups"] == r["accesses"]
     for upper, lower in itertools.pairwise(levels):
         assert lower["lookups"] == upper["misses"]
@@ -79,7 +93,7 @@ def test_default_workload_report_and_schema(tmp_path: Path, capsys: pytest.Captu
     words_list += ["prefetch issued", "NUMA", "remote accesses", "cycles per access", "accesses/s"]
     for words in words_list:
         assert words in out
-    assert r["schema_version"] == 1
+    assert r["schema_version"] == 2
     for key in (
         "accesses",
         "tlb",
@@ -91,7 +105,9 @@ def test_default_workload_report_and_schema(tmp_path: Path, capsys: pytest.Captu
         "elapsed_s",
     ):
         assert key in r
-    assert set(r["tlb"]) == {"l1", "l2"}
+    assert list(r["tlb"]) == ["l1i", "l1d", "l2"]  # the default L1 is split
+    assert [lv["side"] for lv in r["tlb"].values()] == ["inst", "data", "shared"]
+    assert r["tlb"]["l1i"]["lookups"] == 0 and r["kinds"]["fetch"] == 0  # the workload fetches nothing
     for lv in r["tlb"].values():
         assert {"lookups", "hits", "misses", "evictions"} <= set(lv)
     assert {"issued", "useful", "useless"} <= set(r["prefetch"])
@@ -99,7 +115,7 @@ def test_default_workload_report_and_schema(tmp_path: Path, capsys: pytest.Captu
     nodes = r["numa"]["nodes"]
     assert len(nodes) == 2 and all(n["pages"] > 0 for n in nodes)
     assert sum(n["remote_accesses"] for n in nodes) > 0  # the shared region is remote for one vCPU
-    assert r["config"]["tlb"]["l1"]["entries"] == 64
+    assert r["config"]["tlb"]["l1d"]["entries"] == DEFAULT_SPLIT_TLB_LEVELS[0].dtlb[0].entries
     assert r["source"]["name"] == "numa_mix" and r["faults"]["demand"] > 0
     assert 0 < r["tlb"]["l2"]["hit_rate"] < 1 and r["cycles"]["per_access"] > 0
 
@@ -117,7 +133,8 @@ def test_text_trace_kinds(tmp_path: Path) -> None:
     assert r["source"]["format"] == "text"
     assert r["kinds"] == {"read": 3, "write": 2, "fetch": 1}
     assert r["faults"]["demand"] == 4  # four distinct 4 KiB pages
-    assert r["tlb"]["l1"]["hits"] == 2
+    # Data: 7f..1000 (miss) 2008 (miss) 1010 (hit) 1000 (hit) 3000 (miss); the fetch misses its ITLB.
+    assert (r["tlb"]["l1d"]["hits"], r["tlb"]["l1i"]["lookups"], r["tlb"]["l1i"]["hits"]) == (2, 1, 0)
 
 
 @pytest.mark.parametrize("fmt", ["npy", "raw"])
@@ -196,7 +213,7 @@ def test_malformed_line_names_file_line_and_content(tmp_path: Path) -> None:
         (None, ["--workload", "zipf", "--param", "alpha=-1"], "alpha"),
         (None, ["--param", "novalue"], "expected key=value"),
         ("empty", ["empty.txt", "--workload", "zipf"], "not to a TRACE"),
-        (None, ["--set", "tlb.l1.ways=5"], "tlb.l1.ways"),
+        (None, ["--set", "tlb.l1d.ways=5"], "tlb.l1d.ways"),
         (None, ["--workload", "numa_mix", "--param", "cpus=3", "--param", "burst=1", "--length", "100",
                 "--set", "numa.cpus=2"], "numa.cpus"),
     ],

@@ -239,6 +239,7 @@ class Mmu:
     def __init__(
         self, table: PageTable, levels: list[list[_Config]], prefetch: tuple[str, int, str, int],
         pwc: tuple[int, int] | None, asid: int, shootdown: bool, walk_ref_cycles: int,
+        itlb: list[_Config] | None = None,
     ) -> None: ...  # fmt: skip
     def translate(self, va: object, access: object, user: object) -> int: ...
     def translate_restart(self, va: int, access: object, user: object) -> int: ...
@@ -249,6 +250,10 @@ class Mmu:
         self, vas: npt.NDArray[np.uint64], out: npt.NDArray[np.uint64], access: object, user: object,
         pages: list[tuple[int, int, list[int], bytes | None, int, bool]],
     ) -> tuple[int, VmoptError | None, int | None, bool, list[tuple[int, int, int]]]: ...  # fmt: skip
+    def translate_batch_kinds(
+        self, vas: npt.NDArray[np.uint64], kinds: npt.NDArray[np.uint8], out: npt.NDArray[np.uint64],
+        user: object,
+    ) -> tuple[int, VmoptError | None]: ...  # fmt: skip
     def install_page(
         self, va: int, access: object, user: object, page_va: int, size: int, nodes: list[int],
         data: bytes | None, perms: int, page_user: bool,
@@ -271,6 +276,7 @@ class Mmu:
     def stats(self) -> tuple[list[int], list[int]]: ...
     def reset_stats(self) -> None: ...
     def level(self, index: int) -> TlbLevel: ...
+    def itlb(self) -> TlbLevel | None: ...
     def pwc(self) -> PageWalkCache: ...
     def prefetcher(self) -> Prefetcher: ...
     @property

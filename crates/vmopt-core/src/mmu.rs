@@ -2,7 +2,13 @@
 //!
 //! Lookups go L1 first. An L(n) hit fills the levels above it; a miss
 //! everywhere walks the page table and fills every level (non-inclusive,
-//! as on most x86 cores: evictions are not propagated). A prefetched
+//! as on most x86 cores: evictions are not propagated).
+//!
+//! The L1 may be split by [`Side`], as on real cores: instruction fetches
+//! look up an ITLB ([`MmuConfig::itlb`]) and reads and writes the DTLB
+//! (`levels[0]`); both miss into the shared L2 (the STLB) and below. A fill
+//! goes to the L1 of the access's side only, so the two L1s hold what each
+//! side touched, and neither is inclusive of the other or of the STLB. A prefetched
 //! translation is installed in the last level only, marked prefetched until
 //! its first demand hit. Rights are checked on hits too, from a mask the
 //! paging format computes at fill time; a hit that faults drops the entry,
@@ -46,7 +52,7 @@ use crate::paging::twostage::walk_nested;
 use crate::paging::{
     Access, Fault, FaultCause, PageTable, Perm, Shootdown, Stage, Translation, TwoStage,
 };
-use crate::tlb::level::MEMO_SLOTS;
+use crate::tlb::level::{MemoNeeds, MEMO_SLOTS};
 use crate::tlb::{
     MmuStats, PageWalkCache, PrefetchConfig, PrefetchMode, Prefetcher, PwcConfig, TlbConfig,
     TlbEntry, TlbLevel, TlbStats, GLOBAL_ASID,
@@ -54,6 +60,38 @@ use crate::tlb::{
 
 /// Addresses translated per lock hold in a batch (shootdowns wait at most this long).
 const BATCH_LOCK_SPAN: usize = 1024;
+
+/// The side of a split L1 an access looks up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// Instruction fetches: the ITLB.
+    Inst,
+    /// Reads and writes (and prefetches): the DTLB.
+    Data,
+}
+
+impl Side {
+    /// Fetches are [`Side::Inst`], everything else [`Side::Data`].
+    #[inline(always)]
+    pub fn of(access: Access) -> Side {
+        if access == Access::Exec {
+            Side::Inst
+        } else {
+            Side::Data
+        }
+    }
+}
+
+/// The access of a kind byte of [`Mmu::translate_batch_kinds`] (the values
+/// of `TraceChunk.kinds`: 0 read, 1 write, 2 fetch).
+pub fn access_of_kind(kind: u8) -> Option<Access> {
+    match kind {
+        0 => Some(Access::Read),
+        1 => Some(Access::Write),
+        2 => Some(Access::Exec),
+        _ => None,
+    }
+}
 
 /// The bit of an entry's rights mask for an access in a mode.
 ///
@@ -135,8 +173,13 @@ pub struct PwcState {
 /// How an [`Mmu`] is built.
 #[derive(Clone, Debug)]
 pub struct MmuConfig {
-    /// TLB levels, L1 first; each one array or split arrays.
+    /// TLB levels, L1 first; each one array or split arrays (by page size).
     pub levels: Vec<Vec<TlbConfig>>,
+    /// The arrays of an L1 ITLB, if the L1 is split by [`Side`]: then
+    /// fetches look up this level first and `levels[0]` is the DTLB (reads
+    /// and writes); `levels[1..]` are shared. `None`: `levels[0]` is a
+    /// unified L1.
+    pub itlb: Option<Vec<TlbConfig>>,
     /// The prefetcher.
     pub prefetch: PrefetchConfig,
     /// The page-walk cache, if any.
@@ -177,11 +220,42 @@ fn rights_table(table: &PageTable) -> [u8; 16] {
     out
 }
 
+/// Install a translation of `va`'s page in `level`, splintered to the
+/// largest size one of its arrays holds (nothing if none fits).
+#[inline(always)]
+fn fill_level(
+    level: &mut TlbLevel,
+    page_pa: u64,
+    page_size: u64,
+    proto: &TlbEntry,
+    va: u64,
+    prefetched: bool,
+) {
+    let Some((array, shift)) = level.array_for(page_size) else {
+        return;
+    };
+    let size = 1u64 << shift;
+    let pa = page_pa + (va & (page_size - 1) & !(size - 1));
+    let mut e = TlbEntry::new(
+        va >> shift,
+        shift,
+        proto.asid,
+        pa,
+        proto.rights,
+        proto.dirty,
+        proto.level,
+    );
+    e.prefetched = prefetched;
+    level.fill(array, e);
+}
+
 /// Everything behind the MMU's lock.
 struct State {
     table: Arc<PageTable>,
     asid: u32,
     levels: Vec<TlbLevel>,
+    /// The L1 ITLB of a split L1 (`levels[0]` is then the DTLB).
+    itlb: Option<TlbLevel>,
     pwc: Option<PageWalkCache>,
     prefetcher: Option<Box<dyn Prefetcher>>,
     prefetch: PrefetchConfig,
@@ -209,6 +283,25 @@ impl State {
         self.rights[(t.perms.0 as usize & 7) * 2 + t.user as usize]
     }
 
+    /// Level `i` of `side`'s path: the ITLB for fetches at 0 if the L1 is split.
+    #[inline(always)]
+    fn level_mut(&mut self, side: Side, i: usize) -> &mut TlbLevel {
+        match (i, side, self.itlb.as_mut()) {
+            (0, Side::Inst, Some(itlb)) => itlb,
+            _ => &mut self.levels[i],
+        }
+    }
+
+    /// Every level, the ITLB (if any) first.
+    fn all_levels_mut(&mut self) -> impl Iterator<Item = &mut TlbLevel> {
+        self.itlb.iter_mut().chain(self.levels.iter_mut())
+    }
+
+    /// Every level, the ITLB (if any) first.
+    fn all_levels(&self) -> impl Iterator<Item = &TlbLevel> {
+        self.itlb.iter().chain(self.levels.iter())
+    }
+
     #[inline]
     fn translate(&mut self, va: u64, access: Access, user: bool) -> std::result::Result<u64, Stop> {
         let Some(bit) = rights_bit(access, user) else {
@@ -216,11 +309,13 @@ impl State {
         };
         self.stats.translations += 1;
         let asid = self.asid;
+        let side = Side::of(access);
         for i in 0..self.levels.len() {
-            let Some(hit) = self.levels[i].lookup(va, asid) else {
+            let level = self.level_mut(side, i);
+            let Some(hit) = level.lookup(va, asid) else {
                 continue;
             };
-            let entry = self.levels[i].mark_used(hit);
+            let entry = level.mark_used(hit);
             // Field by field, not a copy of the entry: the hit has just
             // written its stamp, and a wide load over it would stall.
             let (rights, dirty, level) = (entry.rights, entry.dirty, entry.level);
@@ -234,13 +329,13 @@ impl State {
             let size = 1u64 << shift;
             if i > 0 {
                 let proto = TlbEntry::new(0, shift, entry_asid, page_pa, rights, dirty, level);
-                self.fill(0..i, page_pa, size, &proto, va, false);
+                self.fill(side, 0..i, page_pa, size, &proto, va, false);
             }
             return Ok(page_pa | (va & (size - 1)));
         }
         match self.walk(va, access, user, false) {
             Ok(t) => {
-                self.after_walk(&t, va)?;
+                self.after_walk(&t, va, side)?;
                 Ok(t.pa)
             }
             Err(Error::Fault(f)) => Err(Stop {
@@ -253,13 +348,14 @@ impl State {
         }
     }
 
-    /// Count `n` translations that hit in L1 through its memo.
-    fn count_fast_hits(&mut self, n: u64) {
+    /// Count `n` translations that hit in `side`'s L1 through its memo.
+    fn count_fast_hits(&mut self, side: Side, n: u64) {
         self.stats.translations += n;
-        self.levels[0].count_hits(n);
+        self.level_mut(side, 0).count_hits(n);
     }
 
-    /// x86 and RISC-V both drop the entry that caused a fault.
+    /// x86 and RISC-V both drop the entry that caused a fault (from every
+    /// TLB, as x86 invalidates the faulting address's translations).
     ///
     /// A nested entry holds the rights of both stages ANDed, so which stage
     /// refuses is found by walking again (uncounted as a miss), as a CPU
@@ -272,12 +368,12 @@ impl State {
         level: u8,
     ) -> std::result::Result<u64, Stop> {
         let asid = self.asid;
-        for lv in &mut self.levels {
+        for lv in self.all_levels_mut() {
             lv.flush_va(va, Some(asid));
         }
         if self.nested.is_some() {
             let t = self.walk(va, access, user, true)?;
-            self.fill_all(&t, va);
+            self.fill_all(&t, va, Side::of(access));
             return Ok(t.pa);
         }
         self.stats.faults += 1;
@@ -297,7 +393,7 @@ impl State {
     fn dirty_rewalk(&mut self, va: u64, user: bool) -> std::result::Result<u64, Stop> {
         self.stats.dirty_walks += 1;
         let t = self.walk(va, Access::Write, user, true)?;
-        self.fill_all(&t, va);
+        self.fill_all(&t, va, Side::Data);
         Ok(t.pa)
     }
 
@@ -344,8 +440,8 @@ impl State {
     }
 
     /// Fill the hierarchy with a demand walk's result and let the prefetcher react.
-    fn after_walk(&mut self, t: &Translation, va: u64) -> Result<()> {
-        self.fill_all(t, va);
+    fn after_walk(&mut self, t: &Translation, va: u64, side: Side) -> Result<()> {
+        self.fill_all(t, va, side);
         if let Some(p) = self.prefetcher.as_mut() {
             self.targets.clear();
             p.on_miss(va, t.page_size, &mut self.targets);
@@ -377,15 +473,18 @@ impl State {
         )
     }
 
-    fn fill_all(&mut self, t: &Translation, va: u64) {
+    fn fill_all(&mut self, t: &Translation, va: u64, side: Side) {
         let proto = self.proto(t);
         let n = self.levels.len();
-        self.fill(0..n, t.page_pa(), t.page_size, &proto, va, false);
+        self.fill(side, 0..n, t.page_pa(), t.page_size, &proto, va, false);
     }
 
-    /// Install a translation of `va`'s page in `levels`, splintering as each level needs.
+    /// Install a translation of `va`'s page in `levels` of `side`'s path,
+    /// splintering as each level needs.
+    #[allow(clippy::too_many_arguments)]
     fn fill(
         &mut self,
+        side: Side,
         levels: std::ops::Range<usize>,
         page_pa: u64,
         page_size: u64,
@@ -393,23 +492,16 @@ impl State {
         va: u64,
         prefetched: bool,
     ) {
-        for level in &mut self.levels[levels] {
-            let Some((array, shift)) = level.array_for(page_size) else {
-                continue;
-            };
-            let size = 1u64 << shift;
-            let pa = page_pa + (va & (page_size - 1) & !(size - 1));
-            let mut e = TlbEntry::new(
-                va >> shift,
-                shift,
-                proto.asid,
-                pa,
-                proto.rights,
-                proto.dirty,
-                proto.level,
-            );
-            e.prefetched = prefetched;
-            level.fill(array, e);
+        // The ITLB (a fetch's L1 of a split L1), then the data path's levels as a slice.
+        let mut data = levels;
+        if side == Side::Inst && data.start == 0 {
+            if let Some(itlb) = self.itlb.as_mut() {
+                fill_level(itlb, page_pa, page_size, proto, va, prefetched);
+                data.start = 1;
+            }
+        }
+        for level in &mut self.levels[data] {
+            fill_level(level, page_pa, page_size, proto, va, prefetched);
         }
     }
 
@@ -431,7 +523,8 @@ impl State {
         Ok(())
     }
 
-    /// Probe-walk `va` and install it in the last level; true if installed.
+    /// Probe-walk `va` and install it in the last level (the DTLB if a split
+    /// L1 is the only level); true if installed.
     fn prefetch_one(&mut self, va: u64) -> Result<bool> {
         let last = self.levels.len() - 1;
         if self.levels[last].peek(va, self.asid).is_some() {
@@ -447,7 +540,16 @@ impl State {
             Ok(t) => {
                 self.stats.prefetch.walk_memory_refs += t.memory_refs as u64;
                 let proto = self.proto(&t);
-                self.fill(last..last + 1, t.page_pa(), t.page_size, &proto, va, true);
+                let range = last..last + 1;
+                self.fill(
+                    Side::Data,
+                    range,
+                    t.page_pa(),
+                    t.page_size,
+                    &proto,
+                    va,
+                    true,
+                );
                 self.stats.prefetch.installed += 1;
                 Ok(true)
             }
@@ -560,7 +662,15 @@ impl State {
             Ok(t) => {
                 let last = self.levels.len() - 1;
                 let proto = self.proto(&t);
-                self.fill(last..last + 1, t.page_pa(), t.page_size, &proto, va, true);
+                self.fill(
+                    Side::Data,
+                    last..last + 1,
+                    t.page_pa(),
+                    t.page_size,
+                    &proto,
+                    va,
+                    true,
+                );
                 self.stats.prefetch.installed += 1;
                 Ok(true)
             }
@@ -573,7 +683,7 @@ impl State {
     }
 
     fn flush_asid(&mut self, asid: u32) {
-        for level in &mut self.levels {
+        for level in self.all_levels_mut() {
             level.flush_asid(asid);
         }
         if let Some(pwc) = self.pwc.as_mut() {
@@ -594,7 +704,7 @@ pub struct Mmu {
 impl std::fmt::Debug for Mmu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let st = self.lock();
-        let names: Vec<&str> = st.levels.iter().map(|l| l.name()).collect();
+        let names: Vec<&str> = st.all_levels().map(|l| l.name()).collect();
         write!(f, "Mmu(asid={}, levels={names:?})", st.asid)
     }
 }
@@ -615,7 +725,11 @@ impl Mmu {
                 TlbLevel::new(cfgs).map(|l| l.with_memo_slots(slots))
             })
             .collect::<Result<Vec<_>>>()?;
-        let names: Vec<&str> = levels.iter().map(TlbLevel::name).collect();
+        let itlb = match &config.itlb {
+            Some(cfgs) => Some(TlbLevel::new(cfgs)?.with_memo_slots(MEMO_SLOTS)),
+            None => None,
+        };
+        let names: Vec<&str> = itlb.iter().chain(&levels).map(TlbLevel::name).collect();
         if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
             let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
             return Err(Error::Config(format!(
@@ -631,6 +745,7 @@ impl Mmu {
             table: table.clone(),
             asid: config.asid,
             levels,
+            itlb,
             prefetcher: config.prefetch.build(),
             prefetch: config.prefetch,
             queue: VecDeque::new(),
@@ -695,7 +810,7 @@ impl Mmu {
         let mut st = self.lock();
         st.stats.demand_faults += 1;
         let t = st.walk(va, access, user, true)?;
-        st.after_walk(&t, va)?;
+        st.after_walk(&t, va, Side::of(access))?;
         Ok(t.pa)
     }
 
@@ -786,13 +901,87 @@ impl Mmu {
                 match st.translate(vas[i], access, user) {
                     Ok(pa) => out[i] = pa,
                     Err(stop) => {
-                        st.count_fast_hits(fast);
+                        st.count_fast_hits(Side::of(access), fast);
                         return (i, Some(stop));
                     }
                 }
                 i += 1;
             }
-            st.count_fast_hits(fast);
+            st.count_fast_hits(Side::of(access), fast);
+        }
+        (n, None)
+    }
+
+    /// [`translate_batch`](Self::translate_batch) with each address's own
+    /// access: `kinds[i]` is 0 (read), 1 (write) or 2 (fetch), the values of
+    /// `TraceChunk.kinds` (see [`access_of_kind`]). Fetches go to the ITLB
+    /// of a split L1. Exactly the scalar semantics in order; a byte that is
+    /// no kind stops the batch there with a configuration error, counting
+    /// nothing for it.
+    pub fn translate_batch_kinds(
+        &self,
+        vas: &[u64],
+        kinds: &[u8],
+        out: &mut [u64],
+        user: bool,
+    ) -> (usize, Option<Stop>) {
+        let n = vas.len().min(out.len()).min(kinds.len());
+        let (vas, kinds, out) = (&vas[..n], &kinds[..n], &mut out[..n]);
+        let mut i = 0;
+        while i < n {
+            let end = (i + BATCH_LOCK_SPAN).min(n);
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let asid = st.asid;
+            let split = st.itlb.is_some();
+            // What each kind needs of each L1's memo: a unified L1 serves all.
+            let data = MemoNeeds::new(user, |k| !split || k != 2);
+            let inst = MemoNeeds::new(user, |k| k == 2);
+            // Memo hits per side, counted once per span.
+            let (mut fast_data, mut fast_inst) = (0u64, 0u64);
+            while i < end {
+                let fetch = split && kinds[i] == 2;
+                let (side, needs, fast) = if fetch {
+                    (Side::Inst, &inst, &mut fast_inst)
+                } else {
+                    (Side::Data, &data, &mut fast_data)
+                };
+                let level = st.level_mut(side, 0);
+                let run = level.memo_run_kinds(
+                    &vas[i..end],
+                    &kinds[i..end],
+                    &mut out[i..end],
+                    asid,
+                    needs,
+                );
+                *fast += run as u64;
+                i += run;
+                if i == end {
+                    break;
+                }
+                if run != 0 {
+                    continue; // the other side's L1 may answer the next one
+                }
+                let result = match access_of_kind(kinds[i]) {
+                    Some(access) => st.translate(vas[i], access, user),
+                    None => Err(Error::Config(format!(
+                        "access kind of address {i} must be 0 (read), 1 (write) or 2 (fetch), got {}",
+                        kinds[i]
+                    ))
+                    .into()),
+                };
+                match result {
+                    Ok(pa) => out[i] = pa,
+                    Err(stop) => {
+                        st.count_fast_hits(Side::Data, fast_data);
+                        st.count_fast_hits(Side::Inst, fast_inst);
+                        return (i, Some(stop));
+                    }
+                }
+                i += 1;
+            }
+            st.count_fast_hits(Side::Data, fast_data);
+            st.count_fast_hits(Side::Inst, fast_inst);
         }
         (n, None)
     }
@@ -873,11 +1062,14 @@ impl Mmu {
     }
 
     /// Count what a translation of an address outside `[0, 2^64)` counts
-    /// before its walk refuses it: a lookup missing in every level and a walk.
-    pub fn count_unwalkable(&self) {
+    /// before its walk refuses it: a lookup missing in every level of
+    /// `access`'s path and a walk.
+    pub fn count_unwalkable(&self, access: Access) {
         let mut st = self.lock();
         st.stats.translations += 1;
-        for level in &mut st.levels {
+        let side = Side::of(access);
+        for i in 0..st.levels.len() {
+            let level = st.level_mut(side, i);
             let latency = level.latency();
             level.stats.lookups += 1;
             level.stats.cycles += latency;
@@ -954,7 +1146,7 @@ impl Mmu {
     /// Invalidate every TLB and PWC entry (a CR3 write without PCIDs).
     pub fn flush(&self) {
         let mut st = self.lock();
-        for level in &mut st.levels {
+        for level in st.all_levels_mut() {
             level.flush();
         }
         if let Some(pwc) = st.pwc.as_mut() {
@@ -973,7 +1165,7 @@ impl Mmu {
     pub fn invlpg(&self, va: u64) {
         let mut st = self.lock();
         let asid = st.asid;
-        for level in &mut st.levels {
+        for level in st.all_levels_mut() {
             level.flush_va(va, Some(asid));
         }
         if let Some(pwc) = st.pwc.as_mut() {
@@ -985,7 +1177,7 @@ impl Mmu {
     pub fn flush_range(&self, va: u64, size: u64, asid: Option<u32>) {
         let mut st = self.lock();
         let asid = asid.map(|a| st.tag(a));
-        for level in &mut st.levels {
+        for level in st.all_levels_mut() {
             level.flush_range(va, size, asid);
         }
         if let Some(pwc) = st.pwc.as_mut() {
@@ -996,7 +1188,8 @@ impl Mmu {
     /// True if any level holds a translation of `va` for the current ASID.
     pub fn cached(&self, va: u64) -> bool {
         let st = self.lock();
-        st.levels.iter().any(|l| l.peek(va, st.asid).is_some())
+        let hit = st.all_levels().any(|l| l.peek(va, st.asid).is_some());
+        hit
     }
 
     // -- inspection -------------------------------------------------------
@@ -1021,6 +1214,17 @@ impl Mmu {
         f(&mut self.lock().levels[index])
     }
 
+    /// True if the L1 is split into an ITLB and a DTLB (`levels[0]`).
+    pub fn split_l1(&self) -> bool {
+        self.lock().itlb.is_some()
+    }
+
+    /// Run `f` on the ITLB of a split L1 with the MMU's lock held (None
+    /// with a unified L1).
+    pub fn with_itlb<R>(&self, f: impl FnOnce(&mut TlbLevel) -> R) -> Option<R> {
+        self.lock().itlb.as_mut().map(f)
+    }
+
     /// Run `f` on the page-walk cache (None without one) with the MMU's lock held.
     pub fn with_pwc<R>(&self, f: impl FnOnce(Option<&mut PageWalkCache>) -> R) -> R {
         f(self.lock().pwc.as_mut())
@@ -1039,20 +1243,25 @@ impl Mmu {
     pub fn stats(&self) -> MmuStats {
         let st = self.lock();
         let mut s = st.stats;
-        s.prefetch = st.stats.prefetch_with(st.levels.iter().map(|l| &l.stats));
+        s.prefetch = st.stats.prefetch_with(st.all_levels().map(|l| &l.stats));
         s
     }
 
-    /// Each level's counters, L1 first.
+    /// Each level's counters, L1 (the DTLB of a split L1) first.
     pub fn level_stats(&self) -> Vec<TlbStats> {
         self.lock().levels.iter().map(|l| l.stats).collect()
+    }
+
+    /// The ITLB's counters (None with a unified L1).
+    pub fn itlb_stats(&self) -> Option<TlbStats> {
+        self.lock().itlb.as_ref().map(|l| l.stats)
     }
 
     /// Zero every counter (TLB contents stay).
     pub fn reset_stats(&self) {
         let mut st = self.lock();
         st.stats = MmuStats::default();
-        for level in &mut st.levels {
+        for level in st.all_levels_mut() {
             level.stats = TlbStats::default();
         }
         if let Some(n) = st.nested.as_deref_mut() {
@@ -1098,7 +1307,7 @@ impl Mmu {
         let mut nested = Nested::new(host, config);
         nested._subscriber = subscriber;
         let asid = st.asid & 0xFFFF;
-        for level in &mut st.levels {
+        for level in st.all_levels_mut() {
             level.flush();
         }
         if let Some(pwc) = st.pwc.as_mut() {
@@ -1125,7 +1334,7 @@ impl Mmu {
             return;
         };
         n.host_changed(gpa, size);
-        for level in &mut st.levels {
+        for level in st.all_levels_mut() {
             level.flush();
         }
     }
@@ -1147,7 +1356,7 @@ impl Shootdown for Mmu {
     fn shootdown(&self, va: u64, size: u64) {
         let mut st = self.lock();
         st.stats.shootdowns += 1;
-        for level in &mut st.levels {
+        for level in st.all_levels_mut() {
             level.flush_range(va, size, None);
         }
         if let Some(pwc) = st.pwc.as_mut() {

@@ -34,6 +34,7 @@ fn tlb(entries: u32, ways: u32, latency: u64, name: &str) -> TlbConfig {
 fn config(levels: Vec<Vec<TlbConfig>>) -> MmuConfig {
     MmuConfig {
         levels,
+        itlb: None,
         prefetch: PrefetchConfig::default(),
         pwc: None,
         asid: 0,
@@ -367,4 +368,152 @@ proptest! {
             }
         }
     }
+}
+
+/// Pages at `BASE`: every third one `rw` (a fetch there faults), the rest `rwx`.
+fn code_table(pages: u64) -> Arc<PageTable> {
+    let mem = Arc::new(PhysMem::new(256 << 20, 0, None).unwrap());
+    let fmt = Arc::new(X86_64::new(4, 46, true, true, false, false).unwrap());
+    let pt = Arc::new(PageTable::new(mem.clone(), fmt, None).unwrap());
+    for i in 0..pages {
+        let frame = mem.alloc(K4).unwrap();
+        let perms = if i % 3 == 0 { Perm(6) } else { Perm::RWX };
+        pt.map(BASE + i * K4, frame, K4, perms, i % 2 == 0, false)
+            .unwrap();
+    }
+    pt
+}
+
+/// A split L1 (ITLB of `itlb_policy`, DTLB of `policy`) over a shared L2.
+fn split_config(policy: Policy, itlb_policy: Policy, big: bool) -> MmuConfig {
+    let dtlb = if big {
+        vec![
+            TlbConfig::new(8, 4, policy, &[K4], 1, "l1d", 1).unwrap(),
+            TlbConfig::new(4, 2, policy, &[2 << 20], 1, "l1d_2m", 2).unwrap(),
+        ]
+    } else {
+        vec![TlbConfig::new(8, 2, policy, &[K4], 1, "l1d", 1).unwrap()]
+    };
+    let mut cfg = config(vec![
+        dtlb,
+        vec![TlbConfig::new(32, 4, policy, &[K4, 2 << 20], 7, "l2", 3).unwrap()],
+    ]);
+    cfg.itlb = Some(vec![
+        TlbConfig::new(4, 2, itlb_policy, &[K4], 1, "l1i", 4).unwrap()
+    ]);
+    cfg
+}
+
+#[test]
+fn split_l1_fills_only_the_side_that_missed() {
+    let mmu = Mmu::new(code_table(8), split_config(Policy::Lru, Policy::Lru, false)).unwrap();
+    assert!(mmu.split_l1());
+    let va = BASE + K4; // rwx, supervisor
+    mmu.translate(va, Access::Exec, false).unwrap(); // ITLB miss, L2 miss: walk, fill ITLB + L2
+    mmu.translate(va, Access::Exec, false).unwrap(); // ITLB hit
+    mmu.translate(va, Access::Read, false).unwrap(); // DTLB miss, L2 hit: fills the DTLB
+    mmu.translate(va, Access::Read, false).unwrap(); // DTLB hit
+    let itlb = mmu.itlb_stats().unwrap();
+    let levels = mmu.level_stats();
+    assert_eq!((itlb.lookups, itlb.hits, itlb.misses), (2, 1, 1));
+    assert_eq!(
+        (levels[0].lookups, levels[0].hits, levels[0].misses),
+        (2, 1, 1)
+    );
+    assert_eq!(
+        (levels[1].lookups, levels[1].hits, levels[1].misses),
+        (2, 1, 1)
+    );
+    assert_eq!(mmu.stats().walks, 1);
+    // An invalidation reaches both L1s.
+    mmu.invlpg(va);
+    assert!(!mmu.cached(va));
+    mmu.translate(va, Access::Write, false).unwrap();
+    mmu.translate(va, Access::Exec, false).unwrap();
+    assert_eq!(mmu.stats().walks, 2);
+    assert_eq!(mmu.itlb_stats().unwrap().misses, 2);
+    // A fetch of a no-exec page faults from the ITLB's path only.
+    let nx = BASE;
+    let stop = mmu.translate(nx, Access::Exec, false).unwrap_err();
+    assert!(matches!(stop.error, Error::Fault(ref f) if f.cause == FaultCause::Protection));
+    assert_eq!(mmu.itlb_stats().unwrap().lookups, 4);
+    assert_eq!(mmu.level_stats()[0].lookups, 3);
+}
+
+#[test]
+fn split_l1_names_must_be_distinct() {
+    let mut cfg = split_config(Policy::Lru, Policy::Lru, false);
+    cfg.itlb = Some(vec![tlb(4, 2, 1, "l1d")]);
+    let err = Mmu::new(code_table(1), cfg).unwrap_err();
+    assert!(err.to_string().contains("'l1d', 'l1d'"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The kinds batch (split or unified L1) stops exactly where the scalar
+    /// loop of the same accesses stops, with the same counters per level and side.
+    #[test]
+    fn kinds_batch_equals_scalar_loop(
+        policy in prop::sample::select(vec![Policy::Lru, Policy::Fifo, Policy::Random, Policy::Plru]),
+        itlb_policy in prop::sample::select(vec![Policy::Lru, Policy::Plru]),
+        split in any::<bool>(),
+        big in any::<bool>(),
+        ops in prop::collection::vec((0u64..24, 0u8..3), 1..400),
+    ) {
+        let build = || {
+            let mut cfg = split_config(policy, itlb_policy, big);
+            if !split {
+                cfg.itlb = None;
+            }
+            Mmu::new(code_table(20), cfg).unwrap()
+        };
+        let (scalar, batch) = (build(), build());
+        let vas: Vec<u64> = ops.iter().map(|(p, _)| BASE + p * K4 + p % 7).collect();
+        let kinds: Vec<u8> = ops.iter().map(|&(_, k)| k).collect();
+        let want: Vec<_> = vas
+            .iter()
+            .zip(&kinds)
+            .map(|(&va, &k)| {
+                let access = vmopt_core::mmu::access_of_kind(k).unwrap();
+                scalar.translate(va, access, true).map_err(|s| s.error)
+            })
+            .collect();
+        let mut got = Vec::new();
+        let mut out = vec![0u64; vas.len()];
+        let mut pos = 0;
+        while pos < vas.len() {
+            let (done, stop) =
+                batch.translate_batch_kinds(&vas[pos..], &kinds[pos..], &mut out[pos..], true);
+            got.extend(out[pos..pos + done].iter().map(|&pa| Ok(pa)));
+            pos += done;
+            if let Some(stop) = stop {
+                got.push(Err(stop.error));
+                pos += 1;
+            }
+        }
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(batch.stats(), scalar.stats());
+        prop_assert_eq!(batch.level_stats(), scalar.level_stats());
+        prop_assert_eq!(batch.itlb_stats(), scalar.itlb_stats());
+        // Every access looks up its side's L1 once, faulting or not.
+        let fetches = kinds.iter().filter(|&&k| k == 2).count() as u64;
+        let dtlb = batch.level_stats()[0].lookups;
+        match batch.itlb_stats() {
+            Some(itlb) => prop_assert_eq!((itlb.lookups, dtlb), (fetches, vas.len() as u64 - fetches)),
+            None => prop_assert_eq!(dtlb, vas.len() as u64),
+        }
+    }
+}
+
+#[test]
+fn kinds_batch_refuses_a_byte_that_is_no_kind() {
+    let mmu = Mmu::new(code_table(4), split_config(Policy::Lru, Policy::Lru, false)).unwrap();
+    let vas = [BASE + K4, BASE + K4, BASE + 2 * K4];
+    let mut out = [0u64; 3];
+    let (done, stop) = mmu.translate_batch_kinds(&vas, &[2, 7, 0], &mut out, false);
+    assert_eq!(done, 1);
+    let err = stop.unwrap().error;
+    assert!(err.to_string().contains("got 7"), "{err}");
+    assert_eq!(mmu.stats().translations, 1);
 }

@@ -46,6 +46,7 @@ fn mmu(ts: &TwoStage, pwc: Option<PwcConfig>, nested: NestedConfig) -> Arc<Mmu> 
         ts.guest().clone(),
         MmuConfig {
             levels: vec![vec![l1]],
+            itlb: None,
             prefetch: PrefetchConfig::default(),
             pwc,
             asid: 5,

@@ -124,13 +124,13 @@ pub struct PyMmu {
 }
 
 impl PyMmu {
-    fn va_of(&self, va: &Bound<'_, PyAny>) -> PyResult<u64> {
+    fn va_of(&self, va: &Bound<'_, PyAny>, access: Access) -> PyResult<u64> {
         if let Ok(v) = va.extract::<u64>() {
             return Ok(v);
         }
         if va.downcast::<pyo3::types::PyInt>().is_ok() {
             // An int outside [0, 2^64): it misses everywhere, then the walk refuses it.
-            self.inner.count_unwalkable();
+            self.inner.count_unwalkable(access);
         }
         let text = va.repr()?.to_string();
         Err(to_py(Error::Address(format!(
@@ -141,9 +141,11 @@ impl PyMmu {
 
 #[pymethods]
 impl PyMmu {
-    /// An MMU over `table`; see `vmopt.Mmu` for the arguments.
+    /// An MMU over `table`; see `vmopt.Mmu` for the arguments. `itlb`: the
+    /// arrays of the ITLB of a split L1 (`levels[0]` is then the DTLB).
     #[new]
-    #[pyo3(signature = (table, levels, prefetch, pwc, asid, shootdown, walk_ref_cycles))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (table, levels, prefetch, pwc, asid, shootdown, walk_ref_cycles, itlb=None))]
     fn new(
         table: PyRef<'_, PyPageTable>,
         levels: Vec<Vec<ConfigTuple>>,
@@ -152,16 +154,18 @@ impl PyMmu {
         asid: u32,
         shootdown: bool,
         walk_ref_cycles: u64,
+        itlb: Option<Vec<ConfigTuple>>,
     ) -> PyResult<Self> {
         let table = table.inner.clone();
         guarded(|| {
-            let levels = levels
-                .iter()
-                .map(|lv| lv.iter().map(config_from).collect::<Result<Vec<_>>>())
-                .collect::<Result<Vec<_>>>()?;
+            let configs =
+                |lv: &Vec<ConfigTuple>| lv.iter().map(config_from).collect::<Result<Vec<_>>>();
+            let levels = levels.iter().map(configs).collect::<Result<Vec<_>>>()?;
+            let itlb = itlb.as_ref().map(configs).transpose()?;
             let pwc = pwc.map(|(e, l)| PwcConfig::new(e, l)).transpose()?;
             let config = MmuConfig {
                 levels,
+                itlb,
                 prefetch: prefetch_from(&prefetch)?,
                 pwc,
                 asid,
@@ -184,7 +188,7 @@ impl PyMmu {
     ) -> PyResult<u64> {
         let access = access_of(access)?;
         let user = user_of(user)?;
-        let va = self.va_of(va)?;
+        let va = self.va_of(va, access)?;
         match catch_unwind(AssertUnwindSafe(|| self.inner.translate(va, access, user))) {
             Ok(Ok(pa)) => Ok(pa),
             Ok(Err(stop)) => Err(stop_to_py(py, stop)),
@@ -278,6 +282,42 @@ impl PyMmu {
             Ok((done, Some(StagedStop::Fault(stop)))) => {
                 let error = stop_to_py(py, stop).into_value(py).into_any();
                 Ok((done, Some(error), None, false, placed))
+            }
+            Err(panic) => Err(panic_to_py(panic)),
+        }
+    }
+
+    /// Translate `vas` into `out` in order, each as its `kinds` byte says
+    /// (0 read, 1 write, 2 fetch: `TraceChunk.kinds`), without the GIL;
+    /// `(done, exception or None)`. Fetches go to the ITLB of a split L1.
+    fn translate_batch_kinds(
+        &self,
+        py: Python<'_>,
+        vas: PyReadonlyArray1<'_, u64>,
+        kinds: PyReadonlyArray1<'_, u8>,
+        mut out: PyReadwriteArray1<'_, u64>,
+        user: &Bound<'_, PyAny>,
+    ) -> PyResult<(usize, Option<PyObject>)> {
+        let user = user_of(user)?;
+        let (vas, kinds) = (vas.as_slice()?, kinds.as_slice()?);
+        if kinds.len() != vas.len() {
+            return Err(to_py(Error::Config(format!(
+                "kinds must be as long as the addresses ({}), got {}",
+                vas.len(),
+                kinds.len()
+            ))));
+        }
+        let out = out.as_slice_mut()?;
+        let inner = &self.inner;
+        let result = py.allow_threads(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                inner.translate_batch_kinds(vas, kinds, out, user)
+            }))
+        });
+        match result {
+            Ok((done, None)) => Ok((done, None)),
+            Ok((done, Some(stop))) => {
+                Ok((done, Some(stop_to_py(py, stop).into_value(py).into_any())))
             }
             Err(panic) => Err(panic_to_py(panic)),
         }
@@ -434,6 +474,16 @@ impl PyMmu {
                 return Err(Error::Config(format!("the MMU has no TLB level {index}")));
             }
             Ok(PyTlbLevel::of_mmu(self.inner.clone(), index))
+        })
+    }
+
+    /// The ITLB of a split L1 as a `TlbLevel` view, or None with a unified L1.
+    fn itlb(&self) -> PyResult<Option<PyTlbLevel>> {
+        guarded(|| {
+            Ok(self
+                .inner
+                .split_l1()
+                .then(|| PyTlbLevel::of_itlb(self.inner.clone())))
         })
     }
 

@@ -67,6 +67,8 @@ pub enum LevelRef {
     Own(Box<Mutex<TlbLevel>>),
     /// Level `index` of an MMU.
     Mmu(Arc<Mmu>, usize),
+    /// The ITLB of an MMU with a split L1.
+    Itlb(Arc<Mmu>),
 }
 
 impl LevelRef {
@@ -74,6 +76,7 @@ impl LevelRef {
         match self {
             LevelRef::Own(level) => f(&mut level.lock().unwrap_or_else(|e| e.into_inner())),
             LevelRef::Mmu(mmu, index) => mmu.with_level(*index, f),
+            LevelRef::Itlb(mmu) => mmu.with_itlb(f).expect("an MMU's split L1 stays split"),
         }
     }
 }
@@ -100,6 +103,13 @@ impl PyTlbLevel {
     pub fn of_mmu(mmu: Arc<Mmu>, index: usize) -> Self {
         PyTlbLevel {
             level: LevelRef::Mmu(mmu, index),
+        }
+    }
+
+    /// A view of the ITLB of `mmu` (whose L1 is split).
+    pub fn of_itlb(mmu: Arc<Mmu>) -> Self {
+        PyTlbLevel {
+            level: LevelRef::Itlb(mmu),
         }
     }
 

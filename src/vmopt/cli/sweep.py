@@ -54,8 +54,11 @@ def _line(result: dict[str, Any], keys: list[str]) -> str:
     if "error" in result:
         return f"{result['input']}: {shown}: FAILED: {result['error']}"
     rep = result["report"]
-    l1 = next(iter(rep["tlb"].values()))
-    return (f"{result['input']}: {shown}: L1 hit rate {100 * l1['hit_rate']:.2f}%,"
+    # The L1: a unified one, or both sides of a split one.
+    l1 = [lv for name, lv in rep["tlb"].items() if name in ("l1", "l1i", "l1d")]
+    lookups = sum(lv["lookups"] for lv in l1)
+    hit_rate = sum(lv["hits"] for lv in l1) / lookups if lookups else 0.0
+    return (f"{result['input']}: {shown}: L1 hit rate {100 * hit_rate:.2f}%,"
             f" {rep['page_walks']:,} walks, {rep['cycles']['per_access']:.2f} cycles/access")  # fmt: skip
 
 

@@ -3,8 +3,11 @@
 The raw form is a nested dict exactly as TOML holds it. :func:`load_config`
 starts from :func:`default_raw`, merges a file (a file's ``[tlb]`` table
 replaces the default hierarchy as a whole), applies ``--set`` overrides and
-validates. Every error names the offending key (``tlb.l1.ways: entries (64)
-must be a multiple of ways (3)``). The sections hold the domain configs
+validates. The first TLB level is either a unified ``[tlb.l1]`` or an
+``[tlb.l1i]`` ITLB (instruction fetches) beside an ``[tlb.l1d]`` DTLB (reads
+and writes), both missing into ``[tlb.l2]`` and below; the default is split.
+Every error names the offending key (``tlb.l1d.ways: entries (96) must be
+a multiple of ways (5)``). The sections hold the domain configs
 (TlbConfig, PrefetchConfig, PwcConfig, NumaConfig, ConcurrencyConfig): their
 rules and defaults are those configs', their errors come back under the
 dotted key. See docs/configuration.md for where the defaults come from.
@@ -27,7 +30,7 @@ from vmopt.fetching.concurrency import ConcurrencyConfig
 from vmopt.numa.config import LOCAL_DISTANCE, MAX_CPUS, MAX_NODES, NumaConfig
 from vmopt.numa.policy import MemPolicy
 from vmopt.paging import FORMATS, HOST_FORMATS
-from vmopt.tlb.config import DEFAULT_TLB_LEVELS, PrefetchConfig, PwcConfig, TlbConfig
+from vmopt.tlb.config import DEFAULT_SPLIT_TLB_LEVELS, PrefetchConfig, PwcConfig, SplitL1, TlbConfig
 from vmopt.units import parse_size
 
 __all__ = [
@@ -49,8 +52,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PAGE_SIZES: Final = {4096: "4K", 2 << 20: "2M", 1 << 30: "1G"}
-#: Most TLB levels ([tlb.l1] .. [tlb.l8]).
+#: Most TLB levels ([tlb.l1] .. [tlb.l8]; a split L1, [tlb.l1i] and [tlb.l1d], is one).
 MAX_TLB_LEVELS: Final = 8
+#: The sections of a split first level, ITLB then DTLB.
+SPLIT_L1: Final = ("l1i", "l1d")
 #: Most cycles of a modelled cost (one PTE read, one lookup).
 MAX_CYCLES: Final = 1 << 20
 ARRAY_KEYS: Final = ("entries", "ways", "policy", "page_sizes", "latency")
@@ -62,7 +67,7 @@ def default_raw() -> dict[str, Any]:
     """The default configuration in raw (TOML) form: one current x86-64 core, a 2-socket host.
 
     Every value comes from the default it stands for: the TLB hierarchy from
-    :data:`vmopt.tlb.config.DEFAULT_TLB_LEVELS`, the prefetcher, page-walk cache
+    :data:`vmopt.tlb.config.DEFAULT_SPLIT_TLB_LEVELS`, the prefetcher, page-walk cache
     and concurrency from their configs' defaults, the rest from the sections'.
     """
     paging, pwc, numa = PagingSection(), PwcSection(), NumaSection()
@@ -72,7 +77,7 @@ def default_raw() -> dict[str, Any]:
             "page_size": size_name(paging.page_size),
             "walk_ref_cycles": paging.walk_ref_cycles,
         },
-        "tlb": {f"l{i + 1}": _level_raw(level) for i, level in enumerate(DEFAULT_TLB_LEVELS)},
+        "tlb": _hierarchy_raw(DEFAULT_SPLIT_TLB_LEVELS),
         "prefetch": _fields_raw(PrefetchConfig()),
         "pwc": {"enabled": pwc.enabled, **_fields_raw(PwcConfig())},
         "numa": {
@@ -105,6 +110,17 @@ def _level_raw(level: Iterable[TlbConfig]) -> dict[str, Any]:
     for c in split:
         raw[str(c.name).partition("_")[2]] = _array_raw(c)
     return raw
+
+
+def _hierarchy_raw(levels: Iterable[SplitL1 | Iterable[TlbConfig]]) -> dict[str, Any]:
+    """A hierarchy as the raw ``[tlb]`` table: ``l1`` (or ``l1i`` and ``l1d``), ``l2``, ..."""
+    out: dict[str, Any] = {}
+    for i, level in enumerate(levels):
+        if isinstance(level, SplitL1):
+            out[SPLIT_L1[0]], out[SPLIT_L1[1]] = _level_raw(level.itlb), _level_raw(level.dtlb)
+        else:
+            out[f"l{i + 1}"] = _level_raw(level)
+    return out
 
 
 @contextmanager
@@ -384,7 +400,11 @@ class NumaSection:
 
 @dataclass(frozen=True)
 class SimConfig:
-    """The whole effective configuration of one simulation (frozen, validated)."""
+    """The whole effective configuration of one simulation (frozen, validated).
+
+    ``tlb`` is the hierarchy's sections in order: ``l1`` or ``l1i`` and
+    ``l1d`` (a split L1), then ``l2``, ...
+    """
 
     paging: PagingSection
     tlb: tuple[TlbLevelSection, ...]
@@ -395,11 +415,19 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         if not self.tlb:
-            raise ConfigError("tlb: at least one level ([tlb.l1]) is required")
+            raise ConfigError("tlb: at least one level ([tlb.l1], or [tlb.l1i] and [tlb.l1d]) is required")
         page = self.paging.page_size
-        for i, level in enumerate(self.tlb):
-            if level.name != f"l{i + 1}":
-                raise ConfigError(f"tlb.{level.name}: levels must be named l1, l2, ... in order")
+        names = [level.name for level in self.tlb]
+        first = 2 if names[:2] == list(SPLIT_L1) else 1
+        expected = (list(SPLIT_L1) if first == 2 else ["l1"]) + [
+            f"l{i + 2}" for i in range(len(names) - first)
+        ]
+        for level, want in zip(self.tlb, expected, strict=True):
+            if level.name != want:
+                raise ConfigError(
+                    f"tlb.{level.name}: levels must be l1 (or l1i and l1d), l2, ... in order, got {names}"
+                )
+        for level in self.tlb:
             arrays = (level.main, *(a for _, a in level.split))
             if not any(size <= page for arr in arrays for size in arr.page_sizes):
                 held = sorted({size_name(size) for arr in arrays for size in arr.page_sizes})
@@ -425,9 +453,18 @@ class SimConfig:
                     f" (at most {MAX_HOST_PAGES:,}); use larger host pages or less numa.mem_per_node"
                 )
 
-    def tlb_levels(self) -> list[list[TlbConfig]]:
-        """The hierarchy as :class:`~vmopt.tlb.Mmu` takes it."""
-        return [level.tlb_configs() for level in self.tlb]
+    @property
+    def split_l1(self) -> bool:
+        """True when the first level is an ITLB ([tlb.l1i]) and a DTLB ([tlb.l1d])."""
+        return self.tlb[0].name == SPLIT_L1[0]
+
+    def tlb_levels(self) -> list[SplitL1 | list[TlbConfig]]:
+        """The hierarchy as :class:`~vmopt.tlb.Mmu` takes it (a :class:`SplitL1` first when split)."""
+        levels: list[SplitL1 | list[TlbConfig]] = [level.tlb_configs() for level in self.tlb]
+        if self.split_l1:
+            itlb, dtlb = self.tlb[0].tlb_configs(), self.tlb[1].tlb_configs()
+            levels[:2] = [SplitL1(tuple(itlb), tuple(dtlb))]
+        return levels
 
     def to_raw(self) -> dict[str, Any]:
         """The effective configuration in raw (TOML/JSON) form; loading it gives this config back."""
@@ -490,6 +527,35 @@ def _level(name: str, raw: Mapping[str, Any]) -> TlbLevelSection:
     return TlbLevelSection(name, _array(key, main), tuple(split))
 
 
+def _level_order(name: str) -> tuple[int, int]:
+    """Where a level section sorts: by number, ``l1i`` before ``l1d``."""
+    if name in SPLIT_L1:
+        return 1, 1 + SPLIT_L1.index(name)
+    return int(name[1:]), 0
+
+
+def _level_names(tlb: Mapping[str, Any]) -> list[str]:
+    """The ``[tlb]`` table's level sections in order, checked: ``l1`` or ``l1i`` + ``l1d``, ``l2``, ..."""
+    for n in tlb:
+        if not (n in SPLIT_L1 or (n.startswith("l") and n[1:].isdigit() and n[1:] == str(int(n[1:])))):
+            raise ConfigError(f"tlb.{n}: unknown key (TLB levels are named l1 (or l1i and l1d), l2, ...)")
+    split = [n for n in SPLIT_L1 if n in tlb]
+    if split and "l1" in tlb:
+        raise ConfigError(
+            f"tlb.l1: a unified [tlb.l1] and a split L1 ([tlb.{'], [tlb.'.join(split)}])"
+            " cannot both be given;"
+            " set the split L1's keys as tlb.l1i.KEY / tlb.l1d.KEY (the default L1 is split), or give a"
+            " [tlb] table with a unified [tlb.l1] in --config"
+        )
+    if len(split) == 1:
+        missing = SPLIT_L1[1 - SPLIT_L1.index(split[0])]
+        raise ConfigError(f"tlb.{missing}: missing (a split L1 needs both [tlb.l1i] and [tlb.l1d])")
+    levels = len(tlb) - (1 if split else 0)
+    if levels > MAX_TLB_LEVELS:
+        raise ConfigError(f"tlb: at most {MAX_TLB_LEVELS} levels, got {levels}")
+    return sorted(tlb, key=_level_order)
+
+
 def _section(raw: Mapping[str, Any], name: str, allowed: Iterable[str]) -> dict[str, Any]:
     table = _table(name, raw.get(name, {}))
     _check_keys(name, table, allowed)
@@ -518,13 +584,7 @@ def from_raw(raw: Mapping[str, Any]) -> SimConfig:
         ),
     )
     t = _table("tlb", raw.get("tlb", {}))
-    if len(t) > MAX_TLB_LEVELS:
-        raise ConfigError(f"tlb: at most {MAX_TLB_LEVELS} levels, got {len(t)}")
-    names = sorted(t, key=lambda n: (len(n), n))
-    for n in names:
-        if not (n.startswith("l") and n[1:].isdigit()):
-            raise ConfigError(f"tlb.{n}: unknown key (TLB levels are named l1, l2, ...)")
-    levels = tuple(_level(n, _table(f"tlb.{n}", t[n])) for n in names)
+    levels = tuple(_level(n, _table(f"tlb.{n}", t[n])) for n in _level_names(t))
     f = _section(raw, "prefetch", ("kind", "degree", "mode", "queue_limit"))
     prefetch = PrefetchSection(**f)
     w = _section(raw, "pwc", ("enabled", "entries", "latency"))

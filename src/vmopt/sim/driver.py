@@ -9,18 +9,20 @@ driver keeps only what is specific to traces. Per chunk:
    pages in first-touch order, each on the node the policy picks for its
    first toucher's vCPU, before the chunk runs: the kernel's fault work and
    walk are not counted. Every page mapped counts as one demand fault.
-2. **vCPU streams.** Each vCPU's accesses go through the guest's batch path
-   on its own MMU (the core's array loop, NUMA traffic counted by the
-   guest); vCPUs share no TLB state and nothing is unmapped during a run,
-   so translating one vCPU's accesses of a chunk together gives the same
-   counters as interleaving them. Because every page is ``rwx`` and already
-   dirty, a read, a write and a fetch take the same path through TLBs and
-   walker, so all are translated as reads; the kinds are counted
-   separately. An access that cannot be translated (a non-canonical
-   address) counts as a failure and the run goes on. A chunk with ASIDs
-   (ChampSim cloudsuite, drmemtrace PIDs) runs each ASID in its own address
-   space (:meth:`MemoryOptimizer.switch` at every change, in trace order;
-   its pages are prefaulted in that space).
+2. **vCPU streams.** Each vCPU's accesses go through the core's batch loop
+   on its own MMU, each as its kind (:meth:`Mmu.translate_kinds_into`):
+   fetches look up the ITLB of a split L1, reads and writes the DTLB, both
+   missing into the shared levels; the guest's traffic counter counts the
+   NUMA traffic. vCPUs share no TLB state and nothing is unmapped during a
+   run, so translating one vCPU's accesses of a chunk together gives the
+   same counters as interleaving them. Rights are checked as the hardware
+   checks them (a fetch needs execute rights), and every page is mapped
+   user ``rwx`` and dirty, so no access faults on rights and a write never
+   re-walks to set D: what is measured is TLB reach. An access that cannot
+   be translated (a non-canonical address) counts as a failure and the run
+   goes on. A chunk with ASIDs (ChampSim cloudsuite, drmemtrace PIDs) runs
+   each ASID in its own address space (:meth:`MemoryOptimizer.switch` at
+   every change, in trace order; its pages are prefaulted in that space).
 3. **Windows.** Counter deltas give one point of the windowed miss-rate and
    traffic series.
 
@@ -40,12 +42,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from vmopt.errors import ConfigError
+from vmopt.errors import ConfigError, VmoptError
 from vmopt.guest import MemoryOptimizer
 from vmopt.sim.config import SimConfig
 from vmopt.sim.pipeline import DEFAULT_DEPTH, play
 from vmopt.tlb.nested import NestedConfig
-from vmopt.traces.chunk import AccessKind, TraceChunk
+from vmopt.traces.chunk import AccessKind, KindArray, TraceChunk
 
 __all__ = ["MAX_WINDOWS", "Progress", "SimResult", "Simulator", "Windows"]
 
@@ -163,21 +165,37 @@ class Simulator:
         """Remote accesses per node so far."""
         return list(self.opt.traffic.remote)
 
-    def _play(self, cpu: int, vas: U64) -> None:
-        """One vCPU's accesses of a chunk, in order, through the guest's batch path."""
-        done = self.opt.batch_access(vas, "r", cpu, errors="collect", log_failures=False)
-        self.failed += done.total - done.success
+    def _play(self, cpu: int, vas: U64, kinds: KindArray) -> None:
+        """One vCPU's accesses of a chunk, in order, each as its kind, through the core's batch loop."""
+        mmu, home = self.opt.mmus[cpu], self.opt.cpu_node[cpu]
+        out = np.empty(len(vas), dtype=np.uint64)
+        pos, n = 0, len(vas)
+        while pos < n:
+            done, error = mmu.translate_kinds_into(vas[pos:], kinds[pos:], out[pos:], True)
+            if done:
+                self.opt.traffic.count(out[pos : pos + done], home)
+            pos += done
+            if error is None:
+                break
+            if not isinstance(error, VmoptError):
+                raise error
+            # Every page is mapped before the chunk runs, so only an address no page
+            # can hold (a non-canonical one) stops the loop: a failure, and the run goes on.
+            self.failed += 1
+            pos += 1
 
-    def _play_spaces(self, cpu: int, vas: U64, asids: npt.NDArray[np.uint16] | None) -> None:
+    def _play_spaces(
+        self, cpu: int, vas: U64, kinds: KindArray, asids: npt.NDArray[np.uint16] | None
+    ) -> None:
         """:meth:`_play`, switching the vCPU's address space at every change of ASID."""
         if asids is None:
             self.opt.switch(cpu, 0)
-            self._play(cpu, vas)
+            self._play(cpu, vas, kinds)
             return
         cuts = np.flatnonzero(asids[1:] != asids[:-1]) + 1
         for start, stop in zip([0, *cuts.tolist()], [*cuts.tolist(), len(vas)], strict=True):
             self.opt.switch(cpu, int(asids[start]))
-            self._play(cpu, vas[start:stop])
+            self._play(cpu, vas[start:stop], kinds[start:stop])
 
     def _prefault(
         self, addrs: U64, cpus: npt.NDArray[np.integer[Any]] | None, asids: npt.NDArray[np.uint16] | None
@@ -218,26 +236,27 @@ class Simulator:
         self.demand_faults += sum(placed)
         for node, count in enumerate(placed):
             self.pages[node] += count
-        before_l1 = self._sum_level(0, "misses")
+        before_l1 = self._l1_misses()
         before_walks = self._sum_walks()
         before_local, before_remote = self.opt.traffic.snapshot()
         if cpus is None or self.cpus == 1:
-            self._play_spaces(0, addrs, asids)
+            self._play_spaces(0, addrs, kinds, asids)
         else:
             for cpu in np.unique(cpus).tolist():
-                sel = cpus == cpu
-                self._play_spaces(cpu, addrs[sel], None if asids is None else asids[sel])
+                mine = cpus == cpu
+                self._play_spaces(cpu, addrs[mine], kinds[mine], None if asids is None else asids[mine])
         local, remote = self.opt.traffic.snapshot()
         self.accesses += n
         self.windows.add(
-            n, self._sum_level(0, "misses") - before_l1, self._sum_walks() - before_walks,
+            n, self._l1_misses() - before_l1, self._sum_walks() - before_walks,
             [a - b for a, b in zip(local, before_local, strict=True)],
             [a - b for a, b in zip(remote, before_remote, strict=True)],
         )  # fmt: skip
         self.elapsed += time.perf_counter() - t0
 
-    def _sum_level(self, index: int, attr: str) -> int:
-        return sum(int(getattr(m.levels[index].stats, attr)) for m in self.opt.mmus)
+    def _l1_misses(self) -> int:
+        """Misses of the first level, both sides of a split L1, over every vCPU."""
+        return sum(m.dtlb.stats.misses + (m.itlb.stats.misses if m.split_l1 else 0) for m in self.opt.mmus)
 
     def _sum_walks(self) -> int:
         return sum(m.stats.walks for m in self.opt.mmus)

@@ -35,7 +35,7 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     l1 = [m / n if n else 0.0 for m, n in zip(w["l1_misses"], w["accesses"], strict=True)]
     walks = [m / n if n else 0.0 for m, n in zip(w["page_walks"], w["accesses"], strict=True)]
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(ends, l1, label="L1 TLB misses per access", drawstyle="steps-pre")
+    ax.plot(ends, l1, label="L1 TLB misses per access (ITLB + DTLB when split)", drawstyle="steps-pre")
     ax.plot(ends, walks, label="page walks per access", drawstyle="steps-pre")
     ax.set_xlabel("accesses")
     ax.set_ylabel("miss rate")
@@ -47,7 +47,7 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
 
-    names = list(report["tlb"])
+    names = list(report["tlb"])  # l1i, l1d (or l1), l2, ...: one bar per side of a split L1
     rates = [report["tlb"][n]["hit_rate"] for n in names]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(names, rates)

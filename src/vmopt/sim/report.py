@@ -27,7 +27,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+#: What each level's ``side`` says it serves: a split L1's ITLB and DTLB, or every access.
+SIDES: Final = {"l1i": "inst", "l1d": "data"}
 #: Warn when more than this share of the accesses faulted (and so were not served).
 FAULT_WARNING_SHARE: Final = 0.5
 #: Virtual-address bits of each paging format, for the fault warning's hint.
@@ -45,19 +47,24 @@ def build_report(result: SimResult, source: dict[str, Any]) -> dict[str, Any]:
     mmus = opt.mmus
     tlb: dict[str, Any] = {}
     tlb_cycles = 0
+    # The MMUs' levels line up with the sections: ITLB, DTLB (or L1), L2, ...
+    per_mmu = [m.all_levels() for m in mmus]
     for i, level in enumerate(cfg.tlb):
-        stats = [m.levels[i].stats for m in mmus]
+        stats = [levels[i].stats for levels in per_mmu]
         lookups = sum(s.lookups for s in stats)
         hits = sum(s.hits for s in stats)
+        misses = sum(s.misses for s in stats)
         cycles = sum(s.cycles for s in stats)
         tlb_cycles += cycles
         tlb[level.name] = {
+            "side": SIDES.get(level.name, "shared"),
             "arrays": [c.name for c in level.tlb_configs()],
             "lookups": lookups,
             "hits": hits,
-            "misses": sum(s.misses for s in stats),
+            "misses": misses,
             "evictions": sum(s.evictions for s in stats),
             "hit_rate": _rate(hits, lookups),
+            "miss_rate": _rate(misses, lookups),
             "cycles": cycles,
         }
     ms = [m.stats for m in mmus]
@@ -158,6 +165,10 @@ def write_json(report: dict[str, Any], path: str | Path) -> None:
         fh.write("\n")
 
 
+#: The report's words for each level's side.
+_SERVES: Final = {"inst": "fetches", "data": "data", "shared": "all"}
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
@@ -221,11 +232,13 @@ def render_report(report: dict[str, Any], file: IO[str] | None = None) -> None:
         console.print(f"[bold]partial run[/bold]: interrupted after {report['accesses']:,} accesses")
     console.print(f"[bold]vmopt simulate[/bold]: {header(report)}")
     t = Table(title="TLB hierarchy", title_justify="left")
-    for col in ("level", "arrays", "lookups", "hits", "misses", "evictions", "hit rate"):
-        t.add_column(col, justify="left" if col in ("level", "arrays") else "right")
+    # The arrays of each level are in the JSON and in `vmopt config`; the table keeps to counts.
+    columns = ("level", "serves", "lookups", "hits", "misses", "evictions", "hit rate", "miss rate")
+    for col in columns:
+        t.add_column(col, justify="left" if col in ("level", "serves") else "right")
     for name, lv in report["tlb"].items():
-        t.add_row(name, "+".join(lv["arrays"]), f"{lv['lookups']:,}", f"{lv['hits']:,}",
-                  f"{lv['misses']:,}", f"{lv['evictions']:,}", _pct(lv["hit_rate"]))  # fmt: skip
+        t.add_row(name, _SERVES[lv["side"]], f"{lv['lookups']:,}", f"{lv['hits']:,}", f"{lv['misses']:,}",
+                  f"{lv['evictions']:,}", _pct(lv["hit_rate"]), _pct(lv["miss_rate"]))  # fmt: skip
     console.print(t)
     f = report["faults"]
     p = report["prefetch"]

@@ -182,6 +182,10 @@ def _row(result: dict[str, Any], keys: list[str]) -> dict[str, Any]:
         row[f"{name}_hits"] = lv["hits"]
         row[f"{name}_misses"] = lv["misses"]
         row[f"{name}_miss_rate"] = 1.0 - lv["hit_rate"] if lv["lookups"] else 0.0
+    if "l1" not in rep["tlb"]:  # a split L1: its two sides as one, for the plot
+        sides = [rep["tlb"][name] for name in ("l1i", "l1d")]
+        lookups = sum(lv["lookups"] for lv in sides)
+        row["l1_miss_rate"] = sum(lv["misses"] for lv in sides) / lookups if lookups else 0.0
     row["page_walks"] = rep["page_walks"]
     row["walks_per_access"] = rep["page_walks"] / rep["accesses"] if rep["accesses"] else 0.0
     row["walk_memory_refs"] = rep["walk_memory_refs"]

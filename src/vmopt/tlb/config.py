@@ -9,6 +9,7 @@ from typing import Final
 from vmopt.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_SPLIT_TLB_LEVELS",
     "DEFAULT_TLB",
     "DEFAULT_TLB_LEVELS",
     "MAX_LATENCY",
@@ -21,6 +22,7 @@ __all__ = [
     "PREFETCHERS",
     "PrefetchConfig",
     "PwcConfig",
+    "SplitL1",
     "TlbConfig",
     "name_levels",
 ]
@@ -124,19 +126,63 @@ class TlbConfig:
         return self.entries // self.ways
 
 
-def name_levels(levels: Sequence[Sequence[TlbConfig]]) -> list[list[TlbConfig]]:
+def name_levels(levels: Sequence[Sequence[TlbConfig]], first: str = "l1") -> list[list[TlbConfig]]:
     """The hierarchy with its unnamed arrays named by position.
 
     Level ``i``'s first array becomes ``l{i+1}``, its ``k``-th
-    ``l{i+1}_{k+1}`` (split arrays); named arrays keep their names.
+    ``l{i+1}_{k+1}`` (split arrays); named arrays keep their names. ``first``
+    replaces ``l1`` for level 0 (``l1d`` for the DTLB of a split L1).
     """
+
+    def level_name(i: int) -> str:
+        return first if i == 0 else f"l{i + 1}"
+
     return [
         [
-            c if c.name else replace(c, name=f"l{i + 1}" if k == 0 else f"l{i + 1}_{k + 1}")
+            c if c.name else replace(c, name=level_name(i) if k == 0 else f"{level_name(i)}_{k + 1}")
             for k, c in enumerate(level)
         ]
         for i, level in enumerate(levels)
     ]
+
+
+def _side(name: str, value: object) -> tuple[TlbConfig, ...]:
+    """One side of a :class:`SplitL1`: a TlbConfig or a non-empty sequence of them."""
+    if isinstance(value, TlbConfig):
+        return (value,)
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        cfgs = tuple(value)
+        if cfgs and all(isinstance(c, TlbConfig) for c in cfgs):
+            return cfgs
+    raise ConfigError(
+        f"SplitL1.{name} must be a TlbConfig or a non-empty list of them, got {value!r}", field=name
+    )
+
+
+@dataclass(frozen=True)
+class SplitL1:
+    """A first TLB level split by access side, as on real x86 and Arm cores.
+
+    Instruction fetches look up ``itlb``, reads and writes ``dtlb``; both
+    miss into the next level (the shared STLB) and below. A miss that the
+    STLB or a walk answers fills the L1 of the side that missed only, so
+    each L1 holds what its side touched; no level is inclusive of another.
+    Each side is one array or split arrays of disjoint page sizes, as any
+    level; unnamed arrays are named ``l1i``/``l1d`` (``l1i_2``, ... after
+    the first). Give it as the first level of a hierarchy:
+    ``[SplitL1(itlb, dtlb), l2]``.
+    """
+
+    itlb: tuple[TlbConfig, ...]
+    dtlb: tuple[TlbConfig, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "itlb", _side("itlb", self.itlb))
+        object.__setattr__(self, "dtlb", _side("dtlb", self.dtlb))
+
+    def named(self) -> SplitL1:
+        """This split with its unnamed arrays named ``l1i``, ``l1i_2``, ... and ``l1d``, ..."""
+        return SplitL1(tuple(name_levels([self.itlb], "l1i")[0]), tuple(name_levels([self.dtlb], "l1d")[0]))
 
 
 @dataclass(frozen=True)
@@ -196,12 +242,14 @@ class PrefetchConfig:
         return self.kind != "none"
 
 
-#: The default hierarchy, a current x86-64 core (Intel Golden Cove class): a
-#: split L1 (64-entry 4-way for 4 KiB pages, 32-entry 4-way for 2 MiB, 4 entries
-#: for 1 GiB) and a unified 2048-entry 16-way STLB for 4 KiB and 2 MiB pages
-#: beside 16 entries for 1 GiB. Sources: Intel 64 and IA-32 Optimization
-#: Reference Manual, table "TLB parameters"; see docs/design.md. Every default
-#: TLB number is stated here only.
+#: The default hierarchy of an :class:`~vmopt.tlb.Mmu`: a unified L1 of the
+#: pre-Golden Cove DTLB's geometry (Skylake to Ice Lake: 64-entry 4-way for
+#: 4 KiB pages, 32-entry 4-way for 2 MiB, 4 entries for 1 GiB, split by page
+#: size) and a 2048-entry 16-way STLB for 4 KiB and 2 MiB pages beside 16
+#: entries for 1 GiB. ``vmopt simulate`` defaults to
+#: :data:`DEFAULT_SPLIT_TLB_LEVELS` instead. Sources: Intel 64 and IA-32
+#: Optimization Reference Manual, table "TLB parameters"; see docs/design.md.
+#: Every default TLB number is stated here only.
 DEFAULT_TLB_LEVELS: Final = (
     (
         TlbConfig(64, 4, "lru", (4096,), 1, "l1"),
@@ -211,6 +259,34 @@ DEFAULT_TLB_LEVELS: Final = (
     (
         TlbConfig(2048, 16, "lru", (4096, 2 << 20), 8, "l2"),
         TlbConfig(16, 4, "lru", (1 << 30,), 8, "l2_1g"),
+    ),
+)
+
+#: The hierarchy of ``vmopt simulate``'s default configuration: an Intel Golden
+#: Cove core (Alder Lake P-core, Sapphire Rapids), whose L1 is split into an
+#: ITLB and a DTLB over a shared STLB. Source: *Intel 64 and IA-32 Architectures
+#: Optimization Reference Manual*, Golden Cove microarchitecture section, "TLB
+#: parameters" table (docs/configuration.md says which rows are modelled):
+#: ITLB 256 entries 8-way for 4 KiB pages and 32 entries 8-way for 2M/4M;
+#: DTLB (loads) 96 entries 6-way for 4 KiB, 32 entries 4-way for 2M/4M and 8
+#: fully associative entries for 1 GiB; STLB 2048 entries 16-way for 4 KiB and
+#: 2M/4M pages, and 1024 entries 8-way for 1 GiB. The ITLB holds no 1 GiB
+#: entries: a 1 GiB code page is cached as 2 MiB pieces.
+DEFAULT_SPLIT_TLB_LEVELS: Final = (
+    SplitL1(
+        (
+            TlbConfig(256, 8, "lru", (4096,), 1, "l1i"),
+            TlbConfig(32, 8, "lru", (2 << 20,), 1, "l1i_2m"),
+        ),
+        (
+            TlbConfig(96, 6, "lru", (4096,), 1, "l1d"),
+            TlbConfig(32, 4, "lru", (2 << 20,), 1, "l1d_2m"),
+            TlbConfig(8, 8, "lru", (1 << 30,), 1, "l1d_1g"),
+        ),
+    ),
+    (
+        TlbConfig(2048, 16, "lru", (4096, 2 << 20), 8, "l2"),
+        TlbConfig(1024, 8, "lru", (1 << 30,), 8, "l2_1g"),
     ),
 )
 

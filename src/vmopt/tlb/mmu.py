@@ -2,7 +2,9 @@
 
 Lookups go L1 first. An L(n) hit fills the levels above it; a miss
 everywhere walks the page table and fills every level (non-inclusive, as on
-most x86 cores: evictions are not propagated). A prefetched translation is
+most x86 cores: evictions are not propagated). A :class:`SplitL1` first level
+sends instruction fetches to an ITLB and reads and writes to a DTLB, both
+missing into the shared levels below; fills go to the side that missed. A prefetched translation is
 installed in the last level only, marked as prefetched until its first
 demand hit. Rights are checked on hits too, from a mask the paging format
 computes at fill time, and a write hit on a clean entry re-walks to set D.
@@ -33,7 +35,7 @@ from vmopt.batching import Addrs, ArrayPath, BatchResult, run_sequential
 from vmopt.errors import ConfigError, PageFault, VmoptError, bad_input
 from vmopt.paging.types import Perm
 from vmopt.tlb._live import MMU_FIELDS, TLB_FIELDS, LiveMmuStats
-from vmopt.tlb.config import DEFAULT_TLB_LEVELS, PrefetchConfig, PwcConfig, TlbConfig, name_levels
+from vmopt.tlb.config import DEFAULT_TLB_LEVELS, PrefetchConfig, PwcConfig, SplitL1, TlbConfig, name_levels
 from vmopt.tlb.nested import NestedConfig, NestedStats
 from vmopt.tlb.pwc import PageWalkCache
 from vmopt.tlb.stats import MmuStats, TlbStats
@@ -56,7 +58,7 @@ RIGHTS_BIT: Final = {
 #: Addresses per core call of an array batch (the core holds no GIL meanwhile).
 ARRAY_CHUNK: Final = 1 << 20
 
-TlbSpec = TlbConfig | Sequence[TlbConfig | Sequence[TlbConfig]] | None
+TlbSpec = TlbConfig | Sequence[TlbConfig | Sequence[TlbConfig] | SplitL1] | None
 
 #: ``handler(va, access, user) -> bool``: called on a not-present fault; True
 #: if it mapped the page (demand paging), so the walk is retried once.
@@ -69,16 +71,26 @@ StagedPage = tuple[int, int, list[int], "bytes | None", int, bool]
 StagedResult = tuple[int, "VmoptError | None", "int | None", bool, list[tuple[int, int, int]]]
 
 
-def _level_configs(spec: TlbSpec) -> list[list[TlbConfig]]:
+def _level_configs(spec: TlbSpec) -> tuple[list[TlbConfig] | None, list[list[TlbConfig]]]:
+    """``(ITLB arrays or None, levels)`` of a spec; with a split L1, ``levels[0]`` is the DTLB."""
     if spec is None:
         spec = DEFAULT_TLB_LEVELS
     if isinstance(spec, TlbConfig):
-        return name_levels([[spec]])
+        return None, name_levels([[spec]])
     if isinstance(spec, str | bytes) or not isinstance(spec, Sequence):
         raise bad_input("Mmu", tlb=spec)
     levels = []
-    for item in spec:
-        if isinstance(item, TlbConfig):
+    itlb: list[TlbConfig] | None = None
+    for index, item in enumerate(spec):
+        if isinstance(item, SplitL1):
+            if index:
+                raise ConfigError(
+                    f"only the first TLB level can be a SplitL1 (ITLB and DTLB), got one at level {index + 1}"
+                )
+            split = item.named()
+            itlb = list(split.itlb)
+            cfgs = list(split.dtlb)
+        elif isinstance(item, TlbConfig):
             cfgs = [item]
         elif isinstance(item, Sequence) and not isinstance(item, str | bytes):
             cfgs = list(item)
@@ -89,7 +101,7 @@ def _level_configs(spec: TlbSpec) -> list[list[TlbConfig]]:
         if not all(isinstance(c, TlbConfig) for c in cfgs):
             raise bad_input("Mmu", tlb=spec)
         levels.append(cfgs)
-    return name_levels(levels)
+    return itlb, name_levels(levels)
 
 
 def _check_asid(asid: int) -> None:
@@ -101,9 +113,17 @@ class Mmu:
     """Address translation for one vCPU over ``page_table``.
 
     ``tlb`` is a TlbConfig, or a list of levels, L1 first, each a TlbConfig
-    or a list of split arrays. ``prefetch`` is a PrefetchConfig, or a kind
-    name ("none", "next_page", "stride"). ``pwc`` enables a page-walk cache.
-    ``walk_ref_cycles`` is the modelled cost of one PTE read.
+    or a list of split arrays; the first may be a :class:`SplitL1` (an ITLB
+    for fetches and a DTLB for reads and writes). ``prefetch`` is a
+    PrefetchConfig, or a kind name ("none", "next_page", "stride"). ``pwc``
+    enables a page-walk cache. ``walk_ref_cycles`` is the modelled cost of
+    one PTE read.
+
+    Per-side counters, pycachesim style: ``mmu.itlb.stats`` and
+    ``mmu.dtlb.stats`` (lookups, hits, misses, ...) are the L1 that serves
+    fetches and the one that serves reads and writes, the same level when
+    the L1 is unified (``split_l1`` False); ``levels`` is the data side's
+    path, L1 (the DTLB) first, then the shared levels.
     """
 
     def __init__(
@@ -132,7 +152,7 @@ class Mmu:
         if isinstance(prefetch, str):
             prefetch = PrefetchConfig(prefetch)
         self.prefetch_config = prefetch or PrefetchConfig()
-        configs = _level_configs(tlb)
+        itlb_configs, configs = _level_configs(tlb)
         pwc_config = (PwcConfig() if pwc is True else pwc) if pwc else None
         bad_cycles = not isinstance(walk_ref_cycles, int) or walk_ref_cycles < 0
         pf = self.prefetch_config
@@ -144,12 +164,21 @@ class Mmu:
             asid,
             bool(shootdown),
             0 if bad_cycles else walk_ref_cycles,
+            None if itlb_configs is None else [config_tuple(c) for c in itlb_configs],
         )
         if bad_cycles:
             raise ConfigError(f"walk_ref_cycles must be a non-negative integer, got {walk_ref_cycles!r}")
         #: The core's translate, bound once: the hit path is this one call.
         self._translate = self._core.translate
         self.levels = [TlbLevel.from_core(self._core.level(i), cfgs) for i, cfgs in enumerate(configs)]
+        #: True when the L1 is split into an ITLB and a DTLB.
+        self.split_l1 = itlb_configs is not None
+        #: The L1 that serves instruction fetches (the ITLB, or the unified L1).
+        self.itlb = (
+            self.levels[0] if itlb_configs is None else TlbLevel.from_core(self._core.itlb(), itlb_configs)
+        )
+        #: The L1 that serves reads and writes (the DTLB, or the unified L1).
+        self.dtlb = self.levels[0]
         self.stats: MmuStats = LiveMmuStats(self._core.stats)
         self.pwc = (
             None
@@ -163,7 +192,11 @@ class Mmu:
         self.nested: tuple[TwoStage, NestedConfig] | None = None
 
     def __repr__(self) -> str:
-        return f"Mmu({self.page_table!r}, asid={self.asid}, levels={[lv.name for lv in self.levels]})"
+        return f"Mmu({self.page_table!r}, asid={self.asid}, levels={[lv.name for lv in self.all_levels()]})"
+
+    def all_levels(self) -> list[TlbLevel]:
+        """Every TLB level: the ITLB of a split L1 first, then :attr:`levels`."""
+        return [self.itlb, *self.levels] if self.split_l1 else list(self.levels)
 
     @property
     def asid(self) -> int:
@@ -370,6 +403,26 @@ class Mmu:
             raise bad_input("translate_staged", exc, vas=vas, out=out) from None
         return result
 
+    def translate_kinds_into(
+        self, vas: U64, kinds: npt.NDArray[np.uint8], out: U64, user: bool = False
+    ) -> tuple[int, VmoptError | None]:
+        """:meth:`translate_into` with each address's own access: ``kinds[i]`` is 0
+        (read), 1 (write) or 2 (fetch), the values of ``TraceChunk.kinds``.
+
+        Fetches look up the ITLB of a split L1. Stops at the first address
+        whose translation raises, as :meth:`translate_into` does; a byte that
+        is no kind stops there with a :class:`ConfigError`.
+        """
+        done: int
+        stop: VmoptError | None
+        try:
+            done, stop = self._core.translate_batch_kinds(vas, kinds, out, user)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, VmoptError):
+                raise
+            raise bad_input("translate_kinds_into", exc, vas=vas, kinds=kinds, out=out) from None
+        return done, stop
+
     # -- batches ---------------------------------------------------------------------
 
     @overload
@@ -470,8 +523,8 @@ class Mmu:
     # -- statistics -----------------------------------------------------------------
 
     def tlb_stats(self) -> list[TlbStats]:
-        """One :class:`TlbStats` per level, L1 first (live objects)."""
-        return [level.stats for level in self.levels]
+        """One :class:`TlbStats` per level, as :meth:`all_levels` (live objects)."""
+        return [level.stats for level in self.all_levels()]
 
     def total_stats(self) -> TlbStats:
         """The hierarchy as one TLB: lookups = translations, hits = served by any level, misses = walks.
@@ -481,8 +534,10 @@ class Mmu:
         """
         mmu, _ = self._core.stats()
         translations, cycles = mmu[MMU_FIELDS["translations"]], mmu[MMU_FIELDS["cycles"]]
-        levels = [level.counters() for level in self.levels]
-        misses = levels[-1][TLB_FIELDS["misses"]]
+        levels = [level.counters() for level in self.all_levels()]
+        # The last level of each side's path: the shared one, or both L1s when they are all.
+        last = levels[-2:] if self.split_l1 and len(self.levels) == 1 else levels[-1:]
+        misses = sum(lv[TLB_FIELDS["misses"]] for lv in last)
 
         def total(field: str) -> int:
             return sum(lv[TLB_FIELDS[field]] for lv in levels)
@@ -502,9 +557,9 @@ class Mmu:
         old = self.stats
         if isinstance(old, LiveMmuStats):
             old.freeze()
-        for level in self.levels:
+        for level in self.all_levels():
             level.freeze_stats()
         self._core.reset_stats()
         self.stats = LiveMmuStats(self._core.stats)
-        for level in self.levels:
+        for level in self.all_levels():
             level.renew_stats()

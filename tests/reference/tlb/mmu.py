@@ -7,6 +7,14 @@ installed in the last level only, marked as prefetched until its first
 demand hit. Rights are checked on hits too, from a mask the paging format
 computes at fill time, and a write hit on a clean entry re-walks to set D.
 
+A :class:`SplitL1` first level is an ITLB and a DTLB: a fetch ("x") walks
+the path ITLB, L2, ...; a read or write DTLB, L2, .... Each path is the
+hierarchy above for its accesses (an L(n) hit fills the path's levels
+above n, a walk fills the whole path), so a fill reaches the L1 of the
+side that missed only. Invalidations, faults' drops and counter resets
+reach both L1s. Prefetches go to the last level (the DTLB when a split L1
+is the only level).
+
 Every MMU subscribes to its page table, so unmap/protect/remap remove
 stale entries (TLB, page-walk cache, queued prefetches) from every vCPU
 before they return: the shootdown an OS does with IPIs. With
@@ -27,7 +35,7 @@ from reference.tlb.pwc import PageWalkCache
 from reference.tlb.tlb import GLOBAL_ASID, TlbEntry, TlbLevel
 from vmopt.errors import ConfigError
 from vmopt.paging.types import PageFault, Perm, Translation
-from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, TlbConfig, name_levels
+from vmopt.tlb.config import DEFAULT_TLB, PrefetchConfig, PwcConfig, SplitL1, TlbConfig, name_levels
 from vmopt.tlb.stats import MmuStats, TlbStats
 
 if TYPE_CHECKING:
@@ -46,25 +54,36 @@ RIGHTS_BIT: Final = {
     ("r", True): 8, ("w", True): 16, ("x", True): 32,
 }  # fmt: skip
 
-TlbSpec = TlbConfig | Sequence[TlbConfig | Sequence[TlbConfig]] | None
+TlbSpec = TlbConfig | Sequence[TlbConfig | Sequence[TlbConfig] | SplitL1] | None
 
 #: ``handler(va, access, user) -> bool``: called on a not-present fault; True
 #: if it mapped the page (demand paging), so the walk is retried once.
 FaultHandler = Callable[[int, str, bool], bool]
 
 
-def _levels(spec: TlbSpec) -> list[TlbLevel]:
+def _levels(spec: TlbSpec) -> tuple[TlbLevel | None, list[TlbLevel]]:
+    """``(ITLB or None, levels)``; with a split L1, ``levels[0]`` is the DTLB."""
     if spec is None:
         spec = DEFAULT_TLB_LEVELS
     if isinstance(spec, TlbConfig):
-        return [TlbLevel(spec)]
+        return None, [TlbLevel(spec)]
+    items = list(spec)
+    itlb = None
+    first = "l1"
+    if items and isinstance(items[0], SplitL1):
+        split = items[0].named()
+        itlb = TlbLevel(list(split.itlb))
+        items[0] = list(split.dtlb)
+        first = "l1d"
+    if any(isinstance(item, SplitL1) for item in items):
+        raise ConfigError("only the first TLB level can be a SplitL1")
     # Unnamed arrays are named by position (l1, l2, ...; issue 11).
-    configs = name_levels([[item] if isinstance(item, TlbConfig) else list(item) for item in spec])
+    configs = name_levels([[item] if isinstance(item, TlbConfig) else list(item) for item in items], first)
     levels = [TlbLevel(item) for item in configs]
-    names = [lv.name for lv in levels]
+    names = [lv.name for lv in ([itlb] if itlb else []) + levels]
     if len(set(names)) != len(names):
         raise ConfigError(f"TLB level names must be distinct, got {names}")
-    return levels
+    return itlb, levels
 
 
 #: Default hierarchy: split L1 (4 KiB / 2 MiB / 1 GiB) and a unified L2.
@@ -99,7 +118,9 @@ class Mmu:
         if isinstance(prefetch, str):
             prefetch = PrefetchConfig(prefetch)
         self.prefetch_config = prefetch or PrefetchConfig()
-        self.levels = _levels(tlb)
+        self.itlb, self.levels = _levels(tlb)
+        #: The lookup path of fetches: the ITLB of a split L1, then the shared levels.
+        self._inst_path = self.levels if self.itlb is None else [self.itlb, *self.levels[1:]]
         self.pwc = PageWalkCache(PwcConfig() if pwc is True else pwc, page_table.fmt.levels) if pwc else None
         if not isinstance(walk_ref_cycles, int) or walk_ref_cycles < 0:
             raise ConfigError(f"walk_ref_cycles must be a non-negative integer, got {walk_ref_cycles!r}")
@@ -126,8 +147,16 @@ class Mmu:
             self._subscribed.add(page_table)
             page_table.subscribe(self._on_invalidate)
 
+    def all_levels(self) -> list[TlbLevel]:
+        """Every level, the ITLB of a split L1 first."""
+        return self.levels if self.itlb is None else [self.itlb, *self.levels]
+
+    def _path(self, access: str) -> list[TlbLevel]:
+        """The levels ``access`` looks up, L1 first."""
+        return self._inst_path if access == "x" else self.levels
+
     def _share_prefetch_stats(self) -> None:
-        for level in self.levels:
+        for level in self.all_levels():
             for arr in level.arrays:
                 arr.prefetch_stats = self.stats.prefetch
 
@@ -177,7 +206,8 @@ class Mmu:
             stats.translations += 1
             asid = self.asid
             i = 0
-            for level in self.levels:
+            path = self._path(access)
+            for level in path:
                 e = level.lookup(va, asid)
                 if e is None:
                     i += 1
@@ -191,7 +221,7 @@ class Mmu:
                 if access == "w" and not e.dirty:
                     return self._dirty_rewalk(va, user)
                 if i:
-                    self._fill(self.levels[:i], e.page_pa, 1 << e.shift, e, va)
+                    self._fill(path[:i], e.page_pa, 1 << e.shift, e, va)
                 return e.page_pa | (va & ((1 << e.shift) - 1))
             try:
                 return self._miss(va, access, user).pa
@@ -209,13 +239,13 @@ class Mmu:
             # The access restarts: it walks again (the same TLB miss, counted once).
             self.stats.demand_faults += 1
             t = self._walk(va, access, user, restart=True)
-            self._after_walk(t, va)
+            self._after_walk(t, va, access)
             return t.pa
 
     def _hit_fault(self, va: int, access: str, user: bool, e: TlbEntry) -> None:
         # x86 and RISC-V both drop the entry that caused a fault.
         self.stats.faults += 1
-        for level in self.levels:
+        for level in self.all_levels():
             level.flush_va(va, self.asid)
         raise PageFault(va, access, "protection", e.level, user=user)
 
@@ -223,17 +253,17 @@ class Mmu:
         self.stats.dirty_walks += 1
         # Not a TLB miss: counted in dirty_walks only, so walks == misses.
         t = self._walk(va, "w", user, restart=True)
-        self._fill_all(t, va)
+        self._fill_all(t, va, "w")
         return t.pa
 
     def _miss(self, va: int, access: str, user: bool) -> Translation:
         t = self._walk(va, access, user)
-        self._after_walk(t, va)
+        self._after_walk(t, va, access)
         return t
 
-    def _after_walk(self, t: Translation, va: int) -> None:
-        """Fill the hierarchy with a demand walk's result and let the prefetcher react."""
-        self._fill_all(t, va)
+    def _after_walk(self, t: Translation, va: int, access: str) -> None:
+        """Fill ``access``'s path with a demand walk's result and let the prefetcher react."""
+        self._fill_all(t, va, access)
         if self._prefetcher is not None:
             targets = self._prefetcher.on_miss(va, t.page_size)
             if targets:
@@ -282,10 +312,10 @@ class Mmu:
             self._rights_cache[key] = mask
         return mask
 
-    def _fill_all(self, t: Translation, va: int) -> None:
+    def _fill_all(self, t: Translation, va: int, access: str) -> None:
         entry = TlbEntry(0, 12, 0, t.page_pa, self._rights(t), t.dirty, t.level)
         entry.asid = GLOBAL_ASID if t.global_ else self.asid
-        self._fill(self.levels, t.page_pa, t.page_size, entry, va)
+        self._fill(self._path(access), t.page_pa, t.page_size, entry, va)
 
     def _fill(
         self, levels: Sequence[TlbLevel], page_pa: int, page_size: int, proto: TlbEntry, va: int,
@@ -388,7 +418,7 @@ class Mmu:
         """Shootdown from the page table: drop every trace of the range, every ASID."""
         with self._lock:
             self.stats.shootdowns += 1
-            for level in self.levels:
+            for level in self.all_levels():
                 level.flush_range(va, size, None)
             if self.pwc is not None:
                 self.pwc.flush()
@@ -399,7 +429,7 @@ class Mmu:
     def flush(self) -> None:
         """Invalidate every TLB and PWC entry (a CR3 write without PCIDs)."""
         with self._lock:
-            for level in self.levels:
+            for level in self.all_levels():
                 level.flush()
             if self.pwc is not None:
                 self.pwc.flush()
@@ -407,7 +437,7 @@ class Mmu:
     def flush_asid(self, asid: int) -> None:
         """Invalidate one ASID's non-global entries (INVPCID single-context)."""
         with self._lock:
-            for level in self.levels:
+            for level in self.all_levels():
                 level.flush_asid(asid)
             if self.pwc is not None:
                 self.pwc.flush(asid)
@@ -415,7 +445,7 @@ class Mmu:
     def invlpg(self, va: int) -> None:
         """Invalidate the translations of ``va`` for the current ASID, and global ones (INVLPG)."""
         with self._lock:
-            for level in self.levels:
+            for level in self.all_levels():
                 level.flush_va(va, self.asid)
             if self.pwc is not None:
                 self.pwc.flush(self.asid)
@@ -423,7 +453,7 @@ class Mmu:
     def flush_range(self, va: int, size: int, asid: int | None = None) -> None:
         """Invalidate ``[va, va+size)`` for ``asid`` (None: every ASID), like sfence.vma per page."""
         with self._lock:
-            for level in self.levels:
+            for level in self.all_levels():
                 level.flush_range(va, size, asid)
             if self.pwc is not None:
                 self.pwc.flush(asid)
@@ -431,13 +461,13 @@ class Mmu:
     def cached(self, va: int) -> bool:
         """True if any level holds a translation of ``va`` for the current ASID."""
         with self._lock:
-            return any(level.peek(va, self.asid) is not None for level in self.levels)
+            return any(level.peek(va, self.asid) is not None for level in self.all_levels())
 
     # -- statistics -----------------------------------------------------------------
 
     def tlb_stats(self) -> list[TlbStats]:
-        """One :class:`TlbStats` per level, L1 first (live objects)."""
-        return [level.stats for level in self.levels]
+        """One :class:`TlbStats` per level, as :meth:`all_levels` (live objects)."""
+        return [level.stats for level in self.all_levels()]
 
     def total_stats(self) -> TlbStats:
         """The hierarchy as one TLB: lookups = translations, hits = served by any level, misses = walks.
@@ -447,7 +477,9 @@ class Mmu:
         """
         s = self.stats
         levels = self.tlb_stats()
-        misses = levels[-1].misses
+        # The last level of each path: the shared one, or both L1s when they are all.
+        last = levels[-2:] if self.itlb is not None and len(self.levels) == 1 else levels[-1:]
+        misses = sum(lv.misses for lv in last)
         total = TlbStats(name="total", lookups=s.translations, hits=s.translations - misses, misses=misses)
         total.evictions = sum(lv.evictions for lv in levels)
         total.invalidations = sum(lv.invalidations for lv in levels)
@@ -461,7 +493,7 @@ class Mmu:
         """Zero every counter (TLB contents stay)."""
         with self._lock:
             self.stats = MmuStats()
-            for level in self.levels:
+            for level in self.all_levels():
                 fresh = TlbStats(name=level.name)
                 level.stats = fresh
                 for arr in level.arrays:

@@ -136,8 +136,41 @@ fn stamp_way(ways: &mut [Option<TlbEntry>], slot: u32, stamp: u64) {
 
 /// What a hit of `(bit, write)` needs in a memo's `allow`.
 #[inline(always)]
-fn memo_need(bit: u8, write: bool) -> u8 {
-    bit | if write { MEMO_DIRTY } else { 0 }
+fn memo_need(bit: u8, write: bool) -> u16 {
+    (bit | if write { MEMO_DIRTY } else { 0 }) as u16
+}
+
+/// A need no memo's `allow` (8 bits) meets: the kind is not this level's.
+const NOT_SERVED: u16 = 1 << 8;
+
+/// What each access kind (0 read, 1 write, 2 fetch: `TraceChunk.kinds`)
+/// needs of a memo for [`TlbLevel::memo_run_kinds`]: its rights bit, the
+/// dirty bit for a write, or [`NOT_SERVED`] for a kind the level does not
+/// look up (fetches at a DTLB, reads and writes at an ITLB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoNeeds([u16; 3]);
+
+impl MemoNeeds {
+    /// The needs in `user` mode of the kinds `serves` accepts.
+    pub fn new(user: bool, serves: impl Fn(u8) -> bool) -> MemoNeeds {
+        let shift = if user { 3 } else { 0 };
+        let mut needs = [0u16; 3];
+        for (kind, need) in needs.iter_mut().enumerate() {
+            let bit = 1u8 << (kind + shift);
+            *need = if !serves(kind as u8) {
+                NOT_SERVED
+            } else {
+                memo_need(bit, kind == 1)
+            };
+        }
+        MemoNeeds(needs)
+    }
+
+    /// What kind `kind` needs; None for a byte that is no kind.
+    #[inline(always)]
+    fn of(&self, kind: u8) -> Option<u16> {
+        self.0.get(kind as usize).copied()
+    }
 }
 
 /// A TLB level: a lookup counts once here, whichever array answers.
@@ -305,7 +338,7 @@ impl TlbLevel {
         if asid != self.memo_asid {
             return 0;
         }
-        let need = memo_need(bit, write);
+        let need = memo_need(bit, write) as u8;
         let (memo, mask, epoch) = (&self.memo, self.memo_mask, self.epoch << EPOCH_SHIFT);
         // The end of the run of addresses in `va`'s page starting at `i`.
         let run_end = |mut i: usize, page: u64, out: &mut [u64], pa: u64| {
@@ -361,6 +394,121 @@ impl TlbLevel {
                 break;
             }
             let end = run_end(i, page, out, m.pa);
+            self.arrays[m.array as usize].touch_run(m.slot as usize, (end - i) as u64);
+            i = end;
+        }
+        i
+    }
+
+    /// [`memo_run`](Self::memo_run) for accesses of mixed kinds: access `i`
+    /// needs `needs[kinds[i]]` in the memo's `allow` (see [`MemoNeeds`]); the
+    /// run stops at a kind this level does not serve or that is no kind.
+    #[inline]
+    pub fn memo_run_kinds(
+        &mut self,
+        vas: &[u64],
+        kinds: &[u8],
+        out: &mut [u64],
+        asid: u32,
+        needs: &MemoNeeds,
+    ) -> usize {
+        let n = vas.len().min(kinds.len());
+        let kinds = &kinds[..n];
+        self.memo_run_mixed(&vas[..n], out, asid, |i| needs.of(kinds[i]))
+    }
+
+    /// The loop of [`memo_run_kinds`](Self::memo_run_kinds), that of
+    /// [`memo_run`](Self::memo_run) with a need per address: `need_of(i)` is
+    /// what address `i` needs in a memo's `allow`, or None to stop before
+    /// it; a recent page's rights are checked against each access's need.
+    /// (`memo_run` keeps its own loop: one need, checked when a page is
+    /// admitted, leaves its hottest loop one compare shorter.)
+    #[inline(always)]
+    fn memo_run_mixed(
+        &mut self,
+        vas: &[u64],
+        out: &mut [u64],
+        asid: u32,
+        need_of: impl Fn(usize) -> Option<u16>,
+    ) -> usize {
+        let n = vas.len().min(out.len());
+        let (vas, out) = (&vas[..n], &mut out[..n]);
+        if asid != self.memo_asid {
+            return 0;
+        }
+        let (memo, mask, epoch) = (&self.memo, self.memo_mask, self.epoch << EPOCH_SHIFT);
+        // The end of the run of addresses in `page` starting at `i` that
+        // `allow` answers.
+        let run_end = |mut i: usize, page: u64, out: &mut [u64], pa: u64, allow: u16| {
+            while i < n && vas[i] >> 12 == page {
+                match need_of(i) {
+                    Some(need) if allow & need == need => {}
+                    _ => break,
+                }
+                out[i] = pa | (vas[i] & 0xFFF);
+                i += 1;
+            }
+            i
+        };
+        let mut i = 0;
+        if self.arrays.len() == 1 && self.arrays[0].policy() == Policy::Lru {
+            let (clock_ref, ways) = self.arrays[0].lru_parts();
+            let mut clock = *clock_ref;
+            let mut recent = RecentPages::default();
+            // The memo `allow` of each place of `recent` (kept here, so that
+            // `memo_run`'s `RecentPages` stays as small as its loop needs).
+            let mut allow = [0u16; RECENT_PAGES];
+            while i < n {
+                let va = vas[i];
+                let page = va >> 12;
+                let Some(need) = need_of(i) else {
+                    break;
+                };
+                if let Some(k) = recent.find(page) {
+                    if allow[k] & need != need {
+                        break;
+                    }
+                    out[i] = recent.pa[k] | (va & 0xFFF);
+                    clock += 1; // lru_touch, its stamp deferred
+                    recent.stamp[k] = clock;
+                    i += 1;
+                    continue;
+                }
+                let m = &memo[memo_index(page, mask)];
+                if m.key != epoch | page || m.allow as u16 & need != need {
+                    break;
+                }
+                let Some(e) = ways.get_mut(m.slot as usize).and_then(Option::as_mut) else {
+                    break;
+                };
+                out[i] = m.pa | (va & 0xFFF);
+                i += 1;
+                if m.allow & MEMO_SMALL == 0 {
+                    lru_touch(&mut clock, e);
+                } else {
+                    clock += 1; // lru_touch, its stamp deferred
+                    allow[recent.next] = m.allow as u16;
+                    if let Some((slot, stamp)) = recent.admit(page, m.pa, m.slot, clock) {
+                        stamp_way(ways, slot, stamp);
+                    }
+                }
+            }
+            for (slot, stamp) in recent.drain() {
+                stamp_way(ways, slot, stamp);
+            }
+            *clock_ref = clock;
+            return i;
+        }
+        while i < n {
+            let page = vas[i] >> 12;
+            let m = &memo[memo_index(page, mask)];
+            if m.key != epoch | page {
+                break;
+            }
+            let end = run_end(i, page, out, m.pa, m.allow as u16);
+            if end == i {
+                break;
+            }
             self.arrays[m.array as usize].touch_run(m.slot as usize, (end - i) as u64);
             i = end;
         }

@@ -14,7 +14,7 @@ pub mod stats;
 
 pub use array::{TlbArray, TlbEntry, GLOBAL_ASID};
 pub use config::{Policy, TlbConfig, PAGE_SIZES};
-pub use level::{Hit, TlbLevel};
+pub use level::{Hit, MemoNeeds, TlbLevel};
 pub use prefetch::{NextPage, PrefetchConfig, PrefetchKind, PrefetchMode, Prefetcher, Stride};
 pub use pwc::{PageWalkCache, PwcConfig};
 pub use rng::XorShift64;
