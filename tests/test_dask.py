@@ -113,7 +113,7 @@ def _files(out: Path) -> tuple[Any, list[dict[str, str]]]:
     return doc, rows
 
 
-GRID = [("tlb.l1.entries", [16, 64]), ("prefetch.kind", ["none", "next_page"])]
+GRID = [("tlb.l1d.entries", [48, 192]), ("prefetch.kind", ["none", "next_page"])]
 
 
 @pytest.mark.slow
@@ -140,7 +140,7 @@ def test_a_killed_worker_has_its_point_retried(cluster: Cluster, tmp_path: Path)
     plain = _trace(tmp_path / "same.txt", 3000, 4096 * 5)
     others = [Input(trace=str(_trace(tmp_path / f"o{k}.txt", 2000, 4096 * (k + 1))), format="text")
               for k in range(3)]  # fmt: skip
-    grid = [("tlb.l1.entries", [32])]
+    grid = [("tlb.l1d.entries", [96])]
     box: dict[str, Any] = {}
     inputs = [Input(trace=str(fifo), format="text"), *others]
     runner = threading.Thread(
@@ -219,7 +219,7 @@ def _wait(cond: Any, what: str) -> None:
 
 @pytest.mark.slow
 def test_cli_scheduler_local_and_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["sweep", "--grid", "tlb.l1.entries=16,32", "--workload", "sequential", "--length", "3000"]
+    args = ["sweep", "--grid", "tlb.l1d.entries=48,96", "--workload", "sequential", "--length", "3000"]
     assert main([*args, "--scheduler", "local", "--workers", "2", "--out", str(tmp_path / "d"),
                  "--metrics-port", "0"]) == 0  # fmt: skip
     captured = capsys.readouterr()
@@ -233,7 +233,7 @@ def test_cli_scheduler_local_and_metrics(tmp_path: Path, capsys: pytest.CaptureF
 def test_without_dask_scheduler_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
-    code = main(["sweep", "--grid", "tlb.l1.entries=16", "--scheduler", "tcp://127.0.0.1:1",
+    code = main(["sweep", "--grid", "tlb.l1d.entries=48", "--scheduler", "tcp://127.0.0.1:1",
                  "--out", str(tmp_path / "o")])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err
@@ -241,11 +241,11 @@ def test_without_dask_scheduler_names_the_extra(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_a_bad_scheduler_address_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["sweep", "--grid", "tlb.l1.entries=16", "--scheduler", "nowhere:1", "--out", str(tmp_path)])
+    code = main(["sweep", "--grid", "tlb.l1d.entries=48", "--scheduler", "nowhere:1", "--out", str(tmp_path)])
     assert code == 2
     assert "--scheduler 'nowhere:1'" in capsys.readouterr().err
 
 
 def test_stdin_cannot_go_to_dask(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="standard input"):
-        run_sweep([("tlb.l1.entries", [16])], [Input(trace="-")], scheduler="local")
+        run_sweep([("tlb.l1d.entries", [48])], [Input(trace="-")], scheduler="local")

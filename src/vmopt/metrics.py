@@ -214,9 +214,9 @@ def _guest_metrics(opt: MemoryOptimizer) -> Iterator[Metric]:
     other_faults = 0
     for cpu, mmu in enumerate(opt.mmus):
         c = str(cpu)
-        for level in mmu.levels:
+        for level in mmu.all_levels():  # a split L1's ITLB too
             st = level.stats
-            name = level.configs[0].name  # a level is named for its first array ("l1", "l2")
+            name = level.configs[0].name  # a level is named for its first array ("l1i", "l1d", "l2")
             for field, family in tlb.items():
                 family.add_metric([name, c], getattr(st, field))
         ms = mmu.stats

@@ -203,7 +203,9 @@ impl Ept {
             perms,
             user: true,
             global: false,
-            dirty: leaf & D != 0,
+            // Without EPTP bit 6 there is no dirty flag to set: a write needs no
+            // update, so a cached translation counts as dirty (no re-walk).
+            dirty: !self.ad || leaf & D != 0,
             memory_refs: refs,
             level,
             pte_pa,
@@ -496,6 +498,13 @@ mod tests {
         assert_eq!(fault_of(r), (FaultCause::Misconfigured, Some(1)));
         assert_eq!(f.nested_table_access(), Access::Write);
         assert_eq!(ept(5, false).nested_table_access(), Access::Read);
+        // Without A/D nothing is tracked: a read's translation is already dirty.
+        let plain = ept(4, false);
+        mem.set(pde, leaf);
+        let t = plain
+            .walk(&mem, 0x1000, gpa, Access::Read, false, true)
+            .unwrap();
+        assert!(t.dirty && mem.get(pde) == leaf);
     }
 
     #[test]
