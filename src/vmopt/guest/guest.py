@@ -600,7 +600,7 @@ class MemoryOptimizer:
 
     def _array_path(self, mmu: Mmu, access: str, cpu: int) -> ArrayPath | None:
         """The core's array loop for this vCPU, with NUMA accounting, or None when it cannot apply."""
-        if self.numa_balancing or (access, True) not in RIGHTS_BIT:
+        if self.numa_balancing or not isinstance(access, str) or (access, True) not in RIGHTS_BIT:
             return None  # balancing samples per access; bad arguments fail per index
         home = self.cpu_node[cpu]
 
@@ -660,7 +660,7 @@ class MemoryOptimizer:
         name = "MemoryOptimizer.translate_fetched_batch"
         if not isinstance(vas, np.ndarray) or vas.dtype.kind not in "iu" or vas.ndim != 1:
             raise bad_input(name, "vas must be a 1-D integer array", vas=vas)
-        if (access, True) not in RIGHTS_BIT:
+        if not isinstance(access, str) or (access, True) not in RIGHTS_BIT:
             raise bad_input(name, "access must be 'r', 'w' or 'x'", access=access)
         if not isinstance(fetched, Mapping):
             raise bad_input(name, fetched=fetched)
