@@ -105,6 +105,19 @@ fn stop_to_py(py: Python<'_>, stop: Stop) -> PyErr {
     err
 }
 
+/// Run one of the core's batch loops without the GIL: `(done, the stopping
+/// exception or None)`, a panic as a clear VmoptError.
+fn batch_loop(
+    py: Python<'_>,
+    run: impl FnOnce() -> (usize, Option<Stop>) + Send,
+) -> PyResult<(usize, Option<PyObject>)> {
+    match py.allow_threads(|| catch_unwind(AssertUnwindSafe(run))) {
+        Ok((done, None)) => Ok((done, None)),
+        Ok((done, Some(stop))) => Ok((done, Some(stop_to_py(py, stop).into_value(py).into_any()))),
+        Err(panic) => Err(panic_to_py(panic)),
+    }
+}
+
 fn prefetch_from(t: &(String, u32, String, usize)) -> Result<PrefetchConfig> {
     let kind = PrefetchKind::parse(&t.0)
         .ok_or_else(|| Error::Config(format!("unknown prefetcher '{}'", t.0)))?;
@@ -228,18 +241,7 @@ impl PyMmu {
         let vas = vas.as_slice()?;
         let out = out.as_slice_mut()?;
         let inner = &self.inner;
-        let result = py.allow_threads(|| {
-            catch_unwind(AssertUnwindSafe(|| {
-                inner.translate_batch(vas, out, access, user)
-            }))
-        });
-        match result {
-            Ok((done, None)) => Ok((done, None)),
-            Ok((done, Some(stop))) => {
-                Ok((done, Some(stop_to_py(py, stop).into_value(py).into_any())))
-            }
-            Err(panic) => Err(panic_to_py(panic)),
-        }
+        batch_loop(py, || inner.translate_batch(vas, out, access, user))
     }
 
     /// `translate_batch`, resolving restartable faults inside the staged
@@ -309,18 +311,7 @@ impl PyMmu {
         }
         let out = out.as_slice_mut()?;
         let inner = &self.inner;
-        let result = py.allow_threads(|| {
-            catch_unwind(AssertUnwindSafe(|| {
-                inner.translate_batch_kinds(vas, kinds, out, user)
-            }))
-        });
-        match result {
-            Ok((done, None)) => Ok((done, None)),
-            Ok((done, Some(stop))) => {
-                Ok((done, Some(stop_to_py(py, stop).into_value(py).into_any())))
-            }
-            Err(panic) => Err(panic_to_py(panic)),
-        }
+        batch_loop(py, || inner.translate_batch_kinds(vas, kinds, out, user))
     }
 
     /// Install a page in the current table and restart the access at `va`:
