@@ -8,6 +8,7 @@
 //! aligned blocks of orders 0 to 18 (4 KiB to 1 GiB), one per NUMA node.
 
 pub mod buddy;
+mod frames;
 pub mod phys;
 pub mod source;
 

@@ -8,7 +8,6 @@
 //! frames takes it exclusively. A page walk takes the shared lock once for
 //! all its PTEs ([`PteMemory::pinned`]), not once per PTE.
 
-use std::collections::hash_map::Entry;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -16,10 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
-use rustc_hash::FxHashMap;
 
 use crate::error::{format_size, Error, Result};
 use crate::memory::buddy::BuddyAllocator;
+use crate::memory::frames::{Frame, SparseFrames};
 use crate::memory::source::FrameSource;
 use crate::memory::{order_of_size, PteMemory};
 
@@ -28,58 +27,8 @@ pub const FRAME_SHIFT: u32 = 12;
 /// Bytes in a frame.
 pub const FRAME_SIZE: u64 = 1 << FRAME_SHIFT;
 const FRAME_MASK: u64 = FRAME_SIZE - 1;
-const WORDS: usize = (FRAME_SIZE / 8) as usize;
-
-/// One 4 KiB frame as 512 atomic words holding the frame's bytes in memory order.
-struct Frame([AtomicU64; WORDS]);
 
 impl Frame {
-    /// A fresh frame from the global allocator, zeroed or not.
-    fn allocate(zeroed: bool) -> *mut Frame {
-        let layout = std::alloc::Layout::new::<Frame>();
-        // SAFETY: a Frame's layout has a non-zero size (4 KiB).
-        let ptr = unsafe {
-            if zeroed {
-                std::alloc::alloc_zeroed(layout)
-            } else {
-                std::alloc::alloc(layout)
-            }
-        };
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
-        ptr.cast()
-    }
-
-    /// A frame of zeros, straight from the allocator's zeroed memory (no stores).
-    fn zeroed() -> Box<Frame> {
-        let ptr = Self::allocate(true);
-        // SAFETY: `ptr` is a fresh global allocation of Frame's layout, all zero
-        // bytes: a valid Frame (512 AtomicU64s, each with a u64's in-memory
-        // representation), owned by nobody else, so the Box may own it.
-        unsafe { Box::from_raw(ptr) }
-    }
-
-    /// A frame holding `data`, exactly one frame of bytes (a page install's
-    /// copy): one memcpy into the new frame before anyone can see it.
-    fn holding(data: &[u8]) -> Box<Frame> {
-        assert_eq!(
-            data.len(),
-            FRAME_SIZE as usize,
-            "a frame holds one frame of bytes"
-        );
-        let ptr = Self::allocate(false);
-        // SAFETY: `ptr` is a fresh, unshared global allocation of FRAME_SIZE
-        // bytes and `data` is FRAME_SIZE readable bytes that cannot overlap it.
-        // The copy initialises every byte; any bytes make a valid Frame (an
-        // AtomicU64 has a u64's in-memory representation), in memory order as
-        // `put` stores them; the Box then owns the allocation.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.cast::<u8>(), FRAME_SIZE as usize);
-            Box::from_raw(ptr)
-        }
-    }
-
     /// Store `data` at byte offset `off` of this frame (the range stays inside it).
     fn put(&self, off: usize, data: &[u8]) {
         if off % 8 == 0 && data.len() % 8 == 0 {
@@ -109,7 +58,7 @@ pub enum ImageMode {
 }
 
 enum Store {
-    Sparse(RwLock<FxHashMap<u64, Box<Frame>>>),
+    Sparse(RwLock<SparseFrames>),
     ReadOnly(Mmap),
     Mapped(MmapMut),
     /// A dump's extents: read-only, with holes.
@@ -197,7 +146,7 @@ impl PhysMem {
             base,
             size,
             writable: true,
-            store: Store::Sparse(RwLock::new(FxHashMap::default())),
+            store: Store::Sparse(RwLock::new(SparseFrames::default())),
             nodes: OnceLock::new(),
         };
         let _ = mem.nodes.set(Nodes {
@@ -243,7 +192,7 @@ impl PhysMem {
             base: 0,
             size: base,
             writable: true,
-            store: Store::Sparse(RwLock::new(FxHashMap::default())),
+            store: Store::Sparse(RwLock::new(SparseFrames::default())),
             nodes: OnceLock::new(),
         };
         let _ = mem.nodes.set(Nodes {
@@ -431,8 +380,7 @@ impl PhysMem {
                     }
                 }
                 let mut map = frames.write().unwrap_or_else(|e| e.into_inner());
-                let frame = map.entry(pfn).or_insert_with(Frame::zeroed);
-                f(Some(&frame.0[idx]))
+                f(Some(&map.get_or_zeroed(pfn).0[idx]))
             }
             Store::Mapped(map) => f(Some(Self::mapped_word(map, pa - self.base))),
             Store::ReadOnly(_) | Store::Source(_) => {
@@ -561,13 +509,10 @@ impl PhysMem {
                     }
                 }
                 let mut map = frames.write().unwrap_or_else(|e| e.into_inner());
-                match map.entry(pfn) {
-                    Entry::Vacant(slot) if data.len() == FRAME_SIZE as usize => {
-                        slot.insert(Frame::holding(data));
-                    }
-                    slot => slot
-                        .or_insert_with(Frame::zeroed)
-                        .put((pa & FRAME_MASK) as usize, data),
+                if data.len() == FRAME_SIZE as usize && !map.contains_key(&pfn) {
+                    map.insert_holding(pfn, data);
+                } else {
+                    map.get_or_zeroed(pfn).put((pa & FRAME_MASK) as usize, data);
                 }
             }
             Store::Mapped(map) => put_words(pa, data, |w| Self::mapped_word(map, w - self.base)),
@@ -632,10 +577,10 @@ impl PhysMem {
         if last > first {
             let mut map = frames.write().unwrap_or_else(|e| e.into_inner());
             if last - first > map.len() as u64 {
-                map.retain(|&pfn, _| !(first..last).contains(&pfn));
+                map.remove_range(first..last);
             } else {
                 for pfn in first..last {
-                    map.remove(&pfn);
+                    map.remove(pfn);
                 }
             }
         }
@@ -987,7 +932,7 @@ impl PteMemory for PhysMem {
 /// word exactly as through [`PhysMem`] itself.
 struct SparseView<'a> {
     mem: &'a PhysMem,
-    frames: &'a FxHashMap<u64, Box<Frame>>,
+    frames: &'a SparseFrames,
 }
 
 impl SparseView<'_> {
