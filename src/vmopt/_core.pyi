@@ -248,8 +248,9 @@ class Mmu:
     ) -> tuple[int, VmoptError | None]: ...
     def translate_batch_staged(
         self, vas: npt.NDArray[np.uint64], out: npt.NDArray[np.uint64], access: object, user: object,
-        pages: list[tuple[int, int, list[int], bytes | None, int, bool]],
-    ) -> tuple[int, VmoptError | None, int | None, bool, list[tuple[int, int, int]]]: ...  # fmt: skip
+        page_vas: list[int], data: list[bytes | None], group: list[int],
+        groups: list[tuple[int, list[int], int, bool]],
+    ) -> tuple[int, VmoptError | None, int | None, bool, list[int], list[int], list[int]]: ...  # fmt: skip
     def translate_batch_kinds(
         self, vas: npt.NDArray[np.uint64], kinds: npt.NDArray[np.uint8], out: npt.NDArray[np.uint64],
         user: object,

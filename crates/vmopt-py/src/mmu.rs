@@ -81,18 +81,20 @@ fn page_of<'a>(
 /// `translate_or_install`'s answer: the pa, and `(frame, node)` if the page went in.
 type Resolved = (u64, Option<(u64, u32)>);
 
-/// A staged page as Python passes it: `(page_va, size, nodes, data, perms, page_user)`.
-type StagedPage = (u64, u64, Vec<u32>, Option<PyBackedBytes>, u8, bool);
+/// How a group of staged pages goes in: `(size, nodes, perms, page_user)`.
+type StagedGroup = (u64, Vec<u32>, u8, bool);
 
 /// `translate_batch_staged`'s answer: addresses done, the stopping exception,
 /// the staged page that found no room, whether the last install fell back,
-/// and `(slot, frame, node)` per page installed.
+/// and the slots, frames and nodes of the pages installed.
 type StagedAnswer = (
     usize,
     Option<PyObject>,
     Option<usize>,
     bool,
-    Vec<(usize, u64, u32)>,
+    Vec<usize>,
+    Vec<u64>,
+    Vec<u32>,
 );
 
 /// The exception of a stopped translation, marked restartable when it is.
@@ -245,10 +247,13 @@ impl PyMmu {
     }
 
     /// `translate_batch`, resolving restartable faults inside the staged
-    /// `pages` by installing them (contents fetched ahead) in the same call:
-    /// `(done, exception or None, slot of a page with no room or None, fell
-    /// back, [(slot, frame, node) per page installed])`: "fell back" stops
-    /// the batch after an install that missed the first of its nodes.
+    /// pages by installing them (contents fetched ahead) in the same call.
+    /// The pages come column by column: page `k` starts at `page_vas[k]`,
+    /// holds `data[k]` and goes in as `groups[group[k]]`. Answers `(done,
+    /// exception or None, slot of a page with no room or None, fell back,
+    /// slots, frames, nodes of the pages installed)`: "fell back" stops the
+    /// batch after an install that missed the first of its nodes.
+    #[allow(clippy::too_many_arguments)]
     fn translate_batch_staged(
         &self,
         py: Python<'_>,
@@ -256,16 +261,40 @@ impl PyMmu {
         mut out: PyReadwriteArray1<'_, u64>,
         access: &Bound<'_, PyAny>,
         user: &Bound<'_, PyAny>,
-        pages: Vec<StagedPage>,
+        page_vas: Vec<u64>,
+        data: Vec<Option<PyBackedBytes>>,
+        group: Vec<usize>,
+        groups: Vec<StagedGroup>,
     ) -> PyResult<StagedAnswer> {
         let access = access_of(access)?;
         let user = user_of(user)?;
+        if data.len() != page_vas.len() || group.len() != page_vas.len() {
+            return Err(to_py(Error::Config(format!(
+                "staged pages need as many data and group entries as page addresses ({}), got {} and {}",
+                page_vas.len(),
+                data.len(),
+                group.len()
+            ))));
+        }
+        if let Some(&g) = group.iter().find(|&&g| g >= groups.len()) {
+            return Err(to_py(Error::Config(format!(
+                "staged page group {g} is not one of the {} groups",
+                groups.len()
+            ))));
+        }
         let vas = vas.as_slice()?;
         let out = out.as_slice_mut()?;
-        let staged: Vec<PageInstall<'_>> = pages
-            .iter()
-            .map(|(va, size, nodes, data, perms, page_user)| {
-                page_of(*va, *size, nodes, data.as_deref(), *perms, *page_user)
+        let staged: Vec<PageInstall<'_>> = (0..page_vas.len())
+            .map(|k| {
+                let (size, nodes, perms, page_user) = &groups[group[k]];
+                page_of(
+                    page_vas[k],
+                    *size,
+                    nodes,
+                    data[k].as_deref(),
+                    *perms,
+                    *page_user,
+                )
             })
             .collect();
         let inner = &self.inner;
@@ -275,18 +304,28 @@ impl PyMmu {
                 inner.translate_batch_staged(vas, out, access, user, &staged, &mut placed)
             }))
         });
-        match result {
-            Ok((done, None)) => Ok((done, None, None, false, placed)),
-            Ok((done, Some(StagedStop::NoRoom(slot)))) => {
-                Ok((done, None, Some(slot), false, placed))
-            }
-            Ok((done, Some(StagedStop::FellBack))) => Ok((done, None, None, true, placed)),
-            Ok((done, Some(StagedStop::Fault(stop)))) => {
-                let error = stop_to_py(py, stop).into_value(py).into_any();
-                Ok((done, Some(error), None, false, placed))
-            }
-            Err(panic) => Err(panic_to_py(panic)),
+        let (done, stop) = result.map_err(panic_to_py)?;
+        let (mut slots, mut frames, mut nodes) = (
+            Vec::with_capacity(placed.len()),
+            Vec::with_capacity(placed.len()),
+            Vec::with_capacity(placed.len()),
+        );
+        for (slot, frame, node) in placed {
+            slots.push(slot);
+            frames.push(frame);
+            nodes.push(node);
         }
+        let (error, no_room, fell_back) = match stop {
+            None => (None, None, false),
+            Some(StagedStop::NoRoom(slot)) => (None, Some(slot), false),
+            Some(StagedStop::FellBack) => (None, None, true),
+            Some(StagedStop::Fault(stop)) => (
+                Some(stop_to_py(py, stop).into_value(py).into_any()),
+                None,
+                false,
+            ),
+        };
+        Ok((done, error, no_room, fell_back, slots, frames, nodes))
     }
 
     /// Translate `vas` into `out` in order, each as its `kinds` byte says

@@ -60,7 +60,7 @@ from vmopt.paging.twostage import TwoStage, back_guest_memory
 from vmopt.paging.types import Perm
 from vmopt.stores.base import BackingStore
 from vmopt.tlb.config import PrefetchConfig, PwcConfig
-from vmopt.tlb.mmu import ARRAY_CHUNK, RIGHTS_BIT, Mmu, StagedPage, TlbSpec
+from vmopt.tlb.mmu import ARRAY_CHUNK, RIGHTS_BIT, Mmu, StagedPages, TlbSpec
 from vmopt.tlb.nested import NestedConfig
 from vmopt.tlb.stats import TlbStats
 from vmopt.units import format_size
@@ -666,15 +666,21 @@ class MemoryOptimizer:
             raise bad_input(name, fetched=fetched)
         values = np.ascontiguousarray(vas, dtype=np.uint64)
         staged: list[tuple[Region, int, bytes]] = []
+        append = staged.append
         region: Region | None = None
+        lo = hi = mask = shift = 0
         for page_va, data in fetched.items():
-            if region is None or not (isinstance(page_va, int) and region.va <= page_va < region.end):
+            if not (isinstance(page_va, int) and lo <= page_va < hi):
                 region = self._regions.find(page_va) if isinstance(page_va, int) else None
-            offset = -1 if region is None else page_va - region.va
-            if region is None or offset % region.page_size:
+                if region is None:
+                    lo = hi = 0
+                else:
+                    lo, hi, mask = region.va, region.end, region.page_size - 1
+                    shift = mask.bit_length()
+            if region is None or (page_va - lo) & mask:
                 shown = hex(page_va) if isinstance(page_va, int) else repr(page_va)
                 raise AddressError(f"fetched page {shown} is not the start of a region page")
-            staged.append((region, offset // region.page_size, data))
+            append((region, (page_va - lo) >> shift, data))
         out = np.zeros(len(values), dtype=np.uint64)
         failures: dict[int, BaseException] = {}
         if self.numa_balancing:
@@ -725,31 +731,38 @@ class MemoryOptimizer:
         if self._running[cpu] != 0:
             staged = []  # regions live in address space 0 only
         with self._lock:
-            regions = {id(r): r for r, _, _ in staged}
-            alive = {k for k, r in regions.items() if self._regions.find(r.va) is r}
-            live = [s for s in staged if id(s[0]) in alive and s[1] not in s[0].resident]
-            follows_usage = {k for k in alive if regions[k].policy.period is None}
-            held = {(r.va, i): d for r, i, d in live if id(r) in follows_usage}
+            alive: dict[int, bool] = {}
+            live: list[tuple[Region, int, bytes]] = []
+            for page in staged:
+                region = page[0]
+                ok = alive.get(id(region))
+                if ok is None:
+                    ok = alive[id(region)] = self._regions.find(region.va) is region
+                if ok and page[1] not in region.resident:
+                    live.append(page)
+            held = {(r.va, i): d for r, i, d in live if r.policy.period is None}
             if held:
-                live = [s for s in live if id(s[0]) not in follows_usage]
+                live = [s for s in live if s[0].policy.period is not None]
             pages = self._staged_pages(live, home)
             while pos < end:
-                done, error, no_room, fell_back, placed = mmu.translate_staged(
+                done, error, no_room, fell_back, slots, frames, nodes = mmu.translate_staged(
                     vas[pos:end], out[pos:end], access, True, pages
                 )
-                if placed:
-                    for slot, frame, node in placed:
+                if slots:
+                    for slot, frame in zip(slots, frames, strict=True):
                         region, index, _ = live[slot]
                         region.resident[index] = frame
-                        nodes = pages[slot][2]
-                        if node != nodes[0]:  # placed() moves the rotation on fallbacks only
-                            self.mem.placed(nodes, node, region.page_size)
-                    if len(placed) == len(live):
-                        live, pages = [], []
+                    # Only the last page placed can have fallen back (Mmu.translate_staged).
+                    wanted = pages.groups[pages.group[slots[-1]]][1]
+                    if nodes[-1] != wanted[0]:  # placed() moves the rotation on fallbacks only
+                        self.mem.placed(wanted, nodes[-1], live[slots[-1]][0].page_size)
+                    if len(slots) == len(live):
+                        live = []
+                        pages = StagedPages([], [], [], [])
                     else:
-                        gone = {slot for slot, _, _ in placed}
+                        gone = set(slots)
                         live = [s for k, s in enumerate(live) if k not in gone]
-                        pages = [p for k, p in enumerate(pages) if k not in gone]
+                        pages = pages.without(gone)
                 if done:
                     self.traffic.count(out[pos : pos + done], home)
                 pos += done
@@ -762,37 +775,51 @@ class MemoryOptimizer:
                 try:
                     if no_room is not None:
                         region = live[no_room][0]
-                        raise self.mem.out_of_frames(pages[no_room][2], region.page_size, region.policy)
+                        wanted = pages.groups[pages.group[no_room]][1]
+                        raise self.mem.out_of_frames(wanted, region.page_size, region.policy)
                     assert error is not None  # the core stopped early for a reason
                     out[pos] = self._resume_staged(mmu, va, access, cpu, error, failed, held)
                 except VmoptError as exc:
                     out[pos] = 0
                     record_failure(failures, base + pos, va, exc)
                 pos += 1
-            staged[:] = live + [
-                (r, i, held[(r.va, i)]) for r, i, _ in staged if (r.va, i) in held and i not in r.resident
-            ]
+            if held:
+                live += [
+                    (r, i, held[(r.va, i)]) for r, i, _ in staged if (r.va, i) in held and i not in r.resident
+                ]
+            staged[:] = live
 
-    def _staged_pages(self, live: list[tuple[Region, int, bytes]], home: int) -> list[StagedPage]:
+    def _staged_pages(self, live: list[tuple[Region, int, bytes]], home: int) -> StagedPages:
         """``live`` as the core's staged pages, each with the nodes :meth:`_install` would try.
 
         Pages ``period`` apart in a region want the same nodes (see
-        :attr:`MemPolicy.period`), so placement runs once per class.
+        :attr:`MemPolicy.period`), so placement runs once per class, and
+        the pages of a class share one group.
         """
-        meta: dict[int, tuple[int, int, int, bool, int, dict[int, list[int]]]] = {}
-        for region, _, _ in live:
-            if id(region) not in meta:
+        vas: list[int] = []
+        data: list[bytes | None] = []
+        group: list[int] = []
+        groups: list[tuple[int, list[int], int, bool]] = []
+        classes_of: dict[int, dict[int, int]] = {}
+        last: Region | None = None
+        va = size = period = 0
+        classes: dict[int, int] = {}
+        for region, index, page in live:
+            if region is not last:
+                last = region
+                va, size = region.va, region.page_size
+                assert region.policy.period is not None  # usage-following regions are not staged
                 period = region.policy.period
-                assert period is not None  # usage-following regions are not staged
-                meta[id(region)] = (region.va, region.page_size, int(region.perms), region.user, period, {})
-        pages: list[StagedPage] = []
-        for region, index, data in live:
-            va, size, bits, user, period, classes = meta[id(region)]
-            nodes = classes.get(index % period)
-            if nodes is None:
-                nodes = classes[index % period] = self.mem.placement(region.policy, index, home)
-            pages.append((va + index * size, size, nodes, data, bits, user))
-        return pages
+                classes = classes_of.setdefault(id(region), {})
+            g = classes.get(index % period)
+            if g is None:
+                nodes = self.mem.placement(region.policy, index, home)
+                g = classes[index % period] = len(groups)
+                groups.append((size, nodes, int(region.perms), region.user))
+            vas.append(va + index * size)
+            data.append(page)
+            group.append(g)
+        return StagedPages(vas, data, group, groups)
 
     def _resume_staged(
         self, mmu: Mmu, va: int, access: str, cpu: int, error: VmoptError,
@@ -842,29 +869,27 @@ class MemoryOptimizer:
         failures: dict[int, BaseException],
     ) -> None:  # fmt: skip
         loader = PageLoader(self.concurrency)
-
-        async def fetch(region: Region, index: int) -> bytes:
-            pages_per = region.page_size // 4096
-            assert region.store is not None  # _pages_to_fetch plans store-backed pages only
-            data = await loader.load(region.store.fetch, index * pages_per, pages_per)
-            self.store_fetches += pages_per
-            return data
-
         plan = self._pages_to_fetch(chunk)
-        tasks = {(r.va, i): asyncio.ensure_future(fetch(r, i)) for r, i, _ in plan}
+        runs = []
+        for region, index, _ in plan:
+            assert region.store is not None  # _pages_to_fetch plans store-backed pages only
+            pages_per = region.page_size // 4096
+            runs.append((region.store.fetch, index * pages_per, pages_per))
+        loads = loader.start(runs)
+        tasks = {(r.va, i): load for (r, i, _), load in zip(plan, loads, strict=True)}
         try:
             vas = self._staged_vas(chunk, access)
             if vas is None:
                 await self._install_per_access(chunk, start, access, cpu, results, failures, tasks)
             else:
-                order = [tasks[(r.va, i)] for r, i, _ in plan]
-                await self._install_staged(vas, plan, order, start, access, cpu, results, failures)
+                await self._install_staged(vas, plan, loads, start, access, cpu, results, failures)
         finally:
-            pending = [t for t in tasks.values() if not t.done()]
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            await loader.stop()
+            for load, (_, _, count) in zip(loads, runs, strict=True):
+                if load.done() and not load.cancelled() and load.exception() is None:
+                    self.store_fetches += count
+                else:
+                    load.cancel()
             if loader.history is not None:
                 self.limit_history = loader.history
 

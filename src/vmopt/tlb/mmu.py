@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from vmopt.paging.pagetable import PageTable
     from vmopt.paging.twostage import TwoStage
 
-__all__ = ["ARRAY_CHUNK", "DEFAULT_TLB_LEVELS", "RIGHTS_BIT", "Mmu", "StagedPage", "StagedResult", "TlbSpec"]
+__all__ = ["ARRAY_CHUNK", "DEFAULT_TLB_LEVELS", "RIGHTS_BIT", "Mmu", "StagedPages", "StagedResult", "TlbSpec"]
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,33 @@ TlbSpec = TlbConfig | Sequence[TlbConfig | Sequence[TlbConfig] | SplitL1] | None
 FaultHandler = Callable[[int, str, bool], bool]
 
 U64 = npt.NDArray[np.uint64]
-#: A page fetched ahead for :meth:`Mmu.translate_staged`: ``(page_va, size, nodes, data, perms, page_user)``.
-StagedPage = tuple[int, int, list[int], "bytes | None", int, bool]
-#: :meth:`Mmu.translate_staged`'s answer: ``(done, error, no_room, fell_back, placed)``.
-StagedResult = tuple[int, "VmoptError | None", "int | None", bool, list[tuple[int, int, int]]]
+
+
+class StagedPages(NamedTuple):
+    """Pages fetched ahead for :meth:`Mmu.translate_staged`, column by column.
+
+    Page ``k`` starts at ``vas[k]``, holds ``data[k]`` and goes in as
+    ``groups[group[k]]``: ``(size, nodes, perms, page_user)``, shared by the
+    pages that want the same nodes (columns, so a batch of thousands of
+    pages costs no object per page).
+    """
+
+    vas: list[int]
+    data: list[bytes | None]
+    group: list[int]
+    groups: list[tuple[int, list[int], int, bool]]
+
+    def without(self, gone: set[int]) -> StagedPages:
+        """These pages but those at the indices in ``gone``, in order, in the same groups."""
+        keep = [k for k in range(len(self.vas)) if k not in gone]
+        vas, data, group = self.vas, self.data, self.group
+        return StagedPages(
+            [vas[k] for k in keep], [data[k] for k in keep], [group[k] for k in keep], self.groups
+        )
+
+
+#: :meth:`Mmu.translate_staged`'s answer: ``(done, error, no_room, fell_back, slots, frames, nodes)``.
+StagedResult = tuple[int, "VmoptError | None", "int | None", bool, list[int], list[int], list[int]]
 
 
 def _level_configs(spec: TlbSpec) -> tuple[list[TlbConfig] | None, list[list[TlbConfig]]]:
@@ -377,26 +400,26 @@ class Mmu:
         return done, stop
 
     def translate_staged(
-        self, vas: U64, out: U64, access: str, user: bool, pages: list[StagedPage]
+        self, vas: U64, out: U64, access: str, user: bool, pages: StagedPages
     ) -> StagedResult:
         """:meth:`translate_into`, installing staged pages on their first touch, in one core call.
 
-        ``pages`` are ``(page_va, size, nodes, data, perms, page_user)``
-        (``perms`` as an int), distinct pages whose contents were fetched
-        ahead. A restartable fault inside one is resolved as
+        ``pages`` are distinct pages whose contents were fetched ahead. A
+        restartable fault inside one is resolved as
         :meth:`translate_or_install` resolves it; each is installed at most
-        once. Returns ``(done, error, no_room, fell_back, placed)``:
-        addresses done; the error that stopped the batch (counted as
-        :meth:`translate_into` counts it) or None; the index in ``pages`` of
-        a page no node of its ``nodes`` had room for (the batch stopped at
-        its first touch, nothing changed) or None; True if the batch stopped
-        after an install that fell back past the first of its ``nodes`` (a
-        caller whose placements depend on that recomputes them); and
-        ``(index, frame, node)`` for each page that went in, also when the
-        restarted access then faulted.
+        once. Returns ``(done, error, no_room, fell_back, slots, frames,
+        nodes)``: addresses done; the error that stopped the batch (counted
+        as :meth:`translate_into` counts it) or None; the index in ``pages``
+        of a page no node of its group had room for (the batch stopped at its
+        first touch, nothing changed) or None; True if the batch stopped
+        after an install that fell back past the first of its group's nodes
+        (a caller whose placements depend on that recomputes them); and the
+        index in ``pages``, frame and node of each page that went in, also
+        when the restarted access then faulted. An install that falls back
+        ends the call, so only the last page placed can have fallen back.
         """
         try:
-            result: StagedResult = self._core.translate_batch_staged(vas, out, access, user, pages)
+            result: StagedResult = self._core.translate_batch_staged(vas, out, access, user, *pages)
         except (TypeError, ValueError, OverflowError) as exc:
             if isinstance(exc, VmoptError):
                 raise
