@@ -13,6 +13,7 @@ from vmopt.errors import AddressError, ConfigError
 from vmopt.fetching.concurrency import MAX_CONCURRENT_WARN, ConcurrencyConfig
 from vmopt.fetching.loader import PageLoader
 from vmopt.fetching.scheduler import FairFetchScheduler
+from vmopt.stores.base import StoreError
 
 LOGGER = "vmopt.fetching.concurrency"
 
@@ -157,3 +158,60 @@ def test_adaptive_page_loader_feeds_its_limiter_the_injected_clock() -> None:
     asyncio.run(main())
     assert loader.limiter is not None and loader.limiter.samples == 20
     assert loader.history is not None and loader.history[0] == (0, 4)
+
+
+def test_page_loader_start_runs_a_batch_through_max_concurrent_workers_in_order() -> None:
+    """start(): loads begin in the order given, at most max_concurrent at once, one future each;
+    a failing run fails its own future only, and a future cancelled before its turn is skipped."""
+    loader = PageLoader(ConcurrencyConfig(max_concurrent=3))
+    gates = [asyncio.Event() for _ in range(8)]
+    started: list[int] = []
+    in_flight = peak = 0
+
+    async def fetch(page: int) -> bytes:
+        nonlocal in_flight, peak
+        started.append(page)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await gates[page // 10].wait()
+        in_flight -= 1
+        if page == 30:
+            raise StoreError("gone", page_index=page)
+        return bytes([page])
+
+    async def main() -> list[asyncio.Future[bytes]]:
+        futures = loader.start([(fetch, 10 * i, 1) for i in range(8)])
+        futures[6].cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert started == [0, 10, 20] and loader.scheduler.waiting == 0
+        for i in (2, 0, 1, 3, 4, 5, 7):  # out of order: workers take the next run as they free
+            gates[i].set()
+            await asyncio.wait([futures[i]])
+        await loader.stop()
+        return futures
+
+    futures = asyncio.run(main())
+    assert started == [0, 10, 20, 30, 40, 50, 70] and peak == 3
+    done = [f.result() for k, f in enumerate(futures) if k not in (3, 6)]
+    assert done == [bytes([10 * k]) for k in (0, 1, 2, 4, 5, 7)]
+    assert isinstance(futures[3].exception(), StoreError) and futures[6].cancelled()
+
+
+def test_page_loader_stop_cancels_the_runs_not_yet_done() -> None:
+    loader = PageLoader(ConcurrencyConfig(max_concurrent=2))
+    never = asyncio.Event()
+
+    async def fetch(page: int) -> bytes:
+        await never.wait()
+        return b""
+
+    async def main() -> list[asyncio.Future[bytes]]:
+        futures = loader.start([(fetch, i, 1) for i in range(5)])
+        await asyncio.sleep(0)
+        await loader.stop()
+        assert loader.scheduler.in_flight == 0
+        return futures
+
+    futures = asyncio.run(main())
+    assert all(f.cancelled() for f in futures)
