@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vmopt import BatchResult, LatencyStore, MemoryOptimizer, MemPolicy, NumaConfig
@@ -100,6 +100,13 @@ picks = st.lists(
     nodes=st.sampled_from([2, 3]),
     policy=st.sampled_from(sorted(POLICIES)),
 )
+# An anonymous page's fault between two staged installs falls back and moves the
+# tie-breaking rotation: the second staged page must be placed after it.
+@example(
+    picks=[(0, 0, 0)] * 12 + [(0, 1, 0), (3, 1, 0), (1, 1, 0), (3, 0, 0), (1, 0, 0)],
+    seed=0, frames=12, anonymous=True, chunk=7, inflight=1, access="r", as_array=False, nodes=3,
+    policy="weighted",
+)  # fmt: skip
 def test_the_concurrent_batch_equals_the_sequential_one(
     picks: list[tuple[int, int, int]], seed: int, frames: int, anonymous: bool, chunk: int,
     inflight: int, access: str, as_array: bool, nodes: int, policy: str,

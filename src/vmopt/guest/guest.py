@@ -772,6 +772,7 @@ class MemoryOptimizer:
                 if pos == end:
                     break
                 va = int(vas[pos])
+                fallbacks = self.mem.fallbacks
                 try:
                     if no_room is not None:
                         region = live[no_room][0]
@@ -782,6 +783,9 @@ class MemoryOptimizer:
                 except VmoptError as exc:
                     out[pos] = 0
                     record_failure(failures, base + pos, va, exc)
+                finally:
+                    if self.mem.fallbacks != fallbacks:
+                        pages = self._staged_pages(live, home)  # the fault's install moved the rotation
                 pos += 1
             if held:
                 live += [

@@ -129,6 +129,12 @@ class NumaMemory(PhysicalMemory):
             )
         return order
 
+    @property
+    def fallbacks(self) -> int:
+        """Blocks so far that landed past the first of their nodes: each moves the rotation
+        that breaks distance ties, so a placement computed before a fallback may be stale."""
+        return self._rotation
+
     def placed(self, nodes: list[int], node: int, size: int) -> None:
         """Note that a block for :meth:`placement`'s ``nodes`` landed on ``node``.
 
