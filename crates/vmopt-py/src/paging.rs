@@ -454,6 +454,11 @@ impl PyFormat {
     fn table_size(&self, level: u8) -> PyResult<u64> {
         guarded(|| Ok(self.inner.table_size(level)))
     }
+    /// Bytes of the root table (16 KiB for the RISC-V G-stage, else one frame).
+    #[getter]
+    fn root_bytes(&self) -> u64 {
+        self.inner.root_bytes()
+    }
     #[getter]
     fn levels(&self) -> u8 {
         self.inner.levels()

@@ -1,5 +1,5 @@
 """Page tables in real formats: x86-64 (4/5-level), RISC-V Sv39/Sv48/Sv57, AArch64 stage 1, and
-the host formats EPT and NPT with two-stage walks over them, run by the Rust core."""
+the host formats EPT, NPT and the RISC-V G-stage with two-stage walks over them, run by the Rust core."""
 
 from vmopt.paging.aarch64 import AArch64
 from vmopt.paging.format import PagingFormat

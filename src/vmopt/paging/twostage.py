@@ -1,4 +1,4 @@
-"""Two-stage translation: a guest's page table over a host's (EPT, NPT).
+"""Two-stage translation: a guest's page table over a host's (EPT, NPT, the RISC-V G-stage).
 
 ``TwoStage(guest_pt, host_pt).walk(gva, access, user)`` is the walk a CPU
 with nested paging does: the guest's tables turn the GVA into a GPA, and
@@ -27,7 +27,7 @@ from vmopt.paging.types import NestedTranslation, Perm
 __all__ = ["HOST_FORMATS", "TwoStage", "back_guest_memory"]
 
 #: Format names a host table of a two-stage walk may have.
-HOST_FORMATS = ("ept", "ept_5level", "npt")
+HOST_FORMATS = ("ept", "ept_5level", "npt", "sv39x4", "sv48x4")
 
 
 class TwoStage:

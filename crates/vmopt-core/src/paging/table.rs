@@ -149,16 +149,25 @@ fn perm_repr(perm: Perm) -> String {
     s
 }
 
-/// Tables are built, listed and freed with one-frame roots; refuse a format whose root is larger.
-fn one_frame_root(fmt: &dyn Format) -> Result<()> {
-    if fmt.root_bytes() != FRAME_SIZE {
-        return Err(Error::Config(format!(
-            "{} tables have a {} root; PageTable builds one-frame (4 KiB) roots only",
-            fmt.name(),
-            format_size(fmt.root_bytes())
-        )));
+/// Bytes allocated for the root table: the format's root (16 KiB for the
+/// RISC-V G-stage) or its top level's granule, whichever is larger.
+fn root_size(fmt: &dyn Format) -> u64 {
+    fmt.root_bytes().max(fmt.table_size(fmt.levels() - 1))
+}
+
+/// The alignment `attach` requires of a root holding `bytes` of entries.
+///
+/// A root wider than a table (the G-stage's four frames) is aligned to its
+/// size, as hgatp requires; one holding fewer entries than a table (an
+/// AArch64 start level) needs only its own size, and at least 64 bytes, as
+/// TTBR's BADDR; otherwise a table's granule.
+fn root_align(fmt: &dyn Format, bytes: u64) -> u64 {
+    let top = fmt.levels() - 1;
+    if fmt.root_bytes() > fmt.table_size(top) {
+        fmt.root_bytes()
+    } else {
+        fmt.table_size(top).min(bytes.max(64))
     }
-    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -175,8 +184,8 @@ impl PageTable {
         fmt: Arc<dyn Format>,
         update_ad: Option<bool>,
     ) -> Result<PageTable> {
-        one_frame_root(&*fmt)?;
-        let root = mem.alloc_granule(fmt.table_size(fmt.levels() - 1))?;
+        // A 16 KiB G-stage root is one order-2 buddy block, so naturally aligned.
+        let root = mem.alloc_granule(root_size(&*fmt))?;
         Ok(Self::build(mem, fmt, root, update_ad, true))
     }
 
@@ -187,12 +196,9 @@ impl PageTable {
         fmt: Arc<dyn Format>,
         update_ad: Option<bool>,
     ) -> Result<PageTable> {
-        one_frame_root(&*fmt)?;
         let top = fmt.levels() - 1;
-        // A root holding fewer entries than a table (an AArch64 start level) needs
-        // only its own size of alignment, and at least 64 bytes, as TTBR's BADDR.
         let bytes = fmt.entries(top) * 8;
-        let align = fmt.table_size(top).min(bytes.max(64));
+        let align = root_align(&*fmt, bytes);
         if root & (align - 1) != 0 || !mem.contains(root, bytes) {
             return Err(Error::Address(format!(
                 "page-table root must be a {} aligned address inside memory, got {root}",
@@ -987,8 +993,14 @@ impl PageTable {
         }
         let tables = self.tables_with_levels();
         let _frees = self.frees.write().unwrap_or_else(|e| e.into_inner());
+        let top = self.fmt.levels() - 1;
         for (t, level) in tables {
-            self.mem.free_granule(t, self.fmt.table_size(level))?;
+            let size = if t == self.root && level == top {
+                root_size(&*self.fmt)
+            } else {
+                self.fmt.table_size(level)
+            };
+            self.mem.free_granule(t, size)?;
         }
         Ok(())
     }
