@@ -8,9 +8,12 @@ Uncached, an n-level guest over an m-level host reads (n+1)(m+1)-1 entries.
 Faults say which ``stage`` they belong to; a host fault names the ``gpa``
 and whether it was ``on_table`` (a guest entry) or the final access.
 
-Guest-physical bytes are the guest table's memory, indexed by GPA (the
-VMM's view of guest RAM); the host table says whether and where each guest
-frame is backed, and with which rights.
+A guest table built on ``host_pt.guest_memory()`` (:class:`GuestMemory`)
+has its entries read at the HPA each host walk gives, in host memory, so a
+host remap is seen by the next walk. A guest table in a memory of its own
+(what :func:`back_guest_memory` backs) is read there at the GPA, the VMM's
+view of guest RAM; the host table then says whether each access is allowed
+and where the final address is backed.
 """
 
 from __future__ import annotations
