@@ -23,12 +23,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from reference.memory.physical import PhysicalMemory as RefMemory
 from reference.paging import aarch64 as ref_aarch64
+from reference.paging import gstage as ref_gstage
 from reference.paging import riscv as ref_riscv
 from reference.paging import x86 as ref_x86
 from reference.paging.pagetable import PageTable as RefPageTable
 from vmopt import PhysicalMemory
 from vmopt.errors import ConfigError, PageFault
-from vmopt.paging import X86_64, AArch64, PageTable, PagingFormat, Perm, RiscV
+from vmopt.paging import X86_64, AArch64, GStage, PageTable, PagingFormat, Perm, RiscV
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +54,8 @@ FORMATS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
     "sv48_sum_mxr": (lambda: RiscV(4, sum=True, mxr=True), lambda: ref_riscv.RiscV(4, sum=True, mxr=True)),
     "sv48_svade": (lambda: RiscV(4, svade=True), lambda: ref_riscv.RiscV(4, svade=True)),
     "sv57": (lambda: RiscV(5), lambda: ref_riscv.RiscV(5)),
+    "sv39x4": (lambda: GStage(3), lambda: ref_gstage.GStage(3)),
+    "sv48x4_svade": (lambda: GStage(4, svade=True), lambda: ref_gstage.GStage(4, svade=True)),
     "aarch64": (lambda: AArch64(), lambda: ref_aarch64.AArch64()),
     "aarch64_va39_upper_ha_hd": (
         lambda: AArch64(4096, va_bits=39, upper=True, ha=True, hd=True),
@@ -131,11 +134,15 @@ class PagingMachine(RuleBasedStateMachine):
 
     # -- comparison -----------------------------------------------------------------
 
+    def frame_bytes(self, table: int) -> int:
+        """Bytes of the table at ``table``: the whole root (16 KiB for the G-stage), else a frame."""
+        return self.pt.fmt.root_bytes if table == self.pt.root else 4096
+
     def state(self) -> tuple[Any, ...]:
         frames = self.pt.table_frames()
         return (
             frames,
-            [self.mem.read(f, 4096) for f in frames],
+            [self.mem.read(f, self.frame_bytes(f)) for f in frames],
             list(self.pt.mappings()),
             self.mem.free_bytes,
         )
@@ -161,7 +168,7 @@ class PagingMachine(RuleBasedStateMachine):
         frames = self.pt.table_frames()
         assert frames == self.ref.table_frames()
         for f in frames:
-            assert self.mem.read(f, 4096) == self.ref_mem.read(f, 4096), hex(f)
+            assert self.mem.read(f, self.frame_bytes(f)) == self.ref_mem.read(f, self.frame_bytes(f)), hex(f)
         assert list(self.pt.mappings()) == list(self.ref.mappings())
         assert self.mem.free_bytes == self.ref_mem.free_bytes
         assert self.shootdowns == self.ref_shootdowns

@@ -78,6 +78,12 @@ def _instances(tmp: Path) -> Iterator[tuple[str, Any]]:
     snapshot.write_bytes(bytes(8192))
     yield "PhysicalMemory", mem
     yield "PageTable", pt
+    host = vmopt.PageTable(vmopt.PhysicalMemory(16 << 20, base=64 << 20), "ept")
+    host.map_range(0, 72 << 20, 1 << 20, perms="rw", user=True)
+    yield "HostPageTable", host
+    gm = host.guest_memory()
+    yield "GuestMemory", gm
+    yield "PageTableOnGuestMemory", vmopt.PageTable(gm)
     yield "Mmu", vmopt.Mmu(pt)
     yield "Tlb", vmopt.Tlb(vmopt.TlbConfig(16, 4))
     yield "NumaConfig", vmopt.NumaConfig(2, 8 << 20)
@@ -166,6 +172,13 @@ def test_the_walk_covers_the_public_api() -> None:
         "TlbConfig.__init__",
         "PageTable().map",
         "Tlb().lookup",
+        "HostPageTable().guest_memory",
+        "GuestMemory().read",
+        "GuestMemory().write",
+        "GuestMemory().read_u64",
+        "GuestMemory().write_u64",
+        "GuestMemory().translate",
+        "PageTableOnGuestMemory().map",
     ):
         assert expected in names
     assert len(names) > 80

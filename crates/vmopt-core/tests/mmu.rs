@@ -79,7 +79,7 @@ fn faults_restarts_and_dirty_rewalks() {
         panic!("not a fault")
     };
     assert_eq!((f.cause, f.level), (FaultCause::NotPresent, Some(0)));
-    let frame = pt.memory().alloc(K4).unwrap();
+    let frame = pt.memory().alloc_granule(K4).unwrap();
     pt.map(BASE + 8 * K4, frame, K4, Perm(6), false, false)
         .unwrap();
     assert_eq!(

@@ -17,7 +17,7 @@ use vmopt_core::{Error, Result};
 use crate::errors::guarded;
 
 /// Copies and fills at least this large release the GIL.
-const RELEASE_GIL_BYTES: usize = 64 << 10;
+pub(crate) const RELEASE_GIL_BYTES: usize = 64 << 10;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPhysMem>()?;
@@ -44,13 +44,13 @@ fn image_mode(mode: &str) -> Result<ImageMode> {
 
 /// `data`'s bytes: borrowed if it is `bytes`, else copied from its buffer
 /// (any format; a buffer of wider items is read as its raw bytes).
-enum Data<'py> {
+pub(crate) enum Data<'py> {
     Bytes(Bound<'py, PyBytes>),
     Copied(Vec<u8>),
 }
 
 impl<'py> Data<'py> {
-    fn of(data: &Bound<'py, PyAny>) -> PyResult<Self> {
+    pub(crate) fn of(data: &Bound<'py, PyAny>) -> PyResult<Self> {
         if let Ok(b) = data.downcast::<PyBytes>() {
             return Ok(Data::Bytes(b.clone()));
         }
@@ -69,7 +69,7 @@ impl<'py> Data<'py> {
         Ok(Data::Copied(buf.to_vec(py)?))
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
             Data::Bytes(b) => b.as_bytes(),
             Data::Copied(v) => v,

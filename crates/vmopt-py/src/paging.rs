@@ -17,13 +17,13 @@ use pyo3::types::{PyBool, PyBytes, PyInt, PyList, PyString, PyTuple, PyType};
 use vmopt_core::paging::table::{LeafEntry, Leaves, Mappings};
 use vmopt_core::paging::twostage::NestedTranslation;
 use vmopt_core::paging::{
-    AArch64, Access, Ept, Format, GStage, Leaf, Mapping, Npt, PageTable, Perm, RiscV, Shootdown,
-    Translation, TwoStage, X86_64,
+    AArch64, Access, Backing, Ept, Format, GStage, GuestMemory, Leaf, Mapping, Npt, PageTable,
+    Perm, RiscV, Shootdown, TableMemory, Translation, TwoStage, X86_64,
 };
 use vmopt_core::Error;
 
 use crate::errors::{guarded, to_py};
-use crate::memory::PyPhysMem;
+use crate::memory::{Data, PyPhysMem, RELEASE_GIL_BYTES};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyFormat>()?;
@@ -31,6 +31,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyLeafIter>()?;
     m.add_class::<PyMappingIter>()?;
     m.add_class::<PyTwoStage>()?;
+    m.add_class::<PyGuestMemory>()?;
     Ok(())
 }
 
@@ -454,6 +455,11 @@ impl PyFormat {
     fn table_size(&self, level: u8) -> PyResult<u64> {
         guarded(|| Ok(self.inner.table_size(level)))
     }
+    /// Bytes of the root table (16 KiB for the RISC-V G-stage, else one frame).
+    #[getter]
+    fn root_bytes(&self) -> u64 {
+        self.inner.root_bytes()
+    }
     #[getter]
     fn levels(&self) -> u8 {
         self.inner.levels()
@@ -612,12 +618,12 @@ impl PyPageTable {
     #[pyo3(signature = (mem, fmt, update_ad=None))]
     fn new(
         py: Python<'_>,
-        mem: PyRef<'_, PyPhysMem>,
+        mem: AnyMem<'_>,
         fmt: PyRef<'_, PyFormat>,
         update_ad: Option<bool>,
     ) -> PyResult<Self> {
-        let (mem, fmt) = (mem.inner.clone(), fmt.inner.clone());
-        let pt = guarded(|| py.allow_threads(|| PageTable::new(mem, fmt, update_ad)))?;
+        let (mem, fmt) = (mem.backing(), fmt.inner.clone());
+        let pt = guarded(|| py.allow_threads(|| PageTable::new_in(mem, fmt, update_ad)))?;
         Ok(Self::wrap(pt))
     }
 
@@ -625,15 +631,29 @@ impl PyPageTable {
     #[staticmethod]
     #[pyo3(signature = (mem, root, fmt, update_ad=None))]
     fn attach(
-        mem: PyRef<'_, PyPhysMem>,
+        mem: AnyMem<'_>,
         root: u64,
         fmt: PyRef<'_, PyFormat>,
         update_ad: Option<bool>,
     ) -> PyResult<Self> {
-        let (mem, fmt) = (mem.inner.clone(), fmt.inner.clone());
+        let (mem, fmt) = (mem.backing(), fmt.inner.clone());
         Ok(Self::wrap(guarded(|| {
-            PageTable::attach(mem, root, fmt, update_ad)
+            PageTable::attach_in(mem, root, fmt, update_ad)
         })?))
+    }
+
+    /// The guest-physical memory `[base, base + size)` this host table maps
+    /// (`size` None: up to the first GPA it does not map).
+    #[pyo3(signature = (base=0, size=None))]
+    fn guest_memory(
+        &self,
+        py: Python<'_>,
+        base: u64,
+        size: Option<u64>,
+    ) -> PyResult<PyGuestMemory> {
+        let host = self.inner.clone();
+        let inner = guarded(|| py.allow_threads(|| host.guest_memory(base, size)))?;
+        Ok(PyGuestMemory { inner })
     }
 
     #[getter]
@@ -1013,5 +1033,101 @@ impl PyTwoStage {
             self.inner.guest().format().name(),
             self.inner.host().format().name()
         )
+    }
+}
+
+// -- GuestMemory --------------------------------------------------------------------
+
+/// The memory argument of `PageTable`: physical memory or a host table's guest memory.
+#[derive(FromPyObject)]
+pub enum AnyMem<'py> {
+    /// A `PhysMem`.
+    Phys(PyRef<'py, PyPhysMem>),
+    /// A `GuestMemory`.
+    Guest(PyRef<'py, PyGuestMemory>),
+}
+
+impl AnyMem<'_> {
+    fn backing(&self) -> Backing {
+        match self {
+            AnyMem::Phys(m) => Backing::Phys(m.inner.clone()),
+            AnyMem::Guest(m) => Backing::Guest(m.inner.clone()),
+        }
+    }
+}
+
+/// Guest-physical memory behind a host table (a core `GuestMemory`): every
+/// access walks the host table, then touches host memory at the HPA.
+#[pyclass(name = "GuestMemory", module = "vmopt._core", frozen)]
+pub struct PyGuestMemory {
+    pub inner: Arc<GuestMemory>,
+}
+
+#[pymethods]
+impl PyGuestMemory {
+    /// First guest-physical address.
+    #[getter]
+    fn base(&self) -> u64 {
+        TableMemory::base(&*self.inner)
+    }
+    /// Size in bytes.
+    #[getter]
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    /// False if host memory is a read-only image.
+    #[getter]
+    fn writable(&self) -> bool {
+        TableMemory::writable(&*self.inner)
+    }
+    /// Bytes its allocator of guest frames can still hand out.
+    #[getter]
+    fn free_bytes(&self) -> PyResult<u64> {
+        guarded(|| Ok(TableMemory::free_bytes(&*self.inner)))
+    }
+    /// True if `[gpa, gpa + n)` lies inside this memory.
+    #[pyo3(signature = (gpa, n = 1))]
+    fn contains(&self, gpa: u64, n: u64) -> bool {
+        TableMemory::contains(&*self.inner, gpa, n)
+    }
+    /// The little-endian word at 8-byte aligned `gpa`, read through the host.
+    fn read_u64(&self, gpa: u64) -> PyResult<u64> {
+        guarded(|| TableMemory::read_u64(&*self.inner, gpa))
+    }
+    /// Store a little-endian word at 8-byte aligned `gpa` through the host.
+    fn write_u64(&self, gpa: u64, value: u64) -> PyResult<()> {
+        guarded(|| TableMemory::write_u64(&*self.inner, gpa, value))
+    }
+    /// `n` bytes at `gpa` (every host page translated first).
+    fn read<'py>(&self, py: Python<'py>, gpa: u64, n: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let mem = &*self.inner;
+        guarded(|| mem.check(gpa, n))?;
+        PyBytes::new_with(py, n as usize, |buf| {
+            if buf.len() >= RELEASE_GIL_BYTES {
+                py.allow_threads(|| guarded(|| TableMemory::read(mem, gpa, buf)))
+            } else {
+                guarded(|| TableMemory::read(mem, gpa, buf))
+            }
+        })
+    }
+    /// Write `data` (any buffer) at `gpa`; refused whole if any page is out of range or refused.
+    fn write(&self, py: Python<'_>, gpa: u64, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let data = Data::of(data)?;
+        let (mem, bytes) = (&*self.inner, data.as_slice());
+        if bytes.len() >= RELEASE_GIL_BYTES {
+            py.allow_threads(|| guarded(|| TableMemory::write(mem, gpa, bytes)))
+        } else {
+            guarded(|| TableMemory::write(mem, gpa, bytes))
+        }
+    }
+    /// The host walk of `gpa` for `access` (`'r'`, `'w'`, `'x'`): the host `Translation`.
+    fn translate(&self, py: Python<'_>, gpa: u64, access: &Bound<'_, PyAny>) -> PyResult<PyObject> {
+        let access = access_of(access)?;
+        let t = guarded(|| self.inner.translate(gpa, access))?;
+        translation_obj(py, &t)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.inner)
     }
 }

@@ -1,8 +1,9 @@
 """Page tables in real formats: x86-64 (4/5-level), RISC-V Sv39/Sv48/Sv57, AArch64 stage 1, and
-the host formats EPT and NPT with two-stage walks over them, run by the Rust core."""
+the host formats EPT, NPT and the RISC-V G-stage with two-stage walks over them, run by the Rust core."""
 
 from vmopt.paging.aarch64 import AArch64
 from vmopt.paging.format import PagingFormat
+from vmopt.paging.guestmem import GuestMemory
 from vmopt.paging.hostfmt import Ept, GStage, Npt
 from vmopt.paging.pagetable import FORMATS, PageTable, make_format
 from vmopt.paging.riscv import RiscV
@@ -17,6 +18,7 @@ __all__ = [
     "AArch64",
     "Ept",
     "GStage",
+    "GuestMemory",
     "Leaf",
     "Mapping",
     "NestedTranslation",

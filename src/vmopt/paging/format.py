@@ -48,6 +48,8 @@ class PagingFormat(abc.ABC):
     pa_bits: int
     #: level -> page size for the levels that may hold leaves
     leaf_sizes: dict[int, int]
+    #: bytes of the root table: one frame, the RISC-V G-stage's 16 KiB
+    root_bytes: int = 4096
 
     # -- geometry ---------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class CoreFormat(PagingFormat):
         self.va_bits = core.va_bits
         self.pa_bits = core.pa_bits
         self.leaf_sizes = dict(core.leaf_sizes)
+        self.root_bytes = core.root_bytes
 
     def check_perms(self, perm: Perm) -> str | None:
         result: str | None = self.core.check_perms(int(perm))

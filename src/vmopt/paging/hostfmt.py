@@ -1,4 +1,5 @@
-"""Host (stage-2) formats for two-stage translation: Intel EPT and AMD NPT, run by the core.
+"""Host (stage-2) formats for two-stage translation: Intel EPT, AMD NPT and the RISC-V G-stage, run
+by the core.
 
 EPT (Intel SDM Vol. 3C, "EPT"): R/W/X in bits 2:0, the memory type in 5:3
 and ignore-PAT in 6 on leaves, a large page in 7, accessed/dirty in 8/9
@@ -12,9 +13,9 @@ nested walk is a user access, so host leaves are always user pages.
 
 G-stage (RISC-V privileged spec, hypervisor extension): Sv39x4/Sv48x4, the
 Sv39/Sv48 entries with a 16 KiB root and GPAs 2 bits wider; every access is
-a U-mode access, so leaves need U. Its walk runs over tables in memory
-(``fmt.walk(mem, root, gpa, access, user, update_ad)``); ``PageTable``
-builds one-frame roots only and refuses it.
+a U-mode access, so leaves need U. ``PageTable`` builds, edits, lists and
+frees its tables like any other: the root is one 16 KiB (order-2) block,
+16 KiB aligned (``attach`` requires that), with 2048 entries.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 ``PageTable`` edits the tree the way an OS kernel would (map, unmap, protect)
 and walks it the way the MMU hardware would. The tables are the real bytes
-in ``PhysicalMemory``; nothing about a mapping is cached here, so a real CPU
-given the same memory and ``root`` translates every address the same way.
+in ``PhysicalMemory``, or in a host table's ``GuestMemory`` (every access
+then host-translated); nothing about a mapping is cached here, so a real
+CPU given the same memory and ``root`` translates every address the same way.
 
 The work is done by a core page table (public attribute ``core``, a
 ``vmopt._core.PageTable``): walks set A/D bits with a compare-exchange and
@@ -26,7 +27,8 @@ from vmopt.errors import AddressError, ConfigError, MappingError, VmoptError, ba
 from vmopt.memory.physical import FRAME_SIZE, PhysicalMemory
 from vmopt.paging.aarch64 import AArch64
 from vmopt.paging.format import CoreFormat, PagingFormat
-from vmopt.paging.hostfmt import Ept, Npt
+from vmopt.paging.guestmem import GuestMemory
+from vmopt.paging.hostfmt import Ept, GStage, Npt
 from vmopt.paging.riscv import RiscV
 from vmopt.paging.types import Leaf, PageFault, Perm, Translation
 from vmopt.paging.x86 import X86_64
@@ -47,6 +49,8 @@ FORMATS: dict[str, Callable[[], PagingFormat]] = {
     "ept": lambda: Ept(4),
     "ept_5level": lambda: Ept(5),
     "npt": lambda: Npt(),
+    "sv39x4": lambda: GStage(3),
+    "sv48x4": lambda: GStage(4),
 }
 
 Invalidation = Callable[[int, int], None]
@@ -88,14 +92,15 @@ class PageTable:
 
     def __init__(
         self,
-        mem: PhysicalMemory,
+        mem: PhysicalMemory | GuestMemory,
         fmt: str | PagingFormat = "x86_64",
         *,
         update_ad: bool | None = None,
         _root: int | None = None,
     ) -> None:
-        if not isinstance(mem, PhysicalMemory):
+        if not isinstance(mem, PhysicalMemory | GuestMemory):
             raise bad_input("PageTable", mem=mem)
+        #: The memory the tables live in: physical memory, or a host table's guest memory.
         self.mem = mem
         self.fmt = make_format(fmt)
         if not isinstance(self.fmt, CoreFormat):
@@ -121,7 +126,7 @@ class PageTable:
     @classmethod
     def attach(
         cls,
-        mem: PhysicalMemory,
+        mem: PhysicalMemory | GuestMemory,
         root: int,
         fmt: str | PagingFormat = "x86_64",
         *,
@@ -134,6 +139,19 @@ class PageTable:
 
     def __repr__(self) -> str:
         return f"PageTable({self.fmt.name}, root={self.root:#x})"
+
+    def guest_memory(self, base: int = 0, size: int | None = None) -> GuestMemory:
+        """The guest-physical memory ``[base, base + size)`` this host table maps, for guest
+        page tables to be built on (``size`` None: up to the first GPA it does not map).
+
+        The table must have a host format (EPT, NPT, G-stage) and map every
+        page of the range now; see :class:`~vmopt.paging.GuestMemory`.
+        """
+        if not _is_u64(base) or isinstance(base, bool):
+            raise AddressError(f"guest memory base must be a 4 KiB aligned 64-bit address, got {base!r}")
+        if size is not None and (not _is_u64(size) or isinstance(size, bool)):
+            raise AddressError(f"guest memory size must be a positive multiple of 4096 or None, got {size!r}")
+        return GuestMemory(self.core.guest_memory(base, size), self)
 
     @property
     def name(self) -> str:

@@ -1,4 +1,4 @@
-"""Two-stage translation: a guest's page table over a host's (EPT, NPT).
+"""Two-stage translation: a guest's page table over a host's (EPT, NPT, the RISC-V G-stage).
 
 ``TwoStage(guest_pt, host_pt).walk(gva, access, user)`` is the walk a CPU
 with nested paging does: the guest's tables turn the GVA into a GPA, and
@@ -8,9 +8,12 @@ Uncached, an n-level guest over an m-level host reads (n+1)(m+1)-1 entries.
 Faults say which ``stage`` they belong to; a host fault names the ``gpa``
 and whether it was ``on_table`` (a guest entry) or the final access.
 
-Guest-physical bytes are the guest table's memory, indexed by GPA (the
-VMM's view of guest RAM); the host table says whether and where each guest
-frame is backed, and with which rights.
+A guest table built on ``host_pt.guest_memory()`` (:class:`GuestMemory`)
+has its entries read at the HPA each host walk gives, in host memory, so a
+host remap is seen by the next walk. A guest table in a memory of its own
+(what :func:`back_guest_memory` backs) is read there at the GPA, the VMM's
+view of guest RAM; the host table then says whether each access is allowed
+and where the final address is backed.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from vmopt.paging.types import NestedTranslation, Perm
 __all__ = ["HOST_FORMATS", "TwoStage", "back_guest_memory"]
 
 #: Format names a host table of a two-stage walk may have.
-HOST_FORMATS = ("ept", "ept_5level", "npt")
+HOST_FORMATS = ("ept", "ept_5level", "npt", "sv39x4", "sv48x4")
 
 
 class TwoStage:

@@ -204,6 +204,8 @@ def _check_keys(prefix: str, table: Mapping[str, Any], allowed: Iterable[str]) -
 GUEST_FORMATS: Final = tuple(f for f in FORMATS if f not in HOST_FORMATS)
 #: ``paging.nested`` values: no host stage, or a host format.
 NESTED_CHOICES: Final = ("none", *HOST_FORMATS)
+#: Host format name prefix -> the guest formats (by name prefix) it can be the host stage of.
+NESTED_GUESTS: Final = {"ept": "x86_64", "npt": "x86_64", "sv39x4": "sv", "sv48x4": "sv"}
 #: Most host pages the guest facade maps up front (guest memory / paging.nested_page_size).
 MAX_HOST_PAGES: Final = 1 << 20
 #: Most entries of the nested TLB.
@@ -222,8 +224,9 @@ PAGING_KEYS: Final = (
 class PagingSection:
     """[paging]: page-table format, the page size demand paging maps, cycles per PTE read.
 
-    ``nested`` (``"none"``, ``"ept"``, ``"ept_5level"``, ``"npt"``) puts the
-    guest under a host stage: every vCPU walks both dimensions, the host
+    ``nested`` (``"none"``; ``"ept"``, ``"ept_5level"``, ``"npt"`` under an x86
+    guest; ``"sv39x4"``, ``"sv48x4"`` under a RISC-V one) puts the guest under
+    a host stage: every vCPU walks both dimensions, the host
     backing guest memory with pages of ``nested_page_size``, a nested TLB of
     ``nested_tlb_entries`` caching GPA->HPA, and a host page-walk cache
     shaped like ``[pwc]`` when it is enabled.
@@ -243,10 +246,12 @@ class PagingSection:
         _str("paging.nested", self.nested, NESTED_CHOICES)
         _page_size("paging.nested_page_size", self.nested_page_size)
         _int("paging.nested_tlb_entries", self.nested_tlb_entries, 0, MAX_NTLB_ENTRIES)
-        if self.nested != "none" and not self.format.startswith("x86_64"):
+        guests = next((g for h, g in NESTED_GUESTS.items() if self.nested.startswith(h)), None)
+        if guests is not None and not self.format.startswith(guests):
+            arch, article = ("x86", "an") if guests == "x86_64" else ("RISC-V", "a")
             raise ConfigError(
-                f"paging.nested: {self.nested!r} is an x86 host stage;"
-                f" paging.format {self.format!r} is not x86"
+                f"paging.nested: {self.nested!r} is {article} {arch} host stage;"
+                f" paging.format {self.format!r} is not {arch}"
             )
 
     def to_raw(self) -> dict[str, Any]:

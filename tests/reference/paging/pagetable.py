@@ -17,8 +17,9 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from reference.memory.physical import FRAME_SIZE, PhysicalMemory
-from reference.paging.format import PagingFormat
+from reference.memory.physical import FRAME_SHIFT, FRAME_SIZE, PhysicalMemory
+from reference.paging.format import PTES_PER_TABLE, PagingFormat
+from reference.paging.gstage import GStage
 from reference.paging.riscv import RiscV
 from reference.paging.x86 import X86_64
 from vmopt.errors import AddressError, ConfigError, MappingError
@@ -36,9 +37,23 @@ FORMATS: dict[str, Callable[[], PagingFormat]] = {
     "sv39": lambda: RiscV(3),
     "sv48": lambda: RiscV(4),
     "sv57": lambda: RiscV(5),
+    "sv39x4": lambda: GStage(3),
+    "sv48x4": lambda: GStage(4),
 }
 
 Invalidation = Callable[[int, int], None]
+
+
+def root_bytes(fmt: PagingFormat) -> int:
+    """Bytes of the root table: one frame, or the G-stage's 16 KiB."""
+    size: int = getattr(fmt, "root_bytes", FRAME_SIZE)
+    return size
+
+
+def entries(fmt: PagingFormat, level: int) -> int:
+    """Entries of a table at ``level`` (the G-stage root holds 2048)."""
+    count = getattr(fmt, "entries", None)
+    return PTES_PER_TABLE if count is None else int(count(level))
 
 
 def make_format(fmt: str | PagingFormat) -> PagingFormat:
@@ -74,7 +89,7 @@ class PageTable:
         #: Bumped by every change that shoots down TLBs (a seqlock for readers).
         self.generation = 0
         self.owns_root = _root is None
-        self.root = mem.alloc(FRAME_SIZE) if _root is None else _root
+        self.root = self._alloc_root() if _root is None else _root
 
     @classmethod
     def attach(
@@ -86,9 +101,29 @@ class PageTable:
         update_ad: bool | None = None,
     ) -> PageTable:
         """Open page tables that already exist in ``mem`` at ``root``."""
-        if not isinstance(root, int) or root & (FRAME_SIZE - 1) or not mem.contains(root, FRAME_SIZE):
-            raise AddressError(f"page-table root must be a 4 KiB aligned address inside memory, got {root!r}")
+        size = root_bytes(make_format(fmt))
+        if not isinstance(root, int) or root & (size - 1) or not mem.contains(root, size):
+            raise AddressError(
+                f"page-table root must be a {format_size(size)} aligned address inside memory, got {root!r}"
+            )
         return cls(mem, fmt, update_ad=update_ad, _root=root)
+
+    def _alloc_root(self) -> int:
+        """A zeroed root: one frame, or a naturally aligned block of the format's root size."""
+        size = root_bytes(self.fmt)
+        if size == FRAME_SIZE:
+            return self.mem.alloc(FRAME_SIZE)
+        pa = self.mem.allocator.alloc((size >> FRAME_SHIFT).bit_length() - 1) << FRAME_SHIFT
+        self.mem.zero(pa, size)
+        return pa
+
+    def _free_table(self, table: int) -> None:
+        size = root_bytes(self.fmt) if table == self.root else FRAME_SIZE
+        if size == FRAME_SIZE:
+            self.mem.free(table, FRAME_SIZE)
+        else:
+            self.mem.allocator.free(table >> FRAME_SHIFT, (size >> FRAME_SHIFT).bit_length() - 1)
+            self.mem.zero(table, size)
 
     def __repr__(self) -> str:
         return f"PageTable({self.fmt.name}, root={self.root:#x})"
@@ -438,7 +473,7 @@ class PageTable:
                 continue
             # Find and clear the parent's entry that points at this table.
             parent_level = level + 1
-            for idx in range(512):
+            for idx in range(entries(fmt, parent_level)):
                 entry_pa = parent + idx * 8
                 pte = mem.read_u64(entry_pa)
                 if fmt.is_valid(pte) and not fmt.is_leaf(pte, parent_level) and fmt.table_pa(pte) == table:
@@ -493,7 +528,7 @@ class PageTable:
         def visit(
             table: int, level: int, base: int, perms: Perm, user: bool, global_: bool
         ) -> Iterator[tuple[int, Leaf, Perm, bool, bool]]:
-            for idx in range(512):
+            for idx in range(entries(fmt, level)):
                 pte_pa = table + idx * 8
                 if not mem.contains(pte_pa, 8):
                     return
@@ -552,7 +587,7 @@ class PageTable:
         def visit(table: int, level: int) -> None:
             if level == 0:
                 return
-            for idx in range(512):
+            for idx in range(entries(fmt, level)):
                 pte = mem.read_u64(table + idx * 8)
                 if fmt.is_valid(pte) and not fmt.is_leaf(pte, level):
                     child = fmt.table_pa(pte)
@@ -596,7 +631,7 @@ class PageTable:
                 raise MappingError("destroy() frees tables; it refuses tables opened with attach()")
             frames = self.table_frames()
             for t in frames:
-                self.mem.free(t, FRAME_SIZE)
+                self._free_table(t)
 
 
 __all__ += ["PageFault"]

@@ -10,9 +10,10 @@
 //! four 4 KiB pages, and the rest of the GPA is walked as an Sv39/Sv48
 //! address from there.
 //!
-//! [`PageTable`](crate::paging::PageTable) builds one-frame roots only, so it
-//! refuses these formats ([`Format::root_bytes`]); they walk tables built in
-//! memory directly, as a host stage through a [`HostWalk`](crate::paging::twostage::HostWalk).
+//! [`PageTable`](crate::paging::PageTable) builds, lists and frees these
+//! tables like any other: the root is one 16 KiB (order-2) buddy block
+//! ([`Format::root_bytes`], [`Format::entries`] 2048 at the top), so a
+//! G-stage table is a [`TwoStage`](crate::paging::TwoStage) host.
 
 use crate::error::{Error, Result};
 use crate::memory::PteMemory;
@@ -76,12 +77,24 @@ impl Format for GStage {
         };
         (va >> (12 + 9 * level as u32)) & mask
     }
+    /// The root holds 2048 entries, the tables below 512.
+    fn entries(&self, level: u8) -> u64 {
+        if level == self.levels - 1 {
+            2048
+        } else {
+            512
+        }
+    }
     fn root_bytes(&self) -> u64 {
         16 << 10
     }
     /// GPAs are zero-extended.
     fn is_canonical(&self, va: u64) -> bool {
         va >> self.va_bits() == 0
+    }
+    /// Zero-extended GPAs have no hole: any range of canonical ends is whole.
+    fn same_half(&self, _va: u64, _last: u64) -> bool {
+        true
     }
     fn canonicalize(&self, va: u64) -> u64 {
         va & ((1u64 << self.va_bits()) - 1)
@@ -221,21 +234,92 @@ mod tests {
     }
 
     #[test]
-    fn page_table_refuses_a_16k_root() {
+    fn page_table_builds_lists_and_frees_a_16k_root() {
         use crate::memory::PhysMem;
         use crate::paging::PageTable;
         use std::sync::Arc;
-        let mem = Arc::new(PhysMem::new(1 << 20, 0, None).unwrap());
-        let fmt = Arc::new(GStage::new(3, false).unwrap());
-        let err = PageTable::new(mem.clone(), fmt.clone(), None).unwrap_err();
+        const RWX: Perm = Perm::RWX;
+        let mem = Arc::new(PhysMem::new(64 << 20, 0, None).unwrap());
+        let free0 = mem.free_bytes();
+        let fmt: Arc<dyn Format> = Arc::new(GStage::new(3, false).unwrap());
+        let pt = PageTable::new(mem.clone(), fmt.clone(), None).unwrap();
+        assert_eq!(pt.root() % 16384, 0, "an order-2 block");
+        assert_eq!(mem.free_bytes(), free0 - 16384);
+        // GPA[40:39] = 0b11: an entry in the root's fourth page; and one in its first.
+        let (hi, lo) = (0x1FF_C000_0000u64, 0x4000_0000u64);
+        pt.map(hi, 0x20_0000, 4096, RWX, false, false).unwrap();
+        pt.map(lo, 0x40_0000, 2 << 20, RWX, false, false).unwrap();
+        assert_eq!(mem.read_u64(pt.root() + 0x7FF * 8).unwrap() & 1, 1);
+        let t = pt.walk(hi + 0x18, Access::Write, false).unwrap();
         assert_eq!(
-            err,
-            Error::Config(
-                "sv39x4 tables have a 16 KiB root; PageTable builds one-frame (4 KiB) roots only"
-                    .into()
-            )
+            (t.pa, t.memory_refs, t.dirty, t.user),
+            (0x20_0018, 3, true, true)
         );
-        assert!(PageTable::attach(mem, 0, fmt, None).is_err());
+        let vas: Vec<(u64, u64)> = pt.leaves().map(|e| (e.leaf.va, e.leaf.page_size)).collect();
+        assert_eq!(vas, [(lo, 2 << 20), (hi, 4096)]);
+        assert_eq!(pt.mappings().count(), 2);
+        assert_eq!(pt.table_frames().len(), 1 + 2 + 1, "root, two L1s, one L0");
+        // A range across bit 40 is one zero-extended range, not a hole.
+        pt.map(0xFF_FFFF_F000, 0x30_0000, 4096, RWX, false, false)
+            .unwrap();
+        pt.map(0x100_0000_0000, 0x31_0000, 4096, RWX, false, false)
+            .unwrap();
+        pt.protect(0xFF_FFFF_F000, 8192, Perm::R).unwrap();
+        pt.unmap(0xFF_FFFF_F000, 8192).unwrap();
+        pt.remap(hi, 0x21_0000, 4096, None).unwrap();
+        assert_eq!(pt.lookup(hi).unwrap().page_pa, 0x21_0000);
+        pt.unmap(hi, 4096).unwrap();
+        pt.unmap(lo, 2 << 20).unwrap();
+        assert_eq!(pt.table_frames(), [pt.root()]);
+        assert_eq!(mem.free_bytes(), free0 - 16384);
+        pt.destroy().unwrap();
+        assert_eq!(mem.free_bytes(), free0, "the whole 16 KiB root went back");
+        // attach wants the 16 KiB alignment hgatp.PPN implies.
+        let err = PageTable::attach(mem.clone(), 0x1000, fmt.clone(), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "page-table root must be a 16 KiB aligned address inside memory, got 4096"
+        );
+        assert!(PageTable::attach(mem.clone(), (64 << 20) - 8192, fmt.clone(), None).is_err());
+        // A self-map in the root's last entry: listed once, not descended.
+        mem.write_u64(0x10_0000 + 0x7FF * 8, fmt.make_table(0x10_0000, 2))
+            .unwrap();
+        let pt = PageTable::attach(mem, 0x10_0000, fmt, Some(false)).unwrap();
+        let leaves: Vec<_> = pt.leaves().max_tables(1000).collect();
+        assert_eq!(leaves.len(), 1);
+        assert!(leaves[0].recursive);
+        assert_eq!(leaves[0].leaf.va, 0x7FF << 30);
+        assert_eq!(pt.table_frames(), [0x10_0000]);
+    }
+
+    /// Sv39 over Sv39x4 and Sv48 over Sv48x4 PageTables: (n+1)(m+1)-1.
+    #[test]
+    fn page_table_hosts_count_n_plus_1_times_m_plus_1_minus_1() {
+        use crate::memory::PhysMem;
+        use crate::paging::{PageTable, TwoStage};
+        use std::sync::Arc;
+        for (levels, want) in [(3i64, 15u32), (4, 24)] {
+            let gmem = Arc::new(PhysMem::new(16 << 20, 0, None).unwrap());
+            let gfmt = Arc::new(RiscV::new(levels, false, false, false).unwrap());
+            let guest = Arc::new(PageTable::new(gmem, gfmt, None).unwrap());
+            guest
+                .map(0x4000_0000, 0x8_0000, 4096, Perm::R | Perm::W, true, false)
+                .unwrap();
+            let hmem = Arc::new(PhysMem::new(64 << 20, 32 << 20, None).unwrap());
+            let hfmt = Arc::new(GStage::new(levels, false).unwrap());
+            let host = Arc::new(PageTable::new(hmem, hfmt, None).unwrap());
+            host.map_range(0, 32 << 20, 16 << 20, 4096, Perm::RWX, true, false)
+                .unwrap();
+            let ts = TwoStage::new(guest, host).unwrap();
+            let t = ts.walk(0x4000_0010, Access::Write, true).unwrap();
+            assert_eq!((t.gpa(), t.hpa()), (0x8_0010, (32 << 20) + 0x8_0010));
+            assert_eq!((t.guest_refs, t.memory_refs()), (levels as u32, want));
+            let h = ts.host().lookup(0x8_0000).unwrap();
+            assert!(
+                h.accessed && h.dirty,
+                "the host leaf of the data page is dirty"
+            );
+        }
     }
 
     /// A G-stage host under an Sv39 guest: (3+1)(3+1)-1 = 15 references.

@@ -21,9 +21,11 @@ use crate::memory::PteMemory;
 pub mod aarch64;
 pub mod ept;
 pub mod gstage;
+pub mod guestmem;
 pub mod npt;
 pub mod riscv;
 pub mod table;
+pub mod tablemem;
 #[cfg(test)]
 mod testmem;
 pub mod twostage;
@@ -32,9 +34,11 @@ pub mod x86;
 pub use aarch64::AArch64;
 pub use ept::Ept;
 pub use gstage::GStage;
+pub use guestmem::GuestMemory;
 pub use npt::Npt;
 pub use riscv::RiscV;
-pub use table::{Leaf, Mapping, PageTable, Shootdown};
+pub use table::{Backing, Leaf, Mapping, PageTable, Shootdown};
+pub use tablemem::TableMemory;
 pub use twostage::{NestedTranslation, TwoStage};
 pub use x86::X86_64;
 

@@ -2,9 +2,10 @@
 //!
 //! [`PageTable`] edits the tree the way an OS kernel would (map, unmap,
 //! protect, remap) and walks it the way the MMU hardware would. The tables
-//! are the real bytes in [`PhysMem`]; nothing about a mapping is cached
-//! here, so a real CPU given the same memory and root translates every
-//! address the same way.
+//! are the real bytes in a [`TableMemory`]: a [`PhysMem`], or a
+//! [`GuestMemory`] (guest-physical memory behind a host table, every access
+//! host-translated); nothing about a mapping is cached here, so a real CPU
+//! given the same memory and root translates every address the same way.
 //!
 //! # Concurrency
 //!
@@ -32,6 +33,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use crate::error::{format_size, Error, Result};
 use crate::memory::{PhysMem, PteMemory, FRAME_SIZE};
+use crate::paging::guestmem::GuestMemory;
+use crate::paging::tablemem::TableMemory;
 use crate::paging::{Access, Format, Perm, TableRights, Translation};
 
 /// Something that caches translations of a page table and must drop them when it changes.
@@ -106,9 +109,29 @@ pub struct LeafEntry {
     pub recursive: bool,
 }
 
+/// The memory a [`PageTable`]'s tables live in.
+#[derive(Clone, Debug)]
+pub enum Backing {
+    /// Physical memory: table addresses are physical addresses.
+    Phys(Arc<PhysMem>),
+    /// Guest-physical memory behind a host table ([`PageTable::guest_memory`]).
+    Guest(Arc<GuestMemory>),
+}
+
+impl Backing {
+    /// The same memory, as what a table needs of it.
+    fn table_memory(&self) -> Arc<dyn TableMemory> {
+        match self {
+            Backing::Phys(m) => Arc::clone(m) as Arc<dyn TableMemory>,
+            Backing::Guest(m) => Arc::clone(m) as Arc<dyn TableMemory>,
+        }
+    }
+}
+
 /// One guest address space: a tree of page tables rooted at `root`.
 pub struct PageTable {
-    mem: Arc<PhysMem>,
+    mem: Arc<dyn TableMemory>,
+    backing: Backing,
     fmt: Arc<dyn Format>,
     root: u64,
     update_ad: bool,
@@ -149,16 +172,25 @@ fn perm_repr(perm: Perm) -> String {
     s
 }
 
-/// Tables are built, listed and freed with one-frame roots; refuse a format whose root is larger.
-fn one_frame_root(fmt: &dyn Format) -> Result<()> {
-    if fmt.root_bytes() != FRAME_SIZE {
-        return Err(Error::Config(format!(
-            "{} tables have a {} root; PageTable builds one-frame (4 KiB) roots only",
-            fmt.name(),
-            format_size(fmt.root_bytes())
-        )));
+/// Bytes allocated for the root table: the format's root (16 KiB for the
+/// RISC-V G-stage) or its top level's granule, whichever is larger.
+fn root_size(fmt: &dyn Format) -> u64 {
+    fmt.root_bytes().max(fmt.table_size(fmt.levels() - 1))
+}
+
+/// The alignment `attach` requires of a root holding `bytes` of entries.
+///
+/// A root wider than a table (the G-stage's four frames) is aligned to its
+/// size, as hgatp requires; one holding fewer entries than a table (an
+/// AArch64 start level) needs only its own size, and at least 64 bytes, as
+/// TTBR's BADDR; otherwise a table's granule.
+fn root_align(fmt: &dyn Format, bytes: u64) -> u64 {
+    let top = fmt.levels() - 1;
+    if fmt.root_bytes() > fmt.table_size(top) {
+        fmt.root_bytes()
+    } else {
+        fmt.table_size(top).min(bytes.max(64))
     }
-    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -175,9 +207,19 @@ impl PageTable {
         fmt: Arc<dyn Format>,
         update_ad: Option<bool>,
     ) -> Result<PageTable> {
-        one_frame_root(&*fmt)?;
-        let root = mem.alloc_granule(fmt.table_size(fmt.levels() - 1))?;
-        Ok(Self::build(mem, fmt, root, update_ad, true))
+        Self::new_in(Backing::Phys(mem), fmt, update_ad)
+    }
+
+    /// [`new`](Self::new) in either kind of memory (guest-physical memory included).
+    pub fn new_in(
+        backing: Backing,
+        fmt: Arc<dyn Format>,
+        update_ad: Option<bool>,
+    ) -> Result<PageTable> {
+        let mem = backing.table_memory();
+        // A 16 KiB G-stage root is one order-2 buddy block, so naturally aligned.
+        let root = mem.alloc_granule(root_size(&*fmt))?;
+        Ok(Self::build(mem, backing, fmt, root, update_ad, true))
     }
 
     /// Open page tables that already exist in `mem` at `root`.
@@ -187,23 +229,32 @@ impl PageTable {
         fmt: Arc<dyn Format>,
         update_ad: Option<bool>,
     ) -> Result<PageTable> {
-        one_frame_root(&*fmt)?;
+        Self::attach_in(Backing::Phys(mem), root, fmt, update_ad)
+    }
+
+    /// [`attach`](Self::attach) in either kind of memory.
+    pub fn attach_in(
+        backing: Backing,
+        root: u64,
+        fmt: Arc<dyn Format>,
+        update_ad: Option<bool>,
+    ) -> Result<PageTable> {
+        let mem = backing.table_memory();
         let top = fmt.levels() - 1;
-        // A root holding fewer entries than a table (an AArch64 start level) needs
-        // only its own size of alignment, and at least 64 bytes, as TTBR's BADDR.
         let bytes = fmt.entries(top) * 8;
-        let align = fmt.table_size(top).min(bytes.max(64));
+        let align = root_align(&*fmt, bytes);
         if root & (align - 1) != 0 || !mem.contains(root, bytes) {
             return Err(Error::Address(format!(
                 "page-table root must be a {} aligned address inside memory, got {root}",
                 format_size(align)
             )));
         }
-        Ok(Self::build(mem, fmt, root, update_ad, false))
+        Ok(Self::build(mem, backing, fmt, root, update_ad, false))
     }
 
     fn build(
-        mem: Arc<PhysMem>,
+        mem: Arc<dyn TableMemory>,
+        backing: Backing,
         fmt: Arc<dyn Format>,
         root: u64,
         update_ad: Option<bool>,
@@ -212,6 +263,7 @@ impl PageTable {
         let update_ad = update_ad.unwrap_or_else(|| mem.writable());
         PageTable {
             mem,
+            backing,
             fmt,
             root,
             update_ad,
@@ -228,8 +280,25 @@ impl PageTable {
         &self.fmt
     }
     /// The memory the tables live in.
-    pub fn memory(&self) -> &Arc<PhysMem> {
+    pub fn memory(&self) -> &Arc<dyn TableMemory> {
         &self.mem
+    }
+    /// The memory the tables live in, by kind.
+    pub fn backing(&self) -> &Backing {
+        &self.backing
+    }
+    /// The physical memory the tables live in; a `Config` error naming
+    /// `what` (the operation that needs it) for tables in guest-physical memory.
+    pub fn phys_memory(&self, what: &str) -> Result<&Arc<PhysMem>> {
+        match &self.backing {
+            Backing::Phys(m) => Ok(m),
+            Backing::Guest(_) => Err(Error::Config(format!(
+                "{what} needs page tables in physical memory; these {} tables (root {:#x}) \
+                 are in guest-physical memory behind a host table",
+                self.fmt.name(),
+                self.root
+            ))),
+        }
     }
     /// The root table's physical address (CR3 / satp.PPN << 12).
     pub fn root(&self) -> u64 {
@@ -987,8 +1056,14 @@ impl PageTable {
         }
         let tables = self.tables_with_levels();
         let _frees = self.frees.write().unwrap_or_else(|e| e.into_inner());
+        let top = self.fmt.levels() - 1;
         for (t, level) in tables {
-            self.mem.free_granule(t, self.fmt.table_size(level))?;
+            let size = if t == self.root && level == top {
+                root_size(&*self.fmt)
+            } else {
+                self.fmt.table_size(level)
+            };
+            self.mem.free_granule(t, size)?;
         }
         Ok(())
     }
@@ -1030,7 +1105,7 @@ struct Cursor {
 /// it reaches it; it takes no lock, so it may run while the table is edited
 /// (it then sees some mix of before and after, as a guest's dump would).
 pub struct Leaves {
-    mem: Arc<PhysMem>,
+    mem: Arc<dyn TableMemory>,
     fmt: Arc<dyn Format>,
     stack: Vec<Cursor>,
     max_tables: u64,
@@ -1364,7 +1439,7 @@ mod tests {
             .unwrap();
         let editor = Arc::clone(&pt);
         let mem = Interleave {
-            mem: Arc::clone(pt.memory()),
+            mem: Arc::clone(pt.phys_memory("the test").unwrap()),
             hook: Mutex::new(Some(Box::new(move || {
                 std::thread::spawn(move || edit(&editor)).join().unwrap();
             }))),

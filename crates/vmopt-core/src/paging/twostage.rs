@@ -10,10 +10,14 @@
 //! m-level host walk reads n guest entries, n host walks for them and one
 //! for the final GPA: (n+1)(m+1)-1 references, 24 for 4+4, 35 for 5+5.
 //!
-//! Guest-physical bytes live in the guest table's memory (a [`PhysMem`]
-//! indexed by GPA: the VMM's view of guest RAM, as a KVM memslot is); the
-//! host table decides whether and where (the HPA) each guest frame is backed,
-//! with the host's rights. A host walk may be answered from a cache first
+//! Guest page-table entries are read in one of two places. A guest table
+//! built on its host's [`GuestMemory`](crate::paging::GuestMemory) is read
+//! at the HPA each host walk gives, in host memory, as the hardware reads
+//! it: a host remap moves what the next guest walk sees. A guest table in a
+//! [`PhysMem`] of its own is read there at the GPA (the VMM's view of guest
+//! RAM, as a KVM memslot is: what `back_guest_memory` builds, identity-mapped);
+//! the host table then decides only whether the access is allowed and which
+//! HPA the final translation names. A host walk may be answered from a cache first
 //! ([`HostWalk`]): the MMU's nested TLB and host page-walk cache plug in there.
 //!
 //! Faults carry their [`Stage`]: a guest fault, or a host fault naming the
@@ -27,6 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::memory::{PhysMem, PteMemory};
+use crate::paging::table::Backing;
 use crate::paging::{Access, Fault, Format, PageTable, Perm, Stage, Translation};
 
 /// Something that translates a GPA for a two-stage walk: the host table, or caches in front of it.
@@ -69,6 +74,17 @@ impl HostWalk for PageTable {
     fn host_write(&self, gpa: u64) -> Result<()> {
         self.walk(gpa, Access::Write, true).map(|_| ())
     }
+}
+
+/// `Ok` if `fmt` is a host (stage-2) format, else the `Config` error naming it.
+pub(crate) fn check_host_format(fmt: &dyn Format) -> Result<()> {
+    let name = fmt.name();
+    if !matches!(name, "ept" | "ept_5level" | "npt" | "sv39x4" | "sv48x4") {
+        return Err(Error::Config(format!(
+            "the host table of a two-stage walk needs a host format (ept, ept_5level, npt, sv39x4, sv48x4), got {name}"
+        )));
+    }
+    Ok(())
 }
 
 /// A successful two-stage walk.
@@ -141,9 +157,21 @@ pub struct TwoStage {
     host: Arc<PageTable>,
 }
 
+/// Where a two-stage walk reads guest page-table entries.
+#[derive(Clone, Copy)]
+enum PteSource<'a> {
+    /// At the GPA in a memory indexed by GPA (a VMM's memslot view of guest RAM).
+    Memslot(&'a PhysMem),
+    /// At the HPA the host walk gave, in host memory (a guest table on
+    /// [`GuestMemory`](crate::paging::GuestMemory)): a host remap is seen by the next walk.
+    Host(&'a PhysMem),
+}
+
 /// The guest-physical memory one walk reads: each load is host-translated first.
 struct NestedView<'a> {
-    guest_mem: &'a PhysMem,
+    source: PteSource<'a>,
+    /// The last entry loaded, `(gpa, hpa)`: its A/D update writes the same HPA.
+    last: Mutex<(u64, u64)>,
     host: &'a dyn HostWalk,
     table_access: Access,
     gva: u64,
@@ -178,8 +206,14 @@ impl NestedView<'_> {
 impl PteMemory for NestedView<'_> {
     fn load_u64(&self, gpa: u64) -> Option<u64> {
         match self.translate(gpa, self.table_access) {
-            Ok(_) => {
-                let pte = self.guest_mem.load_u64(gpa)?;
+            Ok(t) => {
+                let pte = match self.source {
+                    PteSource::Memslot(mem) => mem.load_u64(gpa)?,
+                    PteSource::Host(mem) => {
+                        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = (gpa, t.pa);
+                        mem.load_u64(t.pa)?
+                    }
+                };
                 self.guest_reads.fetch_add(1, Ordering::Relaxed);
                 Some(pte)
             }
@@ -198,18 +232,40 @@ impl PteMemory for NestedView<'_> {
             Error::Fault(f) => host_fault(f, self.gva, self.user, gpa, true),
             other => other,
         })?;
-        self.guest_mem.cas_u64(gpa, old, new)
+        match self.source {
+            PteSource::Memslot(mem) => mem.cas_u64(gpa, old, new),
+            PteSource::Host(mem) => {
+                let (last_gpa, hpa) = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+                let hpa = if last_gpa == gpa {
+                    hpa
+                } else {
+                    // Not the entry just read (no walk does this): translate it, uncounted.
+                    let (t, _) = self.host.host_walk(gpa, Access::Write, true);
+                    t.map_err(|e| match e {
+                        Error::Fault(f) => host_fault(f, self.gva, self.user, gpa, true),
+                        other => other,
+                    })?
+                    .pa
+                };
+                mem.cas_u64(hpa, old, new)
+            }
+        }
     }
 }
 
 impl TwoStage {
     /// `guest` translated through `host`; the host format must be a stage-2 one.
     pub fn new(guest: Arc<PageTable>, host: Arc<PageTable>) -> Result<TwoStage> {
-        let name = host.format().name();
-        if !matches!(name, "ept" | "ept_5level" | "npt") {
-            return Err(Error::Config(format!(
-                "the host table of a two-stage walk needs a host format (ept, ept_5level, npt), got {name}"
-            )));
+        check_host_format(&**host.format())?;
+        if let Backing::Guest(gm) = guest.backing() {
+            if !Arc::ptr_eq(gm.host(), &host) {
+                return Err(Error::Config(format!(
+                    "the guest table (root {:#x}) lives in the guest memory of another host table ({:?}), not of {:?}",
+                    guest.root(),
+                    gm.host(),
+                    host
+                )));
+            }
         }
         Ok(TwoStage { guest, host })
     }
@@ -254,8 +310,13 @@ pub fn walk_nested(
     user: bool,
     host: &dyn HostWalk,
 ) -> (Result<NestedTranslation>, NestedRefs) {
+    let source = match guest.backing() {
+        Backing::Phys(mem) => PteSource::Memslot(mem),
+        Backing::Guest(gm) => PteSource::Host(gm.host_memory()),
+    };
     let view = NestedView {
-        guest_mem: guest.memory(),
+        source,
+        last: Mutex::new((u64::MAX, 0)),
         host,
         table_access,
         gva,
