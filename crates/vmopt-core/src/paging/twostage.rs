@@ -206,9 +206,9 @@ impl TwoStage {
     /// `guest` translated through `host`; the host format must be a stage-2 one.
     pub fn new(guest: Arc<PageTable>, host: Arc<PageTable>) -> Result<TwoStage> {
         let name = host.format().name();
-        if !matches!(name, "ept" | "ept_5level" | "npt") {
+        if !(matches!(name, "ept" | "ept_5level" | "npt") || name.starts_with("aarch64_s2")) {
             return Err(Error::Config(format!(
-                "the host table of a two-stage walk needs a host format (ept, ept_5level, npt), got {name}"
+                "the host table of a two-stage walk needs a host format (ept, ept_5level, npt, aarch64_s2), got {name}"
             )));
         }
         Ok(TwoStage { guest, host })
