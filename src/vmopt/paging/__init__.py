@@ -1,9 +1,9 @@
 """Page tables in real formats: x86-64 (4/5-level), RISC-V Sv39/Sv48/Sv57, AArch64 stage 1, and
-the host formats EPT and NPT with two-stage walks over them, run by the Rust core."""
+the host formats EPT, NPT and AArch64 stage 2 with two-stage walks over them, run by the Rust core."""
 
 from vmopt.paging.aarch64 import AArch64
 from vmopt.paging.format import PagingFormat
-from vmopt.paging.hostfmt import Ept, GStage, Npt
+from vmopt.paging.hostfmt import AArch64Stage2, Ept, GStage, Npt
 from vmopt.paging.pagetable import FORMATS, PageTable, make_format
 from vmopt.paging.riscv import RiscV
 from vmopt.paging.twostage import HOST_FORMATS, TwoStage, back_guest_memory
@@ -15,6 +15,7 @@ __all__ = [
     "HOST_FORMATS",
     "X86_64",
     "AArch64",
+    "AArch64Stage2",
     "Ept",
     "GStage",
     "Leaf",

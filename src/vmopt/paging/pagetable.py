@@ -26,7 +26,7 @@ from vmopt.errors import AddressError, ConfigError, MappingError, VmoptError, ba
 from vmopt.memory.physical import FRAME_SIZE, PhysicalMemory
 from vmopt.paging.aarch64 import AArch64
 from vmopt.paging.format import CoreFormat, PagingFormat
-from vmopt.paging.hostfmt import Ept, Npt
+from vmopt.paging.hostfmt import AArch64Stage2, Ept, Npt
 from vmopt.paging.riscv import RiscV
 from vmopt.paging.types import Leaf, PageFault, Perm, Translation
 from vmopt.paging.x86 import X86_64
@@ -47,6 +47,9 @@ FORMATS: dict[str, Callable[[], PagingFormat]] = {
     "ept": lambda: Ept(4),
     "ept_5level": lambda: Ept(5),
     "npt": lambda: Npt(),
+    "aarch64_s2": lambda: AArch64Stage2(4096),
+    "aarch64_s2_16k": lambda: AArch64Stage2(16384),
+    "aarch64_s2_64k": lambda: AArch64Stage2(65536),
 }
 
 Invalidation = Callable[[int, int], None]
