@@ -216,3 +216,33 @@ class S12Oracle:
         """Run AT S12E{0,1}{R,W} on ``va`` and decode PAR_EL1."""
         self.write(AT_S12_OPS[access, el0], va)
         return decode_par(self.read(PAR_EL1), va)
+
+
+class S2Oracle:
+    """A Unicorn CPU with stage 1 off (SCTLR_EL1.M = 0: VA = IPA) and stage 2 on, so AT S12E1R/W
+    walk only the stage-2 tables of ``fmt`` at ``root`` in ``mem``: any root, concatenated too."""
+
+    def __init__(self, mem: PhysicalMemory, fmt: AArch64Stage2, root: int) -> None:
+        self.uc: Any = unicorn.Uc(unicorn.UC_ARCH_ARM64, unicorn.UC_MODE_ARM)
+        self.uc.mem_map(mem.base, mem.size)
+        for frame in mem.iter_resident():
+            self.uc.mem_write(frame, mem.read(frame, 4096))
+        self.write(SCR_EL3, SCR_RW | SCR_NS)
+        self.write(HCR_EL2, HCR_RW | HCR_VM)
+        self.write(VTCR_EL2, vtcr_for(fmt))
+        self.write(VTTBR_EL2, root)
+        self.write(SCTLR_EL1, self.read(SCTLR_EL1) & ~SCTLR_M)
+
+    def write(self, reg: tuple[int, int, int, int, int], value: int) -> None:
+        op0, op1, crn, crm, op2 = reg
+        self.uc.reg_write(a64.UC_ARM64_REG_CP_REG, (crn, crm, op0, op1, op2, value))
+
+    def read(self, reg: tuple[int, int, int, int, int]) -> int:
+        op0, op1, crn, crm, op2 = reg
+        value: int = self.uc.reg_read(a64.UC_ARM64_REG_CP_REG, (crn, crm, op0, op1, op2))
+        return value
+
+    def at(self, ipa: int, access: str) -> AtResult:
+        """Run AT S12E1{R,W} on ``ipa`` and decode PAR_EL1."""
+        self.write(AT_S12_OPS[access, False], ipa)
+        return decode_par(self.read(PAR_EL1), ipa)
