@@ -29,7 +29,7 @@ from vmopt.errors import ConfigError
 from vmopt.fetching.concurrency import ConcurrencyConfig
 from vmopt.numa.config import LOCAL_DISTANCE, MAX_CPUS, MAX_NODES, NumaConfig
 from vmopt.numa.policy import MemPolicy
-from vmopt.paging import FORMATS, HOST_FORMATS
+from vmopt.paging import FORMATS, HOST_FORMATS, make_format
 from vmopt.tlb.config import DEFAULT_SPLIT_TLB_LEVELS, PrefetchConfig, PwcConfig, SplitL1, TlbConfig
 from vmopt.units import parse_size
 
@@ -222,7 +222,8 @@ PAGING_KEYS: Final = (
 class PagingSection:
     """[paging]: page-table format, the page size demand paging maps, cycles per PTE read.
 
-    ``nested`` (``"none"``, ``"ept"``, ``"ept_5level"``, ``"npt"``) puts the
+    ``nested`` (``"none"``; ``"ept"``, ``"ept_5level"``, ``"npt"`` under x86 guests;
+    ``"aarch64_s2"``, ``"aarch64_s2_16k"``, ``"aarch64_s2_64k"`` under AArch64 ones) puts the
     guest under a host stage: every vCPU walks both dimensions, the host
     backing guest memory with pages of ``nested_page_size``, a nested TLB of
     ``nested_tlb_entries`` caching GPA->HPA, and a host page-walk cache
@@ -241,12 +242,24 @@ class PagingSection:
         _page_size("paging.page_size", self.page_size)
         _int("paging.walk_ref_cycles", self.walk_ref_cycles, 0, MAX_CYCLES)
         _str("paging.nested", self.nested, NESTED_CHOICES)
-        _page_size("paging.nested_page_size", self.nested_page_size)
+        if self.nested.startswith("aarch64_s2"):
+            # The 16K and 64K granules' pages (16K, 32M; 64K, 512M): checked against the format below.
+            _size("paging.nested_page_size", self.nested_page_size)
+        else:
+            _page_size("paging.nested_page_size", self.nested_page_size)
         _int("paging.nested_tlb_entries", self.nested_tlb_entries, 0, MAX_NTLB_ENTRIES)
-        if self.nested != "none" and not self.format.startswith("x86_64"):
+        arm = self.nested.startswith("aarch64_s2")
+        if self.nested != "none" and not self.format.startswith("aarch64" if arm else "x86_64"):
+            kind, guest = ("an AArch64", "AArch64") if arm else ("an x86", "x86")
             raise ConfigError(
-                f"paging.nested: {self.nested!r} is an x86 host stage;"
-                f" paging.format {self.format!r} is not x86"
+                f"paging.nested: {self.nested!r} is {kind} host stage;"
+                f" paging.format {self.format!r} is not {guest}"
+            )
+        host_sizes = make_format(self.nested).page_sizes if self.nested != "none" else ()
+        if self.nested != "none" and self.nested_page_size not in host_sizes:
+            raise ConfigError(
+                f"paging.nested_page_size: {_size_text(self.nested_page_size)} is not a page size of"
+                f" {self.nested!r} (it has {', '.join(_size_text(s) for s in host_sizes)})"
             )
 
     def to_raw(self) -> dict[str, Any]:
@@ -575,7 +588,7 @@ def from_raw(raw: Mapping[str, Any]) -> SimConfig:
         _page_size("paging.page_size", p.get("page_size", dp.page_size)),
         _int("paging.walk_ref_cycles", p.get("walk_ref_cycles", dp.walk_ref_cycles), 0, MAX_CYCLES),
         _str("paging.nested", p.get("nested", dp.nested), NESTED_CHOICES),
-        _page_size("paging.nested_page_size", p.get("nested_page_size", dp.nested_page_size)),
+        _size("paging.nested_page_size", p.get("nested_page_size", dp.nested_page_size)),
         _int(
             "paging.nested_tlb_entries",
             p.get("nested_tlb_entries", dp.nested_tlb_entries),
