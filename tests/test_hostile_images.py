@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from vmopt import Mmu, TlbConfig
 from vmopt.errors import VmoptError
 from vmopt.memory.physical import FRAME_SIZE, PhysicalMemory
-from vmopt.paging import FORMATS, PageFault, PageTable, Perm
+from vmopt.paging import FORMATS, PageFault, PageTable, Perm, make_format
 
 CORPUS = Path(__file__).parent / "corpus" / "images"
 FUZZ_EXAMPLES = int(os.environ.get("VMOPT_FUZZ_EXAMPLES", "40"))
@@ -163,7 +163,8 @@ def _exercise(image: Path, fmt: str, root: int, vas: list[int]) -> None:
     except VmoptError:
         return
     with mem:
-        if not mem.contains(root, FRAME_SIZE):
+        root_bytes = max(FRAME_SIZE, make_format(fmt).entries(make_format(fmt).levels - 1) * 8)
+        if not mem.contains(root, root_bytes):
             with pytest.raises(VmoptError):
                 PageTable.attach(mem, root, fmt, update_ad=False)
             return
