@@ -163,7 +163,10 @@ def _exercise(image: Path, fmt: str, root: int, vas: list[int]) -> None:
     except VmoptError:
         return
     with mem:
-        root_bytes = make_format(fmt).root_bytes  # the G-stage's root is 16 KiB, 16 KiB aligned
+        # A root holds its entries (a G-stage or concatenated root more than a frame) and,
+        # for the roots of these frame-aligned images, is aligned to that size.
+        fmt_obj = make_format(fmt)
+        root_bytes = max(FRAME_SIZE, fmt_obj.entries(fmt_obj.levels - 1) * 8, fmt_obj.root_bytes)
         if not mem.contains(root, root_bytes) or root % root_bytes:
             with pytest.raises(VmoptError):
                 PageTable.attach(mem, root, fmt, update_ad=False)

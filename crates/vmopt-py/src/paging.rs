@@ -14,6 +14,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyBool, PyBytes, PyInt, PyList, PyString, PyTuple, PyType};
+use vmopt_core::paging::aarch64_s2::AArch64Stage2;
 use vmopt_core::paging::table::{LeafEntry, Leaves, Mappings};
 use vmopt_core::paging::twostage::NestedTranslation;
 use vmopt_core::paging::{
@@ -429,6 +430,24 @@ impl PyFormat {
         tbi: bool,
     ) -> PyResult<Self> {
         let fmt = guarded(|| AArch64::new(granule, va_bits, pa_bits, upper, ha, hd, tbi))?;
+        Ok(PyFormat {
+            inner: Arc::new(fmt),
+            x86: None,
+        })
+    }
+
+    /// AArch64 stage 2: `granule` 4096/16384/65536, `ipa_bits` = 64 - VTCR_EL2.T0SZ,
+    /// `ha`/`hd` = VTCR_EL2.HA/HD, `pa_bits` = VTCR_EL2.PS.
+    #[staticmethod]
+    #[pyo3(signature = (granule, ipa_bits, ha, hd, pa_bits=48))]
+    fn aarch64_stage2(
+        granule: u64,
+        ipa_bits: i64,
+        ha: bool,
+        hd: bool,
+        pa_bits: i64,
+    ) -> PyResult<Self> {
+        let fmt = guarded(|| AArch64Stage2::new(granule, ipa_bits, pa_bits, ha, hd))?;
         Ok(PyFormat {
             inner: Arc::new(fmt),
             x86: None,

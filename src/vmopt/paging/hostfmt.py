@@ -1,5 +1,5 @@
-"""Host (stage-2) formats for two-stage translation: Intel EPT, AMD NPT and the RISC-V G-stage, run
-by the core.
+"""Host (stage-2) formats for two-stage translation: Intel EPT, AMD NPT, the RISC-V G-stage and
+AArch64 stage 2, run by the core.
 
 EPT (Intel SDM Vol. 3C, "EPT"): R/W/X in bits 2:0, the memory type in 5:3
 and ignore-PAT in 6 on leaves, a large page in 7, accessed/dirty in 8/9
@@ -16,15 +16,30 @@ Sv39/Sv48 entries with a 16 KiB root and GPAs 2 bits wider; every access is
 a U-mode access, so leaves need U. ``PageTable`` builds, edits, lists and
 frees its tables like any other: the root is one 16 KiB (order-2) block,
 16 KiB aligned (``attach`` requires that), with 2048 entries.
+
+AArch64 stage 2 (Arm ARM D8, VTTBR_EL2/VTCR_EL2): S2AP[7:6] (bit 6 reads,
+bit 7 writes, so a W-only page is legal), XN[54] (FEAT_XNX's bit 53 is not
+modelled: ignored), AF (a clear one is an access-flag fault unless ``ha``),
+DBM with ``hd``; MemAttr and SH are written as Normal write-back, inner
+shareable. The start level follows from the granule, ``ipa_bits`` and
+``pa_bits`` (VTCR_EL2.PS); where the architecture forbids stage 1's start
+level the walk starts a level lower on up to 16 concatenated tables.
+Faults carry stage 1's ``fsc``; in a two-stage walk they are host faults.
 """
 
 from __future__ import annotations
+
+from typing import Final
 
 from vmopt import _core
 from vmopt.errors import ConfigError
 from vmopt.paging.format import CoreFormat
 
-__all__ = ["Ept", "GStage", "HostFormat", "Npt"]
+__all__ = ["AArch64Stage2", "Ept", "GStage", "HostFormat", "Npt"]
+
+#: AArch64 stage-2 translation granules, and VTCR_EL2.PS output sizes.
+S2_GRANULES: Final = (4096, 16384, 65536)
+S2_PA_SIZES: Final = (32, 36, 40, 42, 44, 48)
 
 
 class HostFormat(CoreFormat):
@@ -84,3 +99,79 @@ class GStage(HostFormat):
 
     def __repr__(self) -> str:
         return f"GStage({self.name})"
+
+
+class AArch64Stage2(HostFormat):
+    """VMSAv8-64 stage 2 (IPA -> PA) with a 4K, 16K or 64K granule.
+
+    ``ipa_bits`` is 64 - VTCR_EL2.T0SZ (25 to 48, at most ``pa_bits``);
+    ``ha``/``hd`` are VTCR_EL2.HA/HD (``hd`` needs ``ha``); ``pa_bits`` is
+    VTCR_EL2.PS. ``start_level`` (0-3), ``sl0`` (its VTCR_EL2.SL0 encoding)
+    and ``concatenated`` (tables at the start level) follow from them.
+    Stage-2 accesses have no EL: ``user`` is ignored, and every combination
+    of ``r``, ``w``, ``x`` can be mapped. Immutable once built.
+    """
+
+    def __init__(
+        self,
+        granule: int = 4096,
+        ipa_bits: int = 40,
+        ha: bool = False,
+        hd: bool = False,
+        *,
+        pa_bits: int = 48,
+    ) -> None:
+        if type(granule) is not int or granule not in S2_GRANULES:
+            raise ConfigError(f"AArch64 stage 2 granule must be 4096, 16384 or 65536, got {granule!r}")
+        if type(ipa_bits) is not int or not 25 <= ipa_bits <= 48:
+            raise ConfigError(
+                f"AArch64 stage 2 ipa_bits (64 - VTCR_EL2.T0SZ) must be in [25, 48], got {ipa_bits!r}"
+            )
+        if type(pa_bits) is not int or pa_bits not in S2_PA_SIZES:
+            raise ConfigError(
+                f"AArch64 stage 2 pa_bits (VTCR_EL2.PS) must be one of {', '.join(map(str, S2_PA_SIZES))},"
+                f" got {pa_bits!r}"
+            )
+        for name, value in (("ha", ha), ("hd", hd)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"AArch64 stage 2 {name} must be a bool, got {value!r}")
+        core = _core.Format.aarch64_stage2(granule, ipa_bits, ha, hd, pa_bits)
+        object.__setattr__(self, "_frozen", False)
+        self._bind(core)
+        self.granule, self.ipa_bits, self.ha, self.hd = granule, ipa_bits, ha, hd
+        #: the architecture's start level of a walk (0-3)
+        self.start_level: int = 4 - self.levels
+        #: VTCR_EL2.SL0: 4K counts down from level 2, 16K and 64K from level 3
+        self.sl0: int = (2 if granule == 4096 else 3) - self.start_level
+        #: tables concatenated at the start level (1: the root is one table or less)
+        self.concatenated: int = max(1, self.entries(self.levels - 1) * 8 // granule)
+        self._frozen = True
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"AArch64Stage2 formats are immutable; cannot set {name!r}")
+        object.__setattr__(self, name, value)
+
+    def index(self, va: int, level: int) -> int:  # type: ignore[override]
+        """Index of ``va`` in a table at ``level`` (0 = last; the root's spans its concatenated tables)."""
+        return int(self.core.index(va, level))
+
+    def level_span(self, level: int) -> int:  # type: ignore[override]
+        """Bytes of address space one entry at ``level`` covers."""
+        return int(self.core.level_span(level))
+
+    def entries(self, level: int) -> int:
+        """Entries of a table at ``level`` (the start level may hold fewer, or several tables' worth)."""
+        return int(self.core.entries(level))
+
+    def __repr__(self) -> str:
+        return (
+            f"AArch64Stage2(granule={self.granule}, ipa_bits={self.ipa_bits}, ha={self.ha}, hd={self.hd},"
+            f" pa_bits={self.pa_bits})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AArch64Stage2) and repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))

@@ -28,7 +28,7 @@ from vmopt.memory.physical import FRAME_SIZE, PhysicalMemory
 from vmopt.paging.aarch64 import AArch64
 from vmopt.paging.format import CoreFormat, PagingFormat
 from vmopt.paging.guestmem import GuestMemory
-from vmopt.paging.hostfmt import Ept, GStage, Npt
+from vmopt.paging.hostfmt import AArch64Stage2, Ept, GStage, Npt
 from vmopt.paging.riscv import RiscV
 from vmopt.paging.types import Leaf, PageFault, Perm, Translation
 from vmopt.paging.x86 import X86_64
@@ -51,6 +51,9 @@ FORMATS: dict[str, Callable[[], PagingFormat]] = {
     "npt": lambda: Npt(),
     "sv39x4": lambda: GStage(3),
     "sv48x4": lambda: GStage(4),
+    "aarch64_s2": lambda: AArch64Stage2(4096),
+    "aarch64_s2_16k": lambda: AArch64Stage2(16384),
+    "aarch64_s2_64k": lambda: AArch64Stage2(65536),
 }
 
 Invalidation = Callable[[int, int], None]

@@ -1,4 +1,5 @@
-"""Two-stage translation: a guest's page table over a host's (EPT, NPT, the RISC-V G-stage).
+"""Two-stage translation: a guest's page table over a host's (EPT, NPT, the RISC-V G-stage,
+AArch64 stage 2).
 
 ``TwoStage(guest_pt, host_pt).walk(gva, access, user)`` is the walk a CPU
 with nested paging does: the guest's tables turn the GVA into a GPA, and
@@ -24,13 +25,24 @@ from vmopt import _core
 from vmopt.errors import ConfigError
 from vmopt.memory.physical import PhysicalMemory
 from vmopt.paging.format import PagingFormat
-from vmopt.paging.pagetable import PageTable
+from vmopt.paging.hostfmt import AArch64Stage2
+from vmopt.paging.pagetable import PageTable, make_format
 from vmopt.paging.types import NestedTranslation, Perm
+from vmopt.units import format_size
 
 __all__ = ["HOST_FORMATS", "TwoStage", "back_guest_memory"]
 
 #: Format names a host table of a two-stage walk may have.
-HOST_FORMATS = ("ept", "ept_5level", "npt", "sv39x4", "sv48x4")
+HOST_FORMATS = (
+    "ept",
+    "ept_5level",
+    "npt",
+    "sv39x4",
+    "sv48x4",
+    "aarch64_s2",
+    "aarch64_s2_16k",
+    "aarch64_s2_64k",
+)
 
 
 class TwoStage:
@@ -74,19 +86,22 @@ def back_guest_memory(
     """
     host_fmt = host_format if isinstance(host_format, PagingFormat) else None
     name = host_fmt.name if host_fmt is not None else host_format
-    if name not in HOST_FORMATS:
+    if name not in HOST_FORMATS and not isinstance(host_fmt, AArch64Stage2):
         raise ConfigError(f"host format must be one of {', '.join(HOST_FORMATS)}, got {host_format!r}")
-    if page_size not in (4096, 2 << 20, 1 << 30):
-        raise ConfigError(f"host page size must be 4 KiB, 2 MiB or 1 GiB, got {page_size!r}")
+    fmt = host_fmt if host_fmt is not None else make_format(name)
+    if page_size not in fmt.page_sizes:
+        sizes = ", ".join(format_size(s) for s in fmt.page_sizes)
+        raise ConfigError(f"host page size must be one of {sizes} for {fmt.name}, got {page_size!r}")
     mem = guest_pt.mem
     lo = mem.base - mem.base % page_size
     hi = -(-mem.end // page_size) * page_size
     pages = (hi - lo) // page_size
-    # A table page per 512 entries at each level, and room to spare.
-    table_bytes = (pages // 512 + 64) * 4096 * 2
+    # A table (one granule) per granule / 8 entries at each level, and room to spare.
+    granule = fmt.page_sizes[0]
+    table_bytes = (pages // (granule // 8) + 64) * granule * 2
     table_bytes = -(-table_bytes // (2 << 20)) * (2 << 20)
     host_base = -(-hi // (1 << 30)) * (1 << 30)
-    host = PageTable(PhysicalMemory(table_bytes, base=host_base), host_format)
+    host = PageTable(PhysicalMemory(table_bytes, base=host_base), fmt)
     rwx = Perm.R | Perm.W | Perm.X
     for gpa in range(lo, hi, page_size):
         host.map_trusted(gpa, gpa, page_size, rwx, True)

@@ -29,7 +29,7 @@ from vmopt.errors import ConfigError
 from vmopt.fetching.concurrency import ConcurrencyConfig
 from vmopt.numa.config import LOCAL_DISTANCE, MAX_CPUS, MAX_NODES, NumaConfig
 from vmopt.numa.policy import MemPolicy
-from vmopt.paging import FORMATS, HOST_FORMATS
+from vmopt.paging import FORMATS, HOST_FORMATS, make_format
 from vmopt.tlb.config import DEFAULT_SPLIT_TLB_LEVELS, PrefetchConfig, PwcConfig, SplitL1, TlbConfig
 from vmopt.units import parse_size
 
@@ -205,7 +205,11 @@ GUEST_FORMATS: Final = tuple(f for f in FORMATS if f not in HOST_FORMATS)
 #: ``paging.nested`` values: no host stage, or a host format.
 NESTED_CHOICES: Final = ("none", *HOST_FORMATS)
 #: Host format name prefix -> the guest formats (by name prefix) it can be the host stage of.
-NESTED_GUESTS: Final = {"ept": "x86_64", "npt": "x86_64", "sv39x4": "sv", "sv48x4": "sv"}
+NESTED_GUESTS: Final = {
+    "ept": "x86_64", "npt": "x86_64", "sv39x4": "sv", "sv48x4": "sv", "aarch64_s2": "aarch64",
+}  # fmt: skip
+#: Guest format name prefix -> its architecture's name and article, for messages.
+NESTED_ARCH: Final = {"x86_64": ("x86", "an"), "sv": ("RISC-V", "a"), "aarch64": ("AArch64", "an")}
 #: Most host pages the guest facade maps up front (guest memory / paging.nested_page_size).
 MAX_HOST_PAGES: Final = 1 << 20
 #: Most entries of the nested TLB.
@@ -225,8 +229,9 @@ class PagingSection:
     """[paging]: page-table format, the page size demand paging maps, cycles per PTE read.
 
     ``nested`` (``"none"``; ``"ept"``, ``"ept_5level"``, ``"npt"`` under an x86
-    guest; ``"sv39x4"``, ``"sv48x4"`` under a RISC-V one) puts the guest under
-    a host stage: every vCPU walks both dimensions, the host
+    guest; ``"sv39x4"``, ``"sv48x4"`` under a RISC-V one; ``"aarch64_s2"``,
+    ``"aarch64_s2_16k"``, ``"aarch64_s2_64k"`` under an AArch64 one) puts the
+    guest under a host stage: every vCPU walks both dimensions, the host
     backing guest memory with pages of ``nested_page_size``, a nested TLB of
     ``nested_tlb_entries`` caching GPA->HPA, and a host page-walk cache
     shaped like ``[pwc]`` when it is enabled.
@@ -244,14 +249,26 @@ class PagingSection:
         _page_size("paging.page_size", self.page_size)
         _int("paging.walk_ref_cycles", self.walk_ref_cycles, 0, MAX_CYCLES)
         _str("paging.nested", self.nested, NESTED_CHOICES)
-        _page_size("paging.nested_page_size", self.nested_page_size)
+        if self.nested.startswith("aarch64_s2"):
+            # The 16K and 64K granules' pages (16K, 32M; 64K, 512M): checked against the format below.
+            _size("paging.nested_page_size", self.nested_page_size)
+        else:
+            _page_size("paging.nested_page_size", self.nested_page_size)
         _int("paging.nested_tlb_entries", self.nested_tlb_entries, 0, MAX_NTLB_ENTRIES)
         guests = next((g for h, g in NESTED_GUESTS.items() if self.nested.startswith(h)), None)
         if guests is not None and not self.format.startswith(guests):
-            arch, article = ("x86", "an") if guests == "x86_64" else ("RISC-V", "a")
+            arch, article = {"x86_64": ("x86", "an"), "sv": ("RISC-V", "a"), "aarch64": ("AArch64", "an")}[
+                guests
+            ]
             raise ConfigError(
                 f"paging.nested: {self.nested!r} is {article} {arch} host stage;"
                 f" paging.format {self.format!r} is not {arch}"
+            )
+        host_sizes = make_format(self.nested).page_sizes if self.nested != "none" else ()
+        if self.nested != "none" and self.nested_page_size not in host_sizes:
+            raise ConfigError(
+                f"paging.nested_page_size: {_size_text(self.nested_page_size)} is not a page size of"
+                f" {self.nested!r} (it has {', '.join(_size_text(s) for s in host_sizes)})"
             )
 
     def to_raw(self) -> dict[str, Any]:
@@ -580,7 +597,7 @@ def from_raw(raw: Mapping[str, Any]) -> SimConfig:
         _page_size("paging.page_size", p.get("page_size", dp.page_size)),
         _int("paging.walk_ref_cycles", p.get("walk_ref_cycles", dp.walk_ref_cycles), 0, MAX_CYCLES),
         _str("paging.nested", p.get("nested", dp.nested), NESTED_CHOICES),
-        _page_size("paging.nested_page_size", p.get("nested_page_size", dp.nested_page_size)),
+        _size("paging.nested_page_size", p.get("nested_page_size", dp.nested_page_size)),
         _int(
             "paging.nested_tlb_entries",
             p.get("nested_tlb_entries", dp.nested_tlb_entries),

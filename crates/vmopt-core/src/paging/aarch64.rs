@@ -100,7 +100,7 @@ pub const AP_TABLE_RO: u64 = 1 << 62;
 ///
 /// Without FEAT_LPA/LPA2 bits 51:48 are not address bits: 51 is DBM, 50 GP,
 /// 49:48 RES0.
-const TABLE_BITS: u64 = (1 << 48) - 1;
+pub(crate) const TABLE_BITS: u64 = (1 << 48) - 1;
 const BIT_NAMES: [(u64, &str); 15] = [
     (VALID, "V"),
     (TABLE, "T"),
@@ -118,23 +118,185 @@ const BIT_NAMES: [(u64, &str); 15] = [
     (AP_TABLE_RO, "APTable1"),
     (1 << 63, "NSTable"),
 ];
-/// Physical address sizes TCR_EL1.IPS can select without FEAT_LPA.
-const PA_SIZES: [u8; 6] = [32, 36, 40, 42, 44, 48];
+/// Physical address sizes TCR_EL1.IPS (and VTCR_EL2.PS) can select without FEAT_LPA.
+pub(crate) const PA_SIZES: [u8; 6] = [32, 36, 40, 42, 44, 48];
+
+/// The geometry stage 1 and stage 2 share: a granule of `2^granule_shift`
+/// bytes, `stride = granule_shift - 3` index bits per level, `levels` levels
+/// over an input (VA or IPA) of `in_bits`; the start level resolves the rest,
+/// which for stage 2 may be more than one table's worth (concatenated tables).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub(crate) granule_shift: u8,
+    pub(crate) stride: u8,
+    pub(crate) levels: u8,
+    pub(crate) in_bits: u8,
+    pub(crate) leaf_sizes: Vec<(u8, u64)>,
+}
+
+impl Geometry {
+    /// `levels` levels over `in_bits`, with the granule's blocks: vmopt levels
+    /// (0 = last) 1 and 2 with 4K (architecture levels 2 and 1), level 1 with
+    /// 16K and 64K, where they lie below the start level.
+    pub(crate) fn new(granule_shift: u8, levels: u8, in_bits: u8) -> Geometry {
+        let stride = granule_shift - 3;
+        let block_levels: &[u8] = if granule_shift == 12 { &[1, 2] } else { &[1] };
+        let mut leaf_sizes = vec![(0u8, 1u64 << granule_shift)];
+        for &l in block_levels {
+            if l < levels {
+                leaf_sizes.push((l, 1u64 << (granule_shift + stride * l)));
+            }
+        }
+        Geometry {
+            granule_shift,
+            stride,
+            levels,
+            in_bits,
+            leaf_sizes,
+        }
+    }
+    pub(crate) fn granule(&self) -> u64 {
+        1 << self.granule_shift
+    }
+    fn shift(&self, level: u8) -> u32 {
+        self.granule_shift as u32 + self.stride as u32 * level as u32
+    }
+    pub(crate) fn index(&self, va: u64, level: u8) -> u64 {
+        (va >> self.shift(level)) & (self.entries(level) - 1)
+    }
+    pub(crate) fn level_span(&self, level: u8) -> u64 {
+        1u64 << self.shift(level)
+    }
+    /// Entries at `level`: a full table below the start level, what is left of the input at it.
+    pub(crate) fn entries(&self, level: u8) -> u64 {
+        if level + 1 == self.levels {
+            1 << (self.in_bits as u32 - self.shift(level))
+        } else {
+            1 << self.stride
+        }
+    }
+    fn leaf_size(&self, level: u8) -> Option<u64> {
+        self.leaf_sizes
+            .iter()
+            .find(|&&(l, _)| l == level)
+            .map(|&(_, s)| s)
+    }
+}
+
+/// `(log2 granule, name suffix)` of a 4K, 16K or 64K granule; `what` names the format in the error.
+pub(crate) fn granule_shift_of(granule: u64, what: &str) -> Result<(u8, &'static str)> {
+    match granule {
+        4096 => Ok((12, "")),
+        16384 => Ok((14, "_16k")),
+        65536 => Ok((16, "_64k")),
+        _ => Err(Error::Config(format!(
+            "{what} granule must be 4096, 16384 or 65536, got {granule}"
+        ))),
+    }
+}
+
+/// The 6-bit fault status code (ESR DFSC, PAR FST) of `cause` at vmopt `level`:
+/// its low two bits are the architecture's level, `3 - level` (0 with no level).
+pub(crate) fn fsc_of(cause: FaultCause, level: Option<u8>) -> Option<u8> {
+    let ll = level.map_or(0, |l| 3 - l);
+    let kind = match cause {
+        FaultCause::AddressSize => 0b0000,
+        FaultCause::NotPresent => 0b0001,
+        FaultCause::AccessFlag => 0b0010,
+        FaultCause::Protection => 0b0011,
+        // Synchronous external abort on a translation table walk.
+        FaultCause::TableOutsideMemory => 0b0101,
+        _ => return None,
+    };
+    Some(kind << 2 | ll)
+}
+
+/// The block or page descriptor a descent reached.
+pub(crate) struct Descent {
+    pub(crate) pte_pa: u64,
+    pub(crate) pte: u64,
+    pub(crate) level: u8,
+    pub(crate) refs: u32,
+}
+
+/// Read descriptors from `root` down to the block or page that maps `va`,
+/// with the checks both stages make on the way, in the architecture's order:
+/// a table outside memory (an external abort on the walk), an invalid
+/// descriptor, bits\[1:0\] = 01 at the last level or a block where the
+/// granule has none (translation faults), and an output or table address at
+/// or above `pa_bits` (an address-size fault; for the root with no level).
+/// `on_table` sees each table descriptor passed through. The access flag and
+/// rights are the caller's, as they differ by stage.
+pub(crate) fn descend(
+    geo: &Geometry,
+    pa_bits: u8,
+    mem: &dyn PteMemory,
+    root: u64,
+    va: u64,
+    mut on_table: impl FnMut(u64),
+) -> Result<std::result::Result<Descent, (FaultCause, Option<u8>)>> {
+    if root >> pa_bits != 0 {
+        return Ok(Err((FaultCause::AddressSize, None)));
+    }
+    let granule_mask = !(geo.granule() - 1);
+    let mut table = root;
+    let mut refs = 0u32;
+    let mut level = geo.levels - 1;
+    loop {
+        let fault = |cause| Ok(Err((cause, Some(level))));
+        let (pte_pa, overflow) = table.overflowing_add(geo.index(va, level) * 8);
+        let pte = match mem.load_u64(pte_pa) {
+            Some(pte) if !overflow => pte,
+            _ if !overflow
+                && pte_pa & 7 != 0
+                && mem.load_u64(pte_pa & !7).is_some()
+                && mem.load_u64((pte_pa & !7) + 8).is_some() =>
+            {
+                return Err(unaligned(pte_pa));
+            }
+            // Outside memory: a synchronous external abort on the walk.
+            _ => return fault(FaultCause::TableOutsideMemory),
+        };
+        refs += 1;
+        if pte & VALID == 0 {
+            return fault(FaultCause::NotPresent);
+        }
+        let is_table = pte & TABLE != 0;
+        if level == 0 && !is_table {
+            // bits[1:0] = 01 at the last level: reserved, invalid.
+            return fault(FaultCause::NotPresent);
+        }
+        if !is_table && geo.leaf_size(level).is_none() {
+            // A block where the granule allows none (4K level 0, 16K/64K level 1).
+            return fault(FaultCause::NotPresent);
+        }
+        if (pte & TABLE_BITS & granule_mask) >> pa_bits != 0 {
+            return fault(FaultCause::AddressSize);
+        }
+        if level == 0 || !is_table {
+            return Ok(Ok(Descent {
+                pte_pa,
+                pte,
+                level,
+                refs,
+            }));
+        }
+        on_table(pte);
+        table = pte & TABLE_BITS & granule_mask;
+        level -= 1;
+    }
+}
 
 /// VMSAv8-64 stage 1 for one VA half (see the module documentation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AArch64 {
     name: String,
-    granule_shift: u8,
-    stride: u8,
-    levels: u8,
-    va_bits: u8,
+    geo: Geometry,
     pa_bits: u8,
     upper: bool,
     ha: bool,
     hd: bool,
     tbi: bool,
-    leaf_sizes: Vec<(u8, u64)>,
 }
 
 /// The limits table descriptors put on the pages below them.
@@ -207,16 +369,7 @@ impl AArch64 {
         hd: bool,
         tbi: bool,
     ) -> Result<AArch64> {
-        let (granule_shift, suffix) = match granule {
-            4096 => (12u8, ""),
-            16384 => (14, "_16k"),
-            65536 => (16, "_64k"),
-            _ => {
-                return Err(Error::Config(format!(
-                    "AArch64 granule must be 4096, 16384 or 65536, got {granule}"
-                )))
-            }
-        };
+        let (granule_shift, suffix) = granule_shift_of(granule, "AArch64")?;
         if !(25..=48).contains(&va_bits) {
             return Err(Error::Config(format!(
                 "AArch64 va_bits (64 - TxSZ) must be in [25, 48], got {va_bits}"
@@ -232,18 +385,8 @@ impl AArch64 {
                 "AArch64 hd (hardware dirty state, TCR_EL1.HD) needs ha (TCR_EL1.HA) set".into(),
             ));
         }
-        let stride = granule_shift - 3;
         let va_bits = va_bits as u8;
-        let levels = (va_bits - granule_shift).div_ceil(stride);
-        // Block levels as vmopt levels (0 = last): 4K has architecture levels 1
-        // and 2, 16K and 64K level 2 only.
-        let block_levels: &[u8] = if granule_shift == 12 { &[1, 2] } else { &[1] };
-        let mut leaf_sizes = vec![(0u8, 1u64 << granule_shift)];
-        for &l in block_levels {
-            if l < levels {
-                leaf_sizes.push((l, 1u64 << (granule_shift + stride * l)));
-            }
-        }
+        let levels = (va_bits - granule_shift).div_ceil(granule_shift - 3);
         let mut name = format!("aarch64{suffix}");
         if va_bits != 48 {
             name += &format!("_va{va_bits}");
@@ -253,22 +396,18 @@ impl AArch64 {
         }
         Ok(AArch64 {
             name,
-            granule_shift,
-            stride,
-            levels,
-            va_bits,
+            geo: Geometry::new(granule_shift, levels, va_bits),
             pa_bits: pa_bits as u8,
             upper,
             ha,
             hd,
             tbi,
-            leaf_sizes,
         })
     }
 
     /// The translation granule in bytes.
     pub fn granule(&self) -> u64 {
-        1 << self.granule_shift
+        self.geo.granule()
     }
     /// The TTBR1 (upper) half rather than TTBR0.
     pub fn upper(&self) -> bool {
@@ -288,18 +427,14 @@ impl AArch64 {
     }
     /// The architecture's start level (0-3) of a walk.
     pub fn start_level(&self) -> u8 {
-        4 - self.levels
-    }
-
-    fn shift(&self, level: u8) -> u32 {
-        self.granule_shift as u32 + self.stride as u32 * level as u32
+        4 - self.geo.levels
     }
 
     /// True if `va` lies in this half (top bits all equal to the half's, the tag ignored under TBI).
     fn in_range(&self, va: u64) -> bool {
         let top = if self.tbi { 56 } else { 64 };
-        let width = top - self.va_bits as u32;
-        let bits = (va >> self.va_bits) & ((1u64 << width) - 1);
+        let width = top - self.geo.in_bits as u32;
+        let bits = (va >> self.geo.in_bits) & ((1u64 << width) - 1);
         if self.upper {
             bits == (1u64 << width) - 1
         } else {
@@ -322,7 +457,7 @@ impl AArch64 {
             level,
             user,
             stage: None,
-            fsc: self.fsc(cause, level),
+            fsc: fsc_of(cause, level),
         })
     }
 
@@ -356,52 +491,19 @@ impl AArch64 {
         user: bool,
         update_ad: bool,
     ) -> Result<Option<Translation>> {
-        let fault = |cause, level| Err(self.fault(va, access, user, cause, Some(level)));
-        if root >> self.pa_bits != 0 {
-            return Err(self.fault(va, access, user, FaultCause::AddressSize, None));
-        }
-        let granule_mask = !((1u64 << self.granule_shift) - 1);
-        let mut table = root;
         let mut limits = Limits::default();
-        let mut refs = 0u32;
-        let mut level = self.levels - 1;
-        let (pte_pa, pte) = loop {
-            let (pte_pa, overflow) = table.overflowing_add(self.index(va, level) * 8);
-            let pte = match mem.load_u64(pte_pa) {
-                Some(pte) if !overflow => pte,
-                _ if !overflow
-                    && pte_pa & 7 != 0
-                    && mem.load_u64(pte_pa & !7).is_some()
-                    && mem.load_u64((pte_pa & !7) + 8).is_some() =>
-                {
-                    return Err(unaligned(pte_pa));
-                }
-                // Outside memory: a synchronous external abort on the walk.
-                _ => return fault(FaultCause::TableOutsideMemory, level),
-            };
-            refs += 1;
-            if pte & VALID == 0 {
-                return fault(FaultCause::NotPresent, level);
-            }
-            let is_table = pte & TABLE != 0;
-            if level == 0 && !is_table {
-                // bits[1:0] = 01 at the last level: reserved, invalid.
-                return fault(FaultCause::NotPresent, level);
-            }
-            if !is_table && self.leaf_size(level).is_none() {
-                // A block where the granule allows none (4K level 0, 16K/64K level 1).
-                return fault(FaultCause::NotPresent, level);
-            }
-            if (pte & TABLE_BITS & granule_mask) >> self.pa_bits != 0 {
-                return fault(FaultCause::AddressSize, level);
-            }
-            if level == 0 || !is_table {
-                break (pte_pa, pte);
-            }
-            limits = limits.and_then(pte);
-            table = pte & TABLE_BITS & granule_mask;
-            level -= 1;
+        let Descent {
+            pte_pa,
+            pte,
+            level,
+            refs,
+        } = match descend(&self.geo, self.pa_bits, mem, root, va, |t| {
+            limits = limits.and_then(t)
+        })? {
+            Ok(d) => d,
+            Err((cause, level)) => return Err(self.fault(va, access, user, cause, level)),
         };
+        let fault = |cause, level| Err(self.fault(va, access, user, cause, Some(level)));
         if pte & AF == 0 && !self.ha {
             return fault(FaultCause::AccessFlag, level);
         }
@@ -458,46 +560,32 @@ impl Format for AArch64 {
         &self.name
     }
     fn levels(&self) -> u8 {
-        self.levels
+        self.geo.levels
     }
     fn va_bits(&self) -> u8 {
-        self.va_bits
+        self.geo.in_bits
     }
     fn pa_bits(&self) -> u8 {
         self.pa_bits
     }
     fn leaf_sizes(&self) -> &[(u8, u64)] {
-        &self.leaf_sizes
+        &self.geo.leaf_sizes
     }
 
     fn index(&self, va: u64, level: u8) -> u64 {
-        (va >> self.shift(level)) & (self.entries(level) - 1)
+        self.geo.index(va, level)
     }
     fn level_span(&self, level: u8) -> u64 {
-        1u64 << self.shift(level)
+        self.geo.level_span(level)
     }
     fn entries(&self, level: u8) -> u64 {
-        if level + 1 == self.levels {
-            1 << (self.va_bits as u32 - self.shift(level))
-        } else {
-            1 << self.stride
-        }
+        self.geo.entries(level)
     }
     fn table_size(&self, _level: u8) -> u64 {
         self.granule()
     }
     fn fsc(&self, cause: FaultCause, level: Option<u8>) -> Option<u8> {
-        let ll = level.map_or(0, |l| 3 - l);
-        let kind = match cause {
-            FaultCause::AddressSize => 0b0000,
-            FaultCause::NotPresent => 0b0001,
-            FaultCause::AccessFlag => 0b0010,
-            FaultCause::Protection => 0b0011,
-            // Synchronous external abort on a translation table walk.
-            FaultCause::TableOutsideMemory => 0b0101,
-            _ => return None,
-        };
-        Some(kind << 2 | ll)
+        fsc_of(cause, level)
     }
     fn is_canonical(&self, va: u64) -> bool {
         self.in_range(va)
@@ -506,7 +594,7 @@ impl Format for AArch64 {
         !self.tbi || va >> 56 == last >> 56
     }
     fn canonicalize(&self, va: u64) -> u64 {
-        let mask = (1u64 << self.va_bits) - 1;
+        let mask = (1u64 << self.geo.in_bits) - 1;
         if self.upper {
             va | !mask
         } else {

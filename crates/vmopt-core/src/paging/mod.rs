@@ -19,6 +19,7 @@ use crate::error::Result;
 use crate::memory::PteMemory;
 
 pub mod aarch64;
+pub mod aarch64_s2;
 pub mod ept;
 pub mod gstage;
 pub mod guestmem;

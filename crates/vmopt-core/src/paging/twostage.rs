@@ -79,9 +79,11 @@ impl HostWalk for PageTable {
 /// `Ok` if `fmt` is a host (stage-2) format, else the `Config` error naming it.
 pub(crate) fn check_host_format(fmt: &dyn Format) -> Result<()> {
     let name = fmt.name();
-    if !matches!(name, "ept" | "ept_5level" | "npt" | "sv39x4" | "sv48x4") {
+    if !(matches!(name, "ept" | "ept_5level" | "npt" | "sv39x4" | "sv48x4")
+        || name.starts_with("aarch64_s2"))
+    {
         return Err(Error::Config(format!(
-            "the host table of a two-stage walk needs a host format (ept, ept_5level, npt, sv39x4, sv48x4), got {name}"
+            "the host table of a two-stage walk needs a host format (ept, ept_5level, npt, sv39x4, sv48x4, aarch64_s2), got {name}"
         )));
     }
     Ok(())
