@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from reference.paging.aarch64 import AArch64 as RefAArch64
 from vmopt import PhysicalMemory
-from vmopt.errors import ConfigError, PageFault, PhysicalAccessError
+from vmopt.errors import ConfigError, PageFault, PhysicalAccessError, VmoptError
 from vmopt.paging import (
     FORMATS,
     HOST_FORMATS,
@@ -395,3 +395,28 @@ def test_random_two_stage_walks_equal_the_composition(
             access,
             user,
         )
+
+
+@pytest.mark.parametrize(("granule", "ipa_bits", "tables"), [(16384, 48, 2), (4096, 40, 2), (65536, 42, 1)])
+def test_a_concatenated_root_is_built_aligned_mapped_listed_and_freed_through_page_table(
+    granule: int, ipa_bits: int, tables: int
+) -> None:
+    """A start level on several tables is one block of root_bytes, aligned to its size (VTTBR_EL2)."""
+    fmt = AArch64Stage2(granule, ipa_bits=ipa_bits, pa_bits=ipa_bits)
+    assert fmt.concatenated == tables
+    mem = PhysicalMemory(1 << 30)
+    free = mem.free_bytes
+    pt = PageTable(mem, fmt)
+    assert pt.root % max(fmt.root_bytes, 4096) == 0
+    top = (1 << ipa_bits) - granule  # the last page: its index is in the last concatenated table
+    pt.map(top, 0x100_0000, granule, "rw")
+    t = pt.walk(top + 8, "w")
+    assert t.pa == 0x100_0008 and t.memory_refs == fmt.levels
+    assert [(m.va, m.pa, m.size) for m in pt.mappings()] == [(top, 0x100_0000, granule)]
+    if tables > 1:
+        with pytest.raises(VmoptError):  # a root aligned to one table only
+            PageTable.attach(mem, pt.root + granule, fmt)
+        assert PageTable.attach(mem, pt.root, fmt).walk(top, "r").pa == 0x100_0000
+    pt.unmap(top, granule)
+    pt.destroy()
+    assert mem.free_bytes == free
