@@ -17,7 +17,7 @@ import pytest
 from vmopt import Mmu, PhysicalMemory
 from vmopt.cli.main import main
 from vmopt.errors import AddressError, ConfigError, PageFault
-from vmopt.paging import GStage, PageTable, Perm, TwoStage, back_guest_memory
+from vmopt.paging import GStage, PageTable, Perm, TwoStage, back_guest_memory, make_format
 from vmopt.sim.config import from_raw, load_config
 from vmopt.tlb import NestedConfig, TlbConfig
 
@@ -186,3 +186,16 @@ def test_simulate_an_sv48_guest_under_the_g_stage_against_x86_under_npt(tmp_path
     assert [x86["nested"][k] for k in keys] == [g48["nested"][k] for k in keys]
     assert g39["nested"]["guest_refs"] == g48["nested"]["guest_refs"]
     assert 0 < g39["nested"]["host_refs"] < g48["nested"]["host_refs"]
+
+
+def test_every_core_format_reports_the_geometry_its_walk_uses() -> None:
+    """The Python format object answers index, level_span and entries as the core walks:
+    the G-stage's root resolves 11 bits (2048 entries), not a table's 9."""
+    for name in ("sv39x4", "sv48x4"):
+        fmt = make_format(name)
+        top = fmt.levels - 1
+        gpa = (1 << fmt.va_bits) - 4096
+        assert fmt.entries(top) == 2048 and fmt.index(gpa, top) == 2047
+        assert fmt.level_span(top) == 1 << (12 + 9 * top)
+    x86 = make_format("x86_64")
+    assert (x86.entries(3), x86.index((1 << 47) - 1, 3), x86.level_span(1)) == (512, 255, 2 << 20)

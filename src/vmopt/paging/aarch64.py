@@ -76,18 +76,6 @@ class AArch64(CoreFormat):
             raise AttributeError(f"AArch64 formats are immutable; cannot set {name!r}")
         object.__setattr__(self, name, value)
 
-    def index(self, va: int, level: int) -> int:  # type: ignore[override]
-        """Index of ``va`` in a table at ``level`` (0 = last level)."""
-        return int(self.core.index(va, level))
-
-    def level_span(self, level: int) -> int:  # type: ignore[override]
-        """Bytes of address space one entry at ``level`` covers."""
-        return int(self.core.level_span(level))
-
-    def entries(self, level: int) -> int:
-        """Entries of a table at ``level`` (the start level may hold fewer than a granule's)."""
-        return int(self.core.entries(level))
-
     def is_canonical(self, va: int) -> bool:
         """True if ``va`` lies in this half (VA bits above ``va_bits`` all 0, or all 1 when ``upper``)."""
         return bool(self.core.is_canonical(va))

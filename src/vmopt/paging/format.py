@@ -171,6 +171,19 @@ class CoreFormat(PagingFormat):
         self.leaf_sizes = dict(core.leaf_sizes)
         self.root_bytes = core.root_bytes
 
+    def index(self, va: int, level: int) -> int:  # type: ignore[override]
+        """Index of ``va`` in a table at ``level`` (0 = last level), as the core's walk takes it:
+        the widths of a granule's levels, a root of several frames or concatenated tables."""
+        return int(self.core.index(va, level))
+
+    def level_span(self, level: int) -> int:  # type: ignore[override]
+        """Bytes of address space one entry at ``level`` covers."""
+        return int(self.core.level_span(level))
+
+    def entries(self, level: int) -> int:
+        """Entries of a table at ``level`` (a root may hold fewer, or several tables' worth)."""
+        return int(self.core.entries(level))
+
     def check_perms(self, perm: Perm) -> str | None:
         result: str | None = self.core.check_perms(int(perm))
         return result

@@ -152,18 +152,6 @@ class AArch64Stage2(HostFormat):
             raise AttributeError(f"AArch64Stage2 formats are immutable; cannot set {name!r}")
         object.__setattr__(self, name, value)
 
-    def index(self, va: int, level: int) -> int:  # type: ignore[override]
-        """Index of ``va`` in a table at ``level`` (0 = last; the root's spans its concatenated tables)."""
-        return int(self.core.index(va, level))
-
-    def level_span(self, level: int) -> int:  # type: ignore[override]
-        """Bytes of address space one entry at ``level`` covers."""
-        return int(self.core.level_span(level))
-
-    def entries(self, level: int) -> int:
-        """Entries of a table at ``level`` (the start level may hold fewer, or several tables' worth)."""
-        return int(self.core.entries(level))
-
     def __repr__(self) -> str:
         return (
             f"AArch64Stage2(granule={self.granule}, ipa_bits={self.ipa_bits}, ha={self.ha}, hd={self.hd},"
