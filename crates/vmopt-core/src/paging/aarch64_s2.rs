@@ -285,36 +285,7 @@ impl AArch64Stage2 {
 }
 
 impl Format for AArch64Stage2 {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn levels(&self) -> u8 {
-        self.geo.levels
-    }
-    fn va_bits(&self) -> u8 {
-        self.geo.in_bits
-    }
-    fn pa_bits(&self) -> u8 {
-        self.pa_bits
-    }
-    fn leaf_sizes(&self) -> &[(u8, u64)] {
-        &self.geo.leaf_sizes
-    }
-    fn index(&self, va: u64, level: u8) -> u64 {
-        self.geo.index(va, level)
-    }
-    fn level_span(&self, level: u8) -> u64 {
-        self.geo.level_span(level)
-    }
-    fn entries(&self, level: u8) -> u64 {
-        self.geo.entries(level)
-    }
-    fn table_size(&self, _level: u8) -> u64 {
-        self.granule()
-    }
-    fn fsc(&self, cause: FaultCause, level: Option<u8>) -> Option<u8> {
-        fsc_of(cause, level)
-    }
+    vmsa_geometry!();
     /// A concatenated root's bytes; a root of one table or less keeps the
     /// one-frame value, as stage 1 does, and is sized by `table_size`.
     fn root_bytes(&self) -> u64 {

@@ -99,36 +99,10 @@ impl Format for GStage {
     fn canonicalize(&self, va: u64) -> u64 {
         va & ((1u64 << self.va_bits()) - 1)
     }
-    fn check_perms(&self, perm: Perm) -> Option<String> {
-        self.inner.check_perms(perm)
-    }
-    fn is_valid(&self, pte: u64) -> bool {
-        self.inner.is_valid(pte)
-    }
-    fn is_leaf(&self, pte: u64, level: u8) -> bool {
-        self.inner.is_leaf(pte, level)
-    }
-    fn table_pa(&self, pte: u64) -> u64 {
-        self.inner.table_pa(pte)
-    }
-    fn make_table(&self, table_pa: u64, level: u8) -> u64 {
-        self.inner.make_table(table_pa, level)
-    }
+    pte_bits_of!(inner);
     /// G-stage leaves are U pages (every access is checked as U-mode); G is not used.
     fn make_leaf(&self, page_pa: u64, level: u8, perms: Perm, _user: bool, _global: bool) -> u64 {
         self.inner.make_leaf(page_pa, level, perms, true, false)
-    }
-    fn decode_leaf(&self, pte: u64, level: u8) -> LeafInfo {
-        self.inner.decode_leaf(pte, level)
-    }
-    fn set_perms(&self, pte: u64, level: u8, perms: Perm) -> u64 {
-        self.inner.set_perms(pte, level, perms)
-    }
-    fn table_rights(&self, pte: u64) -> TableRights {
-        self.inner.table_rights(pte)
-    }
-    fn describe(&self, pte: u64, level: u8) -> String {
-        self.inner.describe(pte, level)
     }
     /// Every G-stage access is a U-mode access.
     fn allows(&self, perms: Perm, page_user: bool, access: Access, _user: bool) -> bool {

@@ -18,6 +18,80 @@ use std::fmt;
 use crate::error::Result;
 use crate::memory::PteMemory;
 
+/// The PTE-bit methods of a [`Format`] whose entries are those of the format
+/// in its field `$inner`: a host stage that reuses a guest format's encoding
+/// (NPT the long-mode one, the G-stage Sv39's and Sv48's). The host format
+/// writes the rest itself (geometry, `make_leaf`, `allows`, the walk).
+macro_rules! pte_bits_of {
+    ($inner:ident) => {
+        fn check_perms(&self, perm: Perm) -> Option<String> {
+            self.$inner.check_perms(perm)
+        }
+        fn is_valid(&self, pte: u64) -> bool {
+            self.$inner.is_valid(pte)
+        }
+        fn is_leaf(&self, pte: u64, level: u8) -> bool {
+            self.$inner.is_leaf(pte, level)
+        }
+        fn table_pa(&self, pte: u64) -> u64 {
+            self.$inner.table_pa(pte)
+        }
+        fn make_table(&self, table_pa: u64, level: u8) -> u64 {
+            self.$inner.make_table(table_pa, level)
+        }
+        fn decode_leaf(&self, pte: u64, level: u8) -> LeafInfo {
+            self.$inner.decode_leaf(pte, level)
+        }
+        fn set_perms(&self, pte: u64, level: u8, perms: Perm) -> u64 {
+            self.$inner.set_perms(pte, level, perms)
+        }
+        fn table_rights(&self, pte: u64) -> TableRights {
+            self.$inner.table_rights(pte)
+        }
+        fn describe(&self, pte: u64, level: u8) -> String {
+            self.$inner.describe(pte, level)
+        }
+    };
+}
+
+/// The geometry methods of a VMSAv8-64 [`Format`] (either stage), from its
+/// `name`, `pa_bits` and shared granule geometry `geo`, and the
+/// architecture's fault status codes.
+macro_rules! vmsa_geometry {
+    () => {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn levels(&self) -> u8 {
+            self.geo.levels
+        }
+        fn va_bits(&self) -> u8 {
+            self.geo.in_bits
+        }
+        fn pa_bits(&self) -> u8 {
+            self.pa_bits
+        }
+        fn leaf_sizes(&self) -> &[(u8, u64)] {
+            &self.geo.leaf_sizes
+        }
+        fn index(&self, va: u64, level: u8) -> u64 {
+            self.geo.index(va, level)
+        }
+        fn level_span(&self, level: u8) -> u64 {
+            self.geo.level_span(level)
+        }
+        fn entries(&self, level: u8) -> u64 {
+            self.geo.entries(level)
+        }
+        fn table_size(&self, _level: u8) -> u64 {
+            self.granule()
+        }
+        fn fsc(&self, cause: FaultCause, level: Option<u8>) -> Option<u8> {
+            crate::paging::aarch64::fsc_of(cause, level)
+        }
+    };
+}
+
 pub mod aarch64;
 pub mod aarch64_s2;
 pub mod ept;
