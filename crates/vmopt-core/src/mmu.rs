@@ -50,7 +50,8 @@ use crate::mmu_nested::{
 };
 use crate::paging::twostage::walk_nested;
 use crate::paging::{
-    Access, Fault, FaultCause, PageTable, Perm, Shootdown, Stage, Translation, TwoStage,
+    Access, Fault, FaultCause, PageTable, Perm, PinnedWalks, Shootdown, Stage, Translation,
+    TwoStage,
 };
 use crate::tlb::level::{MemoNeeds, MEMO_SLOTS};
 use crate::tlb::{
@@ -60,6 +61,10 @@ use crate::tlb::{
 
 /// Addresses translated per lock hold in a batch (shootdowns wait at most this long).
 const BATCH_LOCK_SPAN: usize = 1024;
+
+/// The hold a translation's walks go through: a batch span's pinned table
+/// (one hold of its locks per span), or `None` (each walk takes its own).
+type Pin<'a> = Option<&'a PinnedWalks<'a>>;
 
 /// The side of a split L1 an access looks up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -303,7 +308,13 @@ impl State {
     }
 
     #[inline]
-    fn translate(&mut self, va: u64, access: Access, user: bool) -> std::result::Result<u64, Stop> {
+    fn translate(
+        &mut self,
+        pin: Pin<'_>,
+        va: u64,
+        access: Access,
+        user: bool,
+    ) -> std::result::Result<u64, Stop> {
         let Some(bit) = rights_bit(access, user) else {
             return Err(Error::Config("access must be 'r', 'w' or 'x', got 'p'".into()).into());
         };
@@ -321,10 +332,10 @@ impl State {
             let (rights, dirty, level) = (entry.rights, entry.dirty, entry.level);
             let (page_pa, shift, entry_asid) = (entry.page_pa, entry.shift, entry.asid);
             if rights & bit == 0 {
-                return self.hit_fault(va, access, user, level);
+                return self.hit_fault(pin, va, access, user, level);
             }
             if access == Access::Write && !dirty {
-                return self.dirty_rewalk(va, user);
+                return self.dirty_rewalk(pin, va, user);
             }
             let size = 1u64 << shift;
             if i > 0 {
@@ -333,9 +344,9 @@ impl State {
             }
             return Ok(page_pa | (va & (size - 1)));
         }
-        match self.walk(va, access, user, false) {
+        match self.walk(pin, va, access, user, false) {
             Ok(t) => {
-                self.after_walk(&t, va, side)?;
+                self.after_walk(pin, &t, va, side)?;
                 Ok(t.pa)
             }
             Err(Error::Fault(f)) => Err(Stop {
@@ -362,6 +373,7 @@ impl State {
     /// re-walks before it reports a guest fault or an EPT violation.
     fn hit_fault(
         &mut self,
+        pin: Pin<'_>,
         va: u64,
         access: Access,
         user: bool,
@@ -372,7 +384,7 @@ impl State {
             lv.flush_va(va, Some(asid));
         }
         if self.nested.is_some() {
-            let t = self.walk(va, access, user, true)?;
+            let t = self.walk(pin, va, access, user, true)?;
             self.fill_all(&t, va, Side::of(access));
             return Ok(t.pa);
         }
@@ -390,23 +402,36 @@ impl State {
     }
 
     /// Not a TLB miss: counted in `dirty_walks` only, so walks == misses.
-    fn dirty_rewalk(&mut self, va: u64, user: bool) -> std::result::Result<u64, Stop> {
+    fn dirty_rewalk(
+        &mut self,
+        pin: Pin<'_>,
+        va: u64,
+        user: bool,
+    ) -> std::result::Result<u64, Stop> {
         self.stats.dirty_walks += 1;
-        let t = self.walk(va, Access::Write, user, true)?;
+        let t = self.walk(pin, va, Access::Write, user, true)?;
         self.fill_all(&t, va, Side::Data);
         Ok(t.pa)
     }
 
     /// A demand walk, with its PTE reads and the page-walk cache counted.
-    fn walk(&mut self, va: u64, access: Access, user: bool, restart: bool) -> Result<Translation> {
+    fn walk(
+        &mut self,
+        pin: Pin<'_>,
+        va: u64,
+        access: Access,
+        user: bool,
+        restart: bool,
+    ) -> Result<Translation> {
         if self.nested.is_some() {
+            debug_assert!(pin.is_none(), "nested walks take their own holds");
             return self.walk_two_stage(va, access, user, restart);
         }
         if !restart {
             self.stats.walks += 1;
         }
         let top = self.top as u64;
-        match self.table.walk(va, access, user) {
+        match self.table_walk(pin, va, access, user) {
             Ok(t) => {
                 let refs = (t.memory_refs as u64).saturating_sub(self.pwc_skip(va, t.level));
                 self.stats.walk_memory_refs += refs;
@@ -426,6 +451,32 @@ impl State {
         }
     }
 
+    /// Run a batch span `f` with the current table pinned
+    /// ([`PageTable::pinned_walks`]), so its walks share one hold of the
+    /// table's and the memory's locks. Nested walks take their own holds.
+    fn in_span<R>(&mut self, f: impl FnOnce(Pin<'_>, &mut State) -> R) -> R {
+        if self.nested.is_some() {
+            return f(None, self);
+        }
+        let table = Arc::clone(&self.table);
+        table.pinned_walks(|p| f(Some(p), self))
+    }
+
+    /// A walk of the current table, through `pin`'s hold if the caller has one.
+    #[inline]
+    fn table_walk(&self, pin: Pin<'_>, va: u64, access: Access, user: bool) -> Result<Translation> {
+        match pin {
+            Some(p) => {
+                debug_assert!(
+                    std::ptr::eq(p.table(), &*self.table),
+                    "pinned another table"
+                );
+                p.walk(va, access, user)
+            }
+            None => self.table.walk(va, access, user),
+        }
+    }
+
     fn pwc_skip(&mut self, va: u64, stop_level: u8) -> u64 {
         let Some(pwc) = self.pwc.as_mut() else {
             return 0;
@@ -440,14 +491,14 @@ impl State {
     }
 
     /// Fill the hierarchy with a demand walk's result and let the prefetcher react.
-    fn after_walk(&mut self, t: &Translation, va: u64, side: Side) -> Result<()> {
+    fn after_walk(&mut self, pin: Pin<'_>, t: &Translation, va: u64, side: Side) -> Result<()> {
         self.fill_all(t, va, side);
         if let Some(p) = self.prefetcher.as_mut() {
             self.targets.clear();
             p.on_miss(va, t.page_size, &mut self.targets);
             if !self.targets.is_empty() {
                 let targets = std::mem::take(&mut self.targets);
-                let done = self.request_prefetch(&targets);
+                let done = self.request_prefetch(pin, &targets);
                 self.targets = targets;
                 done?;
             }
@@ -505,11 +556,11 @@ impl State {
         }
     }
 
-    fn request_prefetch(&mut self, targets: &[u64]) -> Result<()> {
+    fn request_prefetch(&mut self, pin: Pin<'_>, targets: &[u64]) -> Result<()> {
         self.stats.prefetch.requested += targets.len() as u64;
         if self.prefetch.mode == PrefetchMode::Immediate {
             for &target in targets {
-                self.prefetch_one(target)?;
+                self.prefetch_one(pin, target)?;
             }
             return Ok(());
         }
@@ -525,7 +576,7 @@ impl State {
 
     /// Probe-walk `va` and install it in the last level (the DTLB if a split
     /// L1 is the only level); true if installed.
-    fn prefetch_one(&mut self, va: u64) -> Result<bool> {
+    fn prefetch_one(&mut self, pin: Pin<'_>, va: u64) -> Result<bool> {
         let last = self.levels.len() - 1;
         if self.levels[last].peek(va, self.asid).is_some() {
             self.stats.prefetch.redundant += 1;
@@ -536,7 +587,7 @@ impl State {
             return self.prefetch_two_stage(va);
         }
         let top = self.top as u64;
-        match self.table.walk(va, Access::Probe, false) {
+        match self.table_walk(pin, va, Access::Probe, false) {
             Ok(t) => {
                 self.stats.prefetch.walk_memory_refs += t.memory_refs as u64;
                 let proto = self.proto(&t);
@@ -796,7 +847,7 @@ impl Mmu {
     /// The physical address of `va`, or why not.
     #[inline]
     pub fn translate(&self, va: u64, access: Access, user: bool) -> std::result::Result<u64, Stop> {
-        self.lock().translate(va, access, user)
+        self.lock().translate(None, va, access, user)
     }
 
     /// After a restartable fault was resolved by mapping the page: count a
@@ -809,8 +860,8 @@ impl Mmu {
         }
         let mut st = self.lock();
         st.stats.demand_faults += 1;
-        let t = st.walk(va, access, user, true)?;
-        st.after_walk(&t, va, Side::of(access))?;
+        let t = st.walk(None, va, access, user, true)?;
+        st.after_walk(None, &t, va, Side::of(access))?;
         Ok(t.pa)
     }
 
@@ -885,29 +936,38 @@ impl Mmu {
             let st = &mut *guard;
             let Some(bit) = rights_bit(access, user) else {
                 // A probe: the scalar path refuses it before counting anything.
-                return (i, st.translate(vas[i], access, user).err());
+                return (i, st.translate(None, vas[i], access, user).err());
             };
             let (write, asid) = (access == Access::Write, st.asid);
-            // The L1 memo fast path (see the module docs); its lookups,
-            // hits and cycles are counted once per span.
-            let mut fast = 0u64;
-            while i < end {
-                let run = st.levels[0].memo_run(&vas[i..end], &mut out[i..end], asid, bit, write);
-                fast += run as u64;
-                i += run;
-                if i == end {
-                    break;
-                }
-                match st.translate(vas[i], access, user) {
-                    Ok(pa) => out[i] = pa,
-                    Err(stop) => {
-                        st.count_fast_hits(Side::of(access), fast);
-                        return (i, Some(stop));
+            let stop = st.in_span(|pin, st| {
+                let i = &mut i;
+                // The L1 memo fast path (see the module docs); its lookups,
+                // hits and cycles are counted once per span.
+                let mut fast = 0u64;
+                let mut stop = None;
+                while *i < end {
+                    let run =
+                        st.levels[0].memo_run(&vas[*i..end], &mut out[*i..end], asid, bit, write);
+                    fast += run as u64;
+                    *i += run;
+                    if *i == end {
+                        break;
                     }
+                    match st.translate(pin, vas[*i], access, user) {
+                        Ok(pa) => out[*i] = pa,
+                        Err(e) => {
+                            stop = Some(e);
+                            break;
+                        }
+                    }
+                    *i += 1;
                 }
-                i += 1;
+                st.count_fast_hits(Side::of(access), fast);
+                stop
+            });
+            if stop.is_some() {
+                return (i, stop);
             }
-            st.count_fast_hits(Side::of(access), fast);
         }
         (n, None)
     }
@@ -937,51 +997,58 @@ impl Mmu {
             // What each kind needs of each L1's memo: a unified L1 serves all.
             let data = MemoNeeds::new(user, |k| !split || k != 2);
             let inst = MemoNeeds::new(user, |k| k == 2);
-            // Memo hits per side, counted once per span.
-            let (mut fast_data, mut fast_inst) = (0u64, 0u64);
-            while i < end {
-                let fetch = split && kinds[i] == 2;
-                let (side, needs, fast) = if fetch {
-                    (Side::Inst, &inst, &mut fast_inst)
-                } else {
-                    (Side::Data, &data, &mut fast_data)
-                };
-                let level = st.level_mut(side, 0);
-                let run = level.memo_run_kinds(
-                    &vas[i..end],
-                    &kinds[i..end],
-                    &mut out[i..end],
-                    asid,
-                    needs,
-                );
-                *fast += run as u64;
-                i += run;
-                if i == end {
-                    break;
-                }
-                if run != 0 {
-                    continue; // the other side's L1 may answer the next one
-                }
-                let result = match access_of_kind(kinds[i]) {
-                    Some(access) => st.translate(vas[i], access, user),
-                    None => Err(Error::Config(format!(
-                        "access kind of address {i} must be 0 (read), 1 (write) or 2 (fetch), got {}",
-                        kinds[i]
-                    ))
-                    .into()),
-                };
-                match result {
-                    Ok(pa) => out[i] = pa,
-                    Err(stop) => {
-                        st.count_fast_hits(Side::Data, fast_data);
-                        st.count_fast_hits(Side::Inst, fast_inst);
-                        return (i, Some(stop));
+            let stop = st.in_span(|pin, st| {
+                let i = &mut i;
+                // Memo hits per side, counted once per span.
+                let (mut fast_data, mut fast_inst) = (0u64, 0u64);
+                let mut stop = None;
+                while *i < end {
+                    let fetch = split && kinds[*i] == 2;
+                    let (side, needs, fast) = if fetch {
+                        (Side::Inst, &inst, &mut fast_inst)
+                    } else {
+                        (Side::Data, &data, &mut fast_data)
+                    };
+                    let level = st.level_mut(side, 0);
+                    let run = level.memo_run_kinds(
+                        &vas[*i..end],
+                        &kinds[*i..end],
+                        &mut out[*i..end],
+                        asid,
+                        needs,
+                    );
+                    *fast += run as u64;
+                    *i += run;
+                    if *i == end {
+                        break;
                     }
+                    if run != 0 {
+                        continue; // the other side's L1 may answer the next one
+                    }
+                    let result = match access_of_kind(kinds[*i]) {
+                        Some(access) => st.translate(pin, vas[*i], access, user),
+                        None => Err(Error::Config(format!(
+                            "access kind of address {} must be 0 (read), 1 (write) or 2 (fetch), got {}",
+                            *i, kinds[*i]
+                        ))
+                        .into()),
+                    };
+                    match result {
+                        Ok(pa) => out[*i] = pa,
+                        Err(e) => {
+                            stop = Some(e);
+                            break;
+                        }
+                    }
+                    *i += 1;
                 }
-                i += 1;
+                st.count_fast_hits(Side::Data, fast_data);
+                st.count_fast_hits(Side::Inst, fast_inst);
+                stop
+            });
+            if stop.is_some() {
+                return (i, stop);
             }
-            st.count_fast_hits(Side::Data, fast_data);
-            st.count_fast_hits(Side::Inst, fast_inst);
         }
         (n, None)
     }
@@ -1085,7 +1152,7 @@ impl Mmu {
         let mut st = self.lock();
         let mut installed = 0;
         while let Some(va) = st.queue.pop_front() {
-            if st.prefetch_one(va)? {
+            if st.prefetch_one(None, va)? {
                 installed += 1;
             }
         }

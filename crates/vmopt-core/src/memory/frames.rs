@@ -1,5 +1,6 @@
 //! Where sparse memory's frames live: 2 MiB chunks of anonymous memory,
-//! handed out 4 KiB at a time and recycled through a free list.
+//! handed out 4 KiB at a time and recycled through a free list, found by
+//! frame number through a two-level section index ([`FrameIndex`]).
 //!
 //! A frame per global allocation costs a kernel page fault and a
 //! memory-cgroup charge on its first touch: most of a page install's CPU.
@@ -61,10 +62,149 @@ struct Chunk {
     frames: usize,
 }
 
+/// log2 of the frames in a section: 512 frames, 2 MiB of guest memory, whose
+/// index is one 4 KiB array of frame pointers.
+const SECTION_SHIFT: u32 = 9;
+const SECTION_FRAMES: usize = 1 << SECTION_SHIFT;
+/// Sections indexed by a flat directory: the first 512 GiB of physical
+/// addresses (a directory of at most 2 MiB, grown to the highest section
+/// touched). Sections above it, rare, are found by hash.
+const DIRECT_SECTIONS: u64 = 1 << 18;
+
+/// The frames of one section by their index in it.
+struct Section {
+    frames: [Option<FrameRef>; SECTION_FRAMES],
+    present: usize,
+}
+
+impl Section {
+    fn new() -> Box<Section> {
+        Box::new(Section {
+            frames: std::array::from_fn(|_| None),
+            present: 0,
+        })
+    }
+}
+
+/// Frames by frame number, as Linux's SPARSEMEM finds a `struct page`: a
+/// directory of sections, each an array of its frames, so a lookup (four
+/// of them per page walk) is two indexed loads rather than a hash probe.
+/// A section exists while it holds a frame.
+#[derive(Default)]
+pub(crate) struct FrameIndex {
+    direct: Vec<Option<Box<Section>>>,
+    far: FxHashMap<u64, Box<Section>>,
+    len: usize,
+}
+
+/// `pfn` as (section number, index in the section).
+#[inline(always)]
+fn split(pfn: u64) -> (u64, usize) {
+    (pfn >> SECTION_SHIFT, (pfn as usize) & (SECTION_FRAMES - 1))
+}
+
+impl FrameIndex {
+    /// The frame `pfn`, if present.
+    #[inline]
+    pub(crate) fn get(&self, pfn: &u64) -> Option<&FrameRef> {
+        let (sec, idx) = split(*pfn);
+        let section = if sec < DIRECT_SECTIONS {
+            self.direct.get(sec as usize)?.as_deref()?
+        } else {
+            self.far.get(&sec)?
+        };
+        section.frames[idx].as_ref()
+    }
+
+    /// True if frame `pfn` is present.
+    pub(crate) fn contains_key(&self, pfn: &u64) -> bool {
+        self.get(pfn).is_some()
+    }
+
+    /// Frames present.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The numbers of the frames present, in no particular order.
+    pub(crate) fn pfns(&self) -> impl Iterator<Item = u64> + '_ {
+        let direct = self
+            .direct
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_deref().map(|s| (i as u64, s)));
+        let far = self.far.iter().map(|(&i, s)| (i, &**s));
+        direct.chain(far).flat_map(|(sec, s)| {
+            s.frames
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.is_some())
+                .map(move |(i, _)| sec << SECTION_SHIFT | i as u64)
+        })
+    }
+
+    fn section_mut(&mut self, sec: u64, create: bool) -> Option<&mut Section> {
+        if sec < DIRECT_SECTIONS {
+            let i = sec as usize;
+            if i >= self.direct.len() {
+                if !create {
+                    return None;
+                }
+                self.direct.resize_with(i + 1, || None);
+            }
+            let slot = &mut self.direct[i];
+            if slot.is_none() && create {
+                *slot = Some(Section::new());
+            }
+            slot.as_deref_mut()
+        } else if create {
+            Some(self.far.entry(sec).or_insert_with(Section::new))
+        } else {
+            self.far.get_mut(&sec).map(|s| &mut **s)
+        }
+    }
+
+    /// Drop section `sec` if it holds no frame.
+    fn prune(&mut self, sec: u64) {
+        if sec < DIRECT_SECTIONS {
+            if let Some(slot) = self.direct.get_mut(sec as usize) {
+                if slot.as_ref().is_some_and(|s| s.present == 0) {
+                    *slot = None;
+                }
+            }
+        } else if self.far.get(&sec).is_some_and(|s| s.present == 0) {
+            self.far.remove(&sec);
+        }
+    }
+
+    /// Make `frame` frame `pfn`, which must be absent.
+    fn insert(&mut self, pfn: u64, frame: FrameRef) {
+        let (sec, idx) = split(pfn);
+        let section = self.section_mut(sec, true).expect("created");
+        let slot = &mut section.frames[idx];
+        debug_assert!(slot.is_none(), "frame {pfn:#x} is present already");
+        if slot.replace(frame).is_none() {
+            section.present += 1;
+            self.len += 1;
+        }
+    }
+
+    /// Take frame `pfn` out, if present.
+    fn remove(&mut self, pfn: u64) -> Option<FrameRef> {
+        let (sec, idx) = split(pfn);
+        let section = self.section_mut(sec, false)?;
+        let frame = section.frames[idx].take()?;
+        section.present -= 1;
+        self.len -= 1;
+        self.prune(sec);
+        Some(frame)
+    }
+}
+
 /// The frames of a sparse memory by frame number, and the chunks they live in.
 #[derive(Default)]
 pub(crate) struct SparseFrames {
-    map: FxHashMap<u64, FrameRef>,
+    map: FrameIndex,
     chunks: Vec<Chunk>,
     /// Frames handed out from the last chunk.
     used: usize,
@@ -80,7 +220,7 @@ unsafe impl Send for SparseFrames {}
 unsafe impl Sync for SparseFrames {}
 
 impl Deref for SparseFrames {
-    type Target = FxHashMap<u64, FrameRef>;
+    type Target = FrameIndex;
     fn deref(&self) -> &Self::Target {
         &self.map
     }
@@ -93,7 +233,7 @@ impl SparseFrames {
             let frame = self.take(true);
             self.map.insert(pfn, frame);
         }
-        &self.map[&pfn]
+        self.map.get(&pfn).expect("just made present")
     }
 
     /// Make the absent frame `pfn` hold `data`, exactly one frame of bytes (a
@@ -121,21 +261,18 @@ impl SparseFrames {
 
     /// Drop the frame `pfn` (it reads as zeros again); its slot is reused.
     pub(crate) fn remove(&mut self, pfn: u64) {
-        if let Some(frame) = self.map.remove(&pfn) {
+        if let Some(frame) = self.map.remove(pfn) {
             self.free.push(frame.0);
         }
     }
 
-    /// Drop every frame whose number is in `pfns`.
+    /// Drop every frame whose number is in `pfns` (walking the frames
+    /// present, for a range wider than there are frames).
     pub(crate) fn remove_range(&mut self, pfns: std::ops::Range<u64>) {
-        let free = &mut self.free;
-        self.map.retain(|pfn, frame| {
-            let keep = !pfns.contains(pfn);
-            if !keep {
-                free.push(frame.0);
-            }
-            keep
-        });
+        let doomed: Vec<u64> = self.map.pfns().filter(|p| pfns.contains(p)).collect();
+        for pfn in doomed {
+            self.remove(pfn);
+        }
     }
 
     /// A slot for a new frame: a given-back one, or the next of the last chunk.
@@ -193,10 +330,94 @@ fn new_chunk(index: usize) -> Chunk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
     use std::sync::atomic::Ordering;
 
+    /// Frame numbers in a few sections of the directory and above it
+    /// (far sections, found by hash), at section edges and inside.
+    fn pfn() -> impl Strategy<Value = u64> {
+        let sections = prop::sample::select(vec![
+            0u64,
+            1,
+            7,
+            DIRECT_SECTIONS - 1,
+            DIRECT_SECTIONS,
+            DIRECT_SECTIONS + 5,
+            (1 << 43) - 1,
+        ]);
+        let index = prop_oneof![
+            Just(0u64),
+            Just(SECTION_FRAMES as u64 - 1),
+            0..SECTION_FRAMES as u64
+        ];
+        (sections, index).prop_map(|(s, i)| s << SECTION_SHIFT | i)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write(u64, u8),
+        Zeroed(u64),
+        Remove(u64),
+        RemoveRange(u64, u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (pfn(), any::<u8>()).prop_map(|(p, b)| Op::Write(p, b)),
+            pfn().prop_map(Op::Zeroed),
+            pfn().prop_map(Op::Remove),
+            (pfn(), 0..2048u64).prop_map(|(p, n)| Op::RemoveRange(p, p.saturating_add(n))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// The section index holds exactly the frames a map model holds,
+        /// each with its bytes, and keeps no empty section.
+        #[test]
+        fn frames_match_a_map(ops in prop::collection::vec(op(), 1..60)) {
+            let mut frames = SparseFrames::default();
+            let mut model: BTreeMap<u64, u8> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Write(p, b) => {
+                        if frames.contains_key(&p) {
+                            frames.remove(p);
+                        }
+                        frames.insert_holding(p, &[b; FRAME_SIZE as usize]);
+                        model.insert(p, b);
+                    }
+                    Op::Zeroed(p) => {
+                        frames.get_or_zeroed(p);
+                        model.entry(p).or_insert(0);
+                    }
+                    Op::Remove(p) => {
+                        frames.remove(p);
+                        model.remove(&p);
+                    }
+                    Op::RemoveRange(a, b) => {
+                        frames.remove_range(a..b);
+                        model.retain(|p, _| !(a..b).contains(p));
+                    }
+                }
+                prop_assert_eq!(frames.len(), model.len());
+                let mut pfns: Vec<u64> = frames.pfns().collect();
+                pfns.sort_unstable();
+                prop_assert_eq!(&pfns, &model.keys().copied().collect::<Vec<_>>());
+                for (&p, &b) in &model {
+                    prop_assert_eq!(word(&frames, p, 0), b as u64 * 0x0101_0101_0101_0101);
+                    prop_assert_eq!(word(&frames, p, WORDS - 1), b as u64 * 0x0101_0101_0101_0101);
+                }
+                let sections = frames.map.direct.iter().flatten().count() + frames.map.far.len();
+                let live: std::collections::BTreeSet<u64> = model.keys().map(|p| p >> SECTION_SHIFT).collect();
+                prop_assert_eq!(sections, live.len(), "a section exists while it holds a frame");
+            }
+        }
+    }
+
     fn word(frames: &SparseFrames, pfn: u64, i: usize) -> u64 {
-        (*frames.map[&pfn]).0[i].load(Ordering::Relaxed)
+        (**frames.map.get(&pfn).expect("present")).0[i].load(Ordering::Relaxed)
     }
 
     #[test]
@@ -234,7 +455,7 @@ mod tests {
         frames.remove_range(2..n - 1);
         assert_eq!(frames.len(), 3);
         assert_eq!(frames.free.len(), n as usize - 3);
-        let first = (*frames.map[&0]).0.as_ptr() as usize;
+        let first = (**frames.map.get(&0).expect("present")).0.as_ptr() as usize;
         assert_eq!(first % CHUNK, 0, "chunks are 2 MiB aligned");
     }
 }

@@ -3,10 +3,11 @@
 //! Every word is accessed atomically (byte writes that cover part of a word
 //! merge with a compare-exchange), so walkers on vCPU threads may set A/D
 //! bits while another thread edits the tables, with no lock held across a
-//! walk. Sparse frames live in a hash map behind a read-write lock: lookups
-//! share it, and only the first write to a frame or the dropping of zeroed
+//! walk. Sparse frames live in a section index (as Linux's SPARSEMEM finds
+//! pages) behind a read-write lock: lookups share it, and only the first write to a frame or the dropping of zeroed
 //! frames takes it exclusively. A page walk takes the shared lock once for
-//! all its PTEs ([`PteMemory::pinned`]), not once per PTE.
+//! all its PTEs ([`PteMemory::pinned`]), not once per PTE, and a batch of
+//! translations once per span of walks.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -607,8 +608,7 @@ impl PhysMem {
                 let mut pfns: Vec<u64> = frames
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
-                    .keys()
-                    .copied()
+                    .pfns()
                     .collect();
                 pfns.sort_unstable();
                 pfns.into_iter().map(|p| p << FRAME_SHIFT).collect()

@@ -112,7 +112,7 @@ pub use gstage::GStage;
 pub use guestmem::GuestMemory;
 pub use npt::Npt;
 pub use riscv::RiscV;
-pub use table::{Backing, Leaf, Mapping, PageTable, Shootdown};
+pub use table::{Backing, Leaf, Mapping, PageTable, PinnedWalks, Shootdown};
 pub use tablemem::TableMemory;
 pub use twostage::{NestedTranslation, TwoStage};
 pub use x86::X86_64;

@@ -150,6 +150,26 @@ impl fmt::Debug for PageTable {
     }
 }
 
+/// A page table pinned for a run of walks ([`PageTable::pinned_walks`]).
+pub struct PinnedWalks<'a> {
+    table: &'a PageTable,
+    mem: &'a dyn PteMemory,
+}
+
+impl PinnedWalks<'_> {
+    /// [`PageTable::walk`] under the pinned hold.
+    #[inline]
+    pub fn walk(&self, va: u64, access: Access, user: bool) -> Result<Translation> {
+        let t = self.table;
+        t.fmt.walk(self.mem, t.root, va, access, user, t.update_ad)
+    }
+
+    /// The table these walks read.
+    pub fn table(&self) -> &PageTable {
+        self.table
+    }
+}
+
 /// A path step of [`PageTable::leaves_in`]: the table at `level`.
 type PathStep = (u8, u64);
 
@@ -360,6 +380,35 @@ impl PageTable {
         let _guard = self.frees.read().unwrap_or_else(|e| e.into_inner());
         self.fmt
             .walk(&*self.mem, self.root, va, access, user, update_ad)
+    }
+
+    /// Run `f` with this table pinned for a run of walks: `frees` held
+    /// shared and the memory's pinned view (see [`PteMemory::pinned`]) taken
+    /// once for all of them, instead of once per walk (a batch span).
+    ///
+    /// While `f` runs, `frees` and the memory's frame map are held shared, so
+    /// `f` must not take either again on this thread (a waiting writer would
+    /// then deadlock it): no edit, no allocation, no other walk of this table
+    /// or of another table over the same memory except through `walks`.
+    pub fn pinned_walks<R>(&self, f: impl FnOnce(&PinnedWalks<'_>) -> R) -> R {
+        let _guard = self.frees.read().unwrap_or_else(|e| e.into_inner());
+        let mut f = Some(f);
+        let mut out = None;
+        let viewed = self.mem.pinned(&mut |view| {
+            let f = f.take().expect("pinned runs its closure once");
+            out = Some(f(&PinnedWalks {
+                table: self,
+                mem: view,
+            }));
+        });
+        if !viewed {
+            let f = f.take().expect("no view: the closure has not run");
+            out = Some(f(&PinnedWalks {
+                table: self,
+                mem: &*self.mem,
+            }));
+        }
+        out.expect("the closure ran")
     }
 
     /// Translate `va` reading the tables through `mem` instead of this
