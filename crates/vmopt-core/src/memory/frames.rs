@@ -1,6 +1,6 @@
 //! Where sparse memory's frames live: 2 MiB chunks of anonymous memory,
 //! handed out 4 KiB at a time and recycled through a free list, found by
-//! frame number through a two-level section index ([`FrameIndex`]).
+//! frame number through a two-level section index (`FrameIndex`).
 //!
 //! A frame per global allocation costs a kernel page fault and a
 //! memory-cgroup charge on its first touch: most of a page install's CPU.

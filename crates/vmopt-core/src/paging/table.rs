@@ -20,9 +20,11 @@
 //!   and calls [`Shootdown::shootdown`] on every live subscriber (an MMU
 //!   takes its own lock inside); only then does it take `frees` exclusively,
 //!   to free the table pages, so no walker is still reading them.
-//! - Lock order: MMU lock -> `frees` (read) in a translation; `edit` -> MMU
-//!   lock in a shootdown; `edit` -> `frees` (write) when freeing. No cycle.
-//!   `frees` is never taken twice by one thread.
+//! - Lock order: MMU lock -> `frees` (read) -> the memory's frame map (read)
+//!   in a translation; `edit` -> MMU lock in a shootdown; `edit` -> `frees`
+//!   (write) when freeing. No cycle. `frees` is never taken twice by one
+//!   thread: a batch span holds it (and the frame map) once for all its
+//!   walks ([`PageTable::pinned_walks`]), which then read through that hold.
 //! - Protect and remap shoot down too; every shootdown bumps `generation`,
 //!   which readers use as a seqlock.
 
