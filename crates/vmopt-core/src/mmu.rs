@@ -940,27 +940,26 @@ impl Mmu {
             };
             let (write, asid) = (access == Access::Write, st.asid);
             let stop = st.in_span(|pin, st| {
-                let i = &mut i;
                 // The L1 memo fast path (see the module docs); its lookups,
                 // hits and cycles are counted once per span.
                 let mut fast = 0u64;
                 let mut stop = None;
-                while *i < end {
+                while i < end {
                     let run =
-                        st.levels[0].memo_run(&vas[*i..end], &mut out[*i..end], asid, bit, write);
+                        st.levels[0].memo_run(&vas[i..end], &mut out[i..end], asid, bit, write);
                     fast += run as u64;
-                    *i += run;
-                    if *i == end {
+                    i += run;
+                    if i == end {
                         break;
                     }
-                    match st.translate(pin, vas[*i], access, user) {
-                        Ok(pa) => out[*i] = pa,
+                    match st.translate(pin, vas[i], access, user) {
+                        Ok(pa) => out[i] = pa,
                         Err(e) => {
                             stop = Some(e);
                             break;
                         }
                     }
-                    *i += 1;
+                    i += 1;
                 }
                 st.count_fast_hits(Side::of(access), fast);
                 stop
@@ -998,12 +997,11 @@ impl Mmu {
             let data = MemoNeeds::new(user, |k| !split || k != 2);
             let inst = MemoNeeds::new(user, |k| k == 2);
             let stop = st.in_span(|pin, st| {
-                let i = &mut i;
                 // Memo hits per side, counted once per span.
                 let (mut fast_data, mut fast_inst) = (0u64, 0u64);
                 let mut stop = None;
-                while *i < end {
-                    let fetch = split && kinds[*i] == 2;
+                while i < end {
+                    let fetch = split && kinds[i] == 2;
                     let (side, needs, fast) = if fetch {
                         (Side::Inst, &inst, &mut fast_inst)
                     } else {
@@ -1011,36 +1009,36 @@ impl Mmu {
                     };
                     let level = st.level_mut(side, 0);
                     let run = level.memo_run_kinds(
-                        &vas[*i..end],
-                        &kinds[*i..end],
-                        &mut out[*i..end],
+                        &vas[i..end],
+                        &kinds[i..end],
+                        &mut out[i..end],
                         asid,
                         needs,
                     );
                     *fast += run as u64;
-                    *i += run;
-                    if *i == end {
+                    i += run;
+                    if i == end {
                         break;
                     }
                     if run != 0 {
                         continue; // the other side's L1 may answer the next one
                     }
-                    let result = match access_of_kind(kinds[*i]) {
-                        Some(access) => st.translate(pin, vas[*i], access, user),
+                    let result = match access_of_kind(kinds[i]) {
+                        Some(access) => st.translate(pin, vas[i], access, user),
                         None => Err(Error::Config(format!(
-                            "access kind of address {} must be 0 (read), 1 (write) or 2 (fetch), got {}",
-                            *i, kinds[*i]
+                            "access kind of address {i} must be 0 (read), 1 (write) or 2 (fetch), got {}",
+                            kinds[i]
                         ))
                         .into()),
                     };
                     match result {
-                        Ok(pa) => out[*i] = pa,
+                        Ok(pa) => out[i] = pa,
                         Err(e) => {
                             stop = Some(e);
                             break;
                         }
                     }
-                    *i += 1;
+                    i += 1;
                 }
                 st.count_fast_hits(Side::Data, fast_data);
                 st.count_fast_hits(Side::Inst, fast_inst);

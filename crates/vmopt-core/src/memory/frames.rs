@@ -143,25 +143,25 @@ impl FrameIndex {
         })
     }
 
-    fn section_mut(&mut self, sec: u64, create: bool) -> Option<&mut Section> {
+    /// Section `sec`, if it exists.
+    fn section_mut(&mut self, sec: u64) -> Option<&mut Section> {
         if sec < DIRECT_SECTIONS {
-            let i = sec as usize;
-            if i >= self.direct.len() {
-                if !create {
-                    return None;
-                }
-                self.direct.resize_with(i + 1, || None);
-            }
-            let slot = &mut self.direct[i];
-            if slot.is_none() && create {
-                *slot = Some(Section::new());
-            }
-            slot.as_deref_mut()
-        } else if create {
-            Some(self.far.entry(sec).or_insert_with(Section::new))
+            self.direct.get_mut(sec as usize)?.as_deref_mut()
         } else {
             self.far.get_mut(&sec).map(|s| &mut **s)
         }
+    }
+
+    /// Section `sec`, made empty if it does not exist.
+    fn section_or_new(&mut self, sec: u64) -> &mut Section {
+        if sec >= DIRECT_SECTIONS {
+            return self.far.entry(sec).or_insert_with(Section::new);
+        }
+        let i = sec as usize;
+        if i >= self.direct.len() {
+            self.direct.resize_with(i + 1, || None);
+        }
+        self.direct[i].get_or_insert_with(Section::new)
     }
 
     /// Drop section `sec` if it holds no frame.
@@ -180,7 +180,7 @@ impl FrameIndex {
     /// Make `frame` frame `pfn`, which must be absent.
     fn insert(&mut self, pfn: u64, frame: FrameRef) {
         let (sec, idx) = split(pfn);
-        let section = self.section_mut(sec, true).expect("created");
+        let section = self.section_or_new(sec);
         let slot = &mut section.frames[idx];
         debug_assert!(slot.is_none(), "frame {pfn:#x} is present already");
         if slot.replace(frame).is_none() {
@@ -192,7 +192,7 @@ impl FrameIndex {
     /// Take frame `pfn` out, if present.
     fn remove(&mut self, pfn: u64) -> Option<FrameRef> {
         let (sec, idx) = split(pfn);
-        let section = self.section_mut(sec, false)?;
+        let section = self.section_mut(sec)?;
         let frame = section.frames[idx].take()?;
         section.present -= 1;
         self.len -= 1;
